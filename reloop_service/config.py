@@ -1,0 +1,134 @@
+"""One typed settings object for every process (API, scheduler, CLI), read from ``RELOOP_*``.
+
+Embedded defaults put everything under one data directory so a new user needs nothing else;
+at scale the URIs point at PostgreSQL and S3-compatible storage.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PriorSource = Literal["archive", "recompute", "archive_then_recompute"]
+
+
+class Settings(BaseSettings):
+    """All knobs of reloop-service. Secrets are ``SecretStr`` so they never print in logs or reprs."""
+
+    model_config = SettingsConfigDict(env_prefix="RELOOP_", env_nested_delimiter="__", extra="ignore")
+
+    # --- locations -------------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("reloop-data"), description="Root for every embedded default.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite file.")
+    logs_uri: str | None = Field(default=None, description="Click-log dataset root (path or fsspec URI).")
+    artifacts_uri: str | None = Field(default=None, description="Where checkpoints are stored.")
+    archive_uri: str | None = Field(default=None, description="Prediction archive root.")
+    reports_uri: str | None = Field(default=None, description="Cycle reports root.")
+    spec_path: Path | None = Field(default=None, description="Feature spec TOML; default: the demo spec.")
+
+    # --- S3-compatible storage (credentials from the environment, never logged) ------------------
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+
+    # --- model and training ----------------------------------------------------------------------
+    model_name: str = "ctr"
+    model: Literal["dnn", "deepfm", "dcnv2"] = "dnn"
+    loss: Literal["bce", "label_smoothing", "distill", "reloop"] = "reloop"
+    loss_params: dict[str, float] = Field(default_factory=dict)
+    embedding_dim: int = 16
+    mlp_hidden: tuple[int, ...] = (256, 128, 64)
+    learning_rate: float = 1e-3
+    sparse_learning_rate: float | None = None
+    epochs: int = 1
+    batch_size: int = 4096
+    threads: int | None = Field(default=None, description="torch intra-op threads; default: all cores.")
+    seed: int = 0
+
+    # --- cycle -----------------------------------------------------------------------------------
+    holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    prior_source: PriorSource = "archive_then_recompute"
+    gate_auc_floor: float | None = None
+    gate_max_auc_drop: float | None = 0.01
+    gate_max_logloss_rise: float | None = 0.01
+    auto_promote: bool = True
+    cycle_attempts: int = Field(default=2, ge=1)
+    cycle_backoff_s: float = Field(default=5.0, ge=0.0)
+    heartbeat_s: float = Field(default=10.0, gt=0.0)
+    stale_after_s: float = Field(default=120.0, gt=0.0)
+    nproc: int = Field(default=1, ge=1)
+
+    # --- scheduler -------------------------------------------------------------------------------
+    schedule_time: time = time(2, 0)
+    timezone: str = "UTC"
+    misfire_grace_s: int = 6 * 3600
+    max_catchup_days: int = 7
+
+    # --- serving ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_token: SecretStr | None = Field(default=None, description="Admin API bearer token; none = closed.")
+    max_batch: int = Field(default=1000, ge=1)
+    watch_interval_s: float = Field(default=1.0, gt=0.0)
+    replica_id: str | None = Field(default=None, description="Distinguishes archive parts of replicas.")
+    archive_enabled: bool = True
+    archive_flush_rows: int = Field(default=50_000, ge=1)
+    archive_flush_seconds: float = Field(default=5.0, gt=0.0)
+    archive_buffer_rows: int = Field(default=500_000, ge=1)
+    archive_block_ms: float = Field(default=50.0, ge=0.0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    # --- derived locations -----------------------------------------------------------------------
+    def _under(self, explicit: str | None, name: str) -> str:
+        return explicit if explicit else str((self.data_dir / name).resolve())
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """SQLite file under the data dir unless ``RELOOP_DATABASE_URL`` says otherwise."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def resolved_logs_uri(self) -> str:
+        return self._under(self.logs_uri, "logs")
+
+    @property
+    def resolved_artifacts_uri(self) -> str:
+        return self._under(self.artifacts_uri, "artifacts")
+
+    @property
+    def resolved_archive_uri(self) -> str:
+        return self._under(self.archive_uri, "archive")
+
+    @property
+    def resolved_reports_uri(self) -> str:
+        return self._under(self.reports_uri, "reports")
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for ``s3://`` URIs; empty when no S3 settings are given."""
+        opts: dict[str, Any] = {}
+        client: dict[str, Any] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            client["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_access_key_id is not None:
+            opts["key"] = self.s3_access_key_id.get_secret_value()
+        if self.s3_secret_access_key is not None:
+            opts["secret"] = self.s3_secret_access_key.get_secret_value()
+        opts["client_kwargs"] = client
+        return opts
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit overrides winning (CLI flags, tests)."""
+    return Settings(**overrides)

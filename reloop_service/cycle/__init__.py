@@ -1,0 +1,1 @@
+"""cycle domain of reloop-service."""

@@ -1,0 +1,1 @@
+"""data domain of reloop-service."""

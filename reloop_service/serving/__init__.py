@@ -1,0 +1,1 @@
+"""serving domain of reloop-service."""

@@ -1,0 +1,3 @@
+"""CLI commands of the serving domain (registered on the shared Typer apps in ``reloop_service.clitools``)."""
+
+from __future__ import annotations

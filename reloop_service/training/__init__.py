@@ -1,0 +1,1 @@
+"""training domain of reloop-service."""
