@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`, and so `.ci/run`): services, lint, types, the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+
+# PostgreSQL: the registry tests run on it too (never skipped in CI). Start it if it is down.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "PostgreSQL is down: starting it"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+# Headless Chromium for the dashboard's browser tests (Debian's package; nothing downloads a browser).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian's chromium for the browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+echo "== ruff"
+$BIN/ruff check reloop_service tests migrations
+echo "== mypy"
+$BIN/mypy reloop_service
+echo "== pytest"
+mkdir -p test-artifacts
+$BIN/pytest -q -p no:cacheprovider --durations=15 "$@"
