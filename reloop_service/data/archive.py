@@ -1,0 +1,365 @@
+"""The prediction archive: every prediction served, durably, for the next training cycle.
+
+Serving appends column chunks (O(1), no I/O on the request path); a background flusher thread
+turns them into Parquet parts at ``<root>/dt=YYYY-MM-DD/version=V/part-<replica>-<uuid>.parquet``
+every ``flush_rows`` rows or ``flush_seconds`` seconds, and on ``close()``. Parts are written
+atomically (temporary dot-name then rename locally, a single PUT on object stores), so a reader
+never sees a partial part, and a crash loses at most what was still buffered.
+
+Buffer policy (bounded memory): ``append`` never raises. When the buffer holds ``buffer_rows``
+rows, it blocks up to ``block_ms`` for the flusher to make room, then drops the chunk and counts
+it in ``dropped_rows``. A failed write is logged and counted in ``write_errors``; its rows stay
+buffered and are retried on the next flush, up to ``max_attempts`` tries, after which they are
+dropped and counted (a broken store must not grow memory without bound).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reloop_service.storage import filesystem, join, write_atomic
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SCHEMA = pa.schema(
+    [
+        pa.field("impression_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("ctr", pa.float64(), nullable=False),
+        pa.field("features", pa.string(), nullable=False),
+    ]
+)
+READ_COLUMNS: tuple[str, ...] = ("impression_id", "ctr", "model_version", "ts")
+_PART_PREFIX = "part-"
+_PART_SUFFIX = ".parquet"
+
+
+@dataclass(frozen=True)
+class PredictionRows:
+    """One served batch, as columns: what ``append`` takes (building it costs no per-row I/O).
+
+    ``features`` holds the feature mappings as served; they are JSON-encoded by the flusher,
+    off the request path. ``ts_us`` is one timestamp (microseconds since the epoch, UTC) for
+    the whole batch: a batch is served at one instant.
+    """
+
+    impression_ids: Sequence[str]
+    ctr: np.ndarray
+    model_version: int
+    ts_us: int
+    features: Sequence[Mapping[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.impression_ids)
+
+    @property
+    def day(self) -> date:
+        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.ts_us)).date()
+
+
+@dataclass
+class ArchiveCounters:
+    """What ``/metrics`` exports; plain ints, read without a lock (a torn read is harmless)."""
+
+    appended_rows: int = 0
+    written_rows: int = 0
+    written_parts: int = 0
+    dropped_rows: int = 0
+    write_errors: int = 0
+    blocked_appends: int = 0
+
+
+@dataclass
+class _Pending:
+    rows: PredictionRows
+    attempts: int = 0
+
+
+@dataclass
+class _Buffer:
+    chunks: deque[_Pending] = field(default_factory=deque)
+    rows: int = 0  # buffered + being written: the memory bound covers both
+
+
+def now_us() -> int:
+    """Current UTC time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+class PredictionArchive:
+    """Buffered, bounded, crash-safe writer of served predictions (see the module docstring)."""
+
+    def __init__(
+        self,
+        root_uri: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        replica_id: str | None = None,
+        flush_rows: int = 50_000,
+        flush_seconds: float = 5.0,
+        buffer_rows: int = 500_000,
+        block_ms: float = 50.0,
+        max_attempts: int = 3,
+        start: bool = True,
+    ) -> None:
+        if flush_rows < 1 or buffer_rows < 1 or flush_seconds <= 0:
+            raise ValueError("flush_rows and buffer_rows must be >= 1 and flush_seconds > 0")
+        self.root_uri = root_uri
+        self._fs, self._root = filesystem(root_uri, storage_options)
+        self.replica_id = _safe_replica(replica_id or uuid.uuid4().hex[:8])
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.buffer_rows = buffer_rows
+        self.block_s = block_ms / 1000.0
+        self.max_attempts = max_attempts
+        self.counters = ArchiveCounters()
+        self._buf = _Buffer()
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()  # one writer at a time (flusher or explicit flush)
+        self._closed = False
+        self._flush_requested = False
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # --- request path --------------------------------------------------------------------------
+    def append(self, rows: PredictionRows) -> bool:
+        """Queue one served batch; True when accepted, False when dropped (counted). Never raises."""
+        n = len(rows)
+        if n == 0:
+            return True
+        with self._cond:
+            if self._closed:
+                self.counters.dropped_rows += n
+                log.error("archive closed: dropped %d prediction rows", n)
+                return False
+            if self._buf.rows + n > self.buffer_rows:
+                self.counters.blocked_appends += 1
+                self._flush_requested = True
+                self._cond.notify_all()
+                deadline = time.monotonic() + self.block_s
+                while self._buf.rows + n > self.buffer_rows and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left):
+                        break
+                if self._buf.rows + n > self.buffer_rows or self._closed:
+                    self.counters.dropped_rows += n
+                    log.warning(
+                        "archive buffer full (%d rows): dropped %d prediction rows", self._buf.rows, n
+                    )
+                    return False
+            self._buf.chunks.append(_Pending(rows))
+            self._buf.rows += n
+            self.counters.appended_rows += n
+            if self._buf.rows >= self.flush_rows:
+                self._flush_requested = True
+                self._cond.notify_all()
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows held in memory (buffered or being written)."""
+        return self._buf.rows
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background flusher (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="archive-flusher", daemon=True)
+            self._thread.start()
+
+    def flush(self) -> int:
+        """Write everything buffered now; returns the rows written. Errors are counted, not raised."""
+        with self._write_lock:
+            with self._cond:
+                taken = list(self._buf.chunks)
+                self._buf.chunks.clear()
+                self._flush_requested = False
+            if not taken:
+                return 0
+            return self._write(taken)
+
+    def close(self) -> None:
+        """Stop the flusher and write what is left; later appends are dropped and counted."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def __enter__(self) -> PredictionArchive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- flusher -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closed and not self._flush_requested:
+                    self._cond.wait(self.flush_seconds)
+                if self._closed:
+                    return
+            try:
+                self.flush()
+            except Exception:  # the flusher must survive anything
+                log.exception("archive flusher failed")
+
+    def _write(self, taken: list[_Pending]) -> int:
+        groups: dict[tuple[date, int], list[_Pending]] = {}
+        for pending in taken:
+            groups.setdefault((pending.rows.day, pending.rows.model_version), []).append(pending)
+        written = 0
+        retry: list[_Pending] = []
+        released = 0
+        for (day, version), chunks in groups.items():
+            nrows = sum(len(c.rows) for c in chunks)
+            path = part_path(self._root, day=day, version=version, replica_id=self.replica_id)
+            try:
+                write_atomic(self._fs, path, _to_parquet([c.rows for c in chunks]))
+            except Exception as exc:
+                self.counters.write_errors += 1
+                log.error("archive write of %d rows to %s failed: %s", nrows, path, exc)
+                for c in chunks:
+                    c.attempts += 1
+                    if c.attempts >= self.max_attempts:
+                        self.counters.dropped_rows += len(c.rows)
+                        released += len(c.rows)
+                        log.error("archive gave up on %d rows after %d tries", len(c.rows), c.attempts)
+                    else:
+                        retry.append(c)
+                continue
+            written += nrows
+            released += nrows
+            self.counters.written_rows += nrows
+            self.counters.written_parts += 1
+        with self._cond:
+            for c in reversed(retry):
+                self._buf.chunks.appendleft(c)
+            self._buf.rows -= released
+            self._cond.notify_all()
+        return written
+
+
+def _safe_replica(replica_id: str) -> str:
+    """Replica ids go into file names: keep them to a safe alphabet."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in replica_id)
+    return cleaned or "replica"
+
+
+def part_path(root: str, *, day: date, version: int, replica_id: str) -> str:
+    """``<root>/dt=YYYY-MM-DD/version=V/part-<replica>-<uuid>.parquet``."""
+    name = f"{_PART_PREFIX}{replica_id}-{uuid.uuid4().hex}{_PART_SUFFIX}"
+    return join(root, f"dt={day.isoformat()}", f"version={int(version)}", name)
+
+
+def _to_parquet(chunks: Sequence[PredictionRows]) -> bytes:
+    ids: list[str] = []
+    feats: list[str] = []
+    ctr_parts: list[np.ndarray] = []
+    ts_parts: list[np.ndarray] = []
+    ver_parts: list[np.ndarray] = []
+    for rows in chunks:
+        n = len(rows)
+        ids.extend(rows.impression_ids)
+        feats.extend(orjson.dumps(f).decode() for f in rows.features)
+        ctr_parts.append(np.asarray(rows.ctr, dtype=np.float64).reshape(n))
+        ts_parts.append(np.full(n, rows.ts_us, dtype=np.int64))
+        ver_parts.append(np.full(n, rows.model_version, dtype=np.int64))
+    table = pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.array(np.concatenate(ts_parts), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            pa.array(np.concatenate(ver_parts), pa.int64()),
+            pa.array(np.concatenate(ctr_parts), pa.float64()),
+            pa.array(feats, pa.string()),
+        ],
+        schema=ARCHIVE_SCHEMA,
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+# --- reader -------------------------------------------------------------------------------------
+def _days(start: date, end: date) -> Iterator[date]:
+    day = start
+    while day <= end:
+        yield day
+        day += timedelta(days=1)
+
+
+def list_parts(
+    root_uri: str, *, version: int, day: date, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Complete parts of one version and day, sorted; temporary (dot) names are never listed."""
+    fs, root = filesystem(root_uri, storage_options)
+    folder = join(root, f"dt={day.isoformat()}", f"version={int(version)}")
+    if not fs.exists(folder):
+        return []
+    names = []
+    for path in fs.ls(folder, detail=False):
+        base = posixpath.basename(str(path).rstrip("/"))
+        if base.startswith(_PART_PREFIX) and base.endswith(_PART_SUFFIX):
+            names.append(str(path))
+    return sorted(names)
+
+
+def read_predictions(
+    root_uri: str,
+    *,
+    version: int,
+    start: date,
+    end: date,
+    impression_ids: Iterable[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    columns: Sequence[str] = READ_COLUMNS,
+    batch_size: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the archived predictions of ``version`` served from ``start`` to ``end`` (inclusive).
+
+    Only complete parts are read, one record batch at a time (memory stays bounded). With
+    ``impression_ids``, only those rows are returned. A client retry can archive one impression
+    twice; both rows are returned and the caller decides (e.g. keep the latest ``ts``).
+    """
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    unknown = [c for c in columns if c not in ARCHIVE_SCHEMA.names]
+    if unknown:
+        raise ValueError(f"unknown archive columns {unknown}; known: {ARCHIVE_SCHEMA.names}")
+    wanted = None
+    if impression_ids is not None:
+        wanted = pa.array(list(dict.fromkeys(impression_ids)), pa.string())
+    fs, _ = filesystem(root_uri, storage_options)
+    read_cols = list(dict.fromkeys([*columns, "impression_id"])) if wanted is not None else list(columns)
+    for day in _days(start, end):
+        for path in list_parts(root_uri, version=version, day=day, storage_options=storage_options):
+            with fs.open(path, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                for batch in pf.iter_batches(batch_size=batch_size, columns=read_cols):
+                    if wanted is not None:
+                        batch = batch.filter(pc.is_in(batch.column("impression_id"), value_set=wanted))
+                        if batch.num_rows == 0:
+                            continue
+                    yield batch.select(list(columns))
