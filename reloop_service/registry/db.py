@@ -1,0 +1,248 @@
+"""Engines, transactions and Alembic migrations of the registry database.
+
+Where the migrations live: the Alembic scripts are the top-level ``migrations/`` folder of the repository.
+The package finds them, in order, at ``$RELOOP_MIGRATIONS_DIR``; at ``reloop_service/migrations_pkg`` (a
+symlink to ``../migrations`` in the source tree, so a regular ``pip install .`` copies the scripts into the
+installed package as package data); and at ``<repo>/migrations`` next to the package (editable installs).
+Alembic is configured in code (no ``alembic.ini`` needed), so ``reloop db upgrade`` works from any cwd and in a
+Docker image that copies the repo and pip-installs it.
+
+Transactions: ``session_scope`` is the one place that commits, rolls back and maps database errors to
+``reloop_service.registry.errors``. A retry never happens inside a session that needs a rollback:
+``run_transaction`` takes the *engine* and opens a fresh transaction per attempt.
+
+SQLite: WAL, foreign keys on, a busy timeout, and ``BEGIN IMMEDIATE`` for read-write transactions, so
+writers queue on the database lock instead of failing when a read snapshot would have to be upgraded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session
+
+from reloop_service.registry.errors import (
+    ConflictError,
+    DatabaseError,
+    RegistryError,
+    RetryableConflictError,
+    SchemaOutOfDateError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_READONLY = "reloop_readonly"
+# PostgreSQL SQLSTATEs worth a fresh transaction: serialization failure, deadlock, lock not available.
+_PG_RETRYABLE = {"40001", "40P01", "55P03"}
+# Unique constraints whose violation means "another writer took it first; run again".
+_RETRYABLE_CONSTRAINTS = ("uq_model_versions_model_name_version", "model_versions.model_name, model_versions.version")
+
+
+# --------------------------------------------------------------------------------------------- URLs
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever the URL says (``postgresql://``, ``postgres://``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif url.startswith("postgres://"):
+        parsed = make_url("postgresql+psycopg://" + url[len("postgres://") :])
+    return parsed.render_as_string(hide_password=False)
+
+
+def safe_url(url: str | Engine) -> str:
+    """The URL with its password masked, for messages and logs."""
+    parsed = url.url if isinstance(url, Engine) else make_url(normalize_url(url))
+    return parsed.render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------------------------------ engines
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for the registry: SQLite file (WAL, FKs, busy timeout) or PostgreSQL via psycopg 3."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        )
+        _configure_sqlite(engine, wal=bool(database) and database != ":memory:")
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so BEGIN IMMEDIATE and savepoints behave.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        readonly = connection.get_execution_options().get(_READONLY, False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+# ------------------------------------------------------------------------------------- transactions
+def _is_retryable(err: sa_exc.DBAPIError) -> bool:
+    orig = err.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _PG_RETRYABLE:
+        return True
+    text = str(orig)
+    if "database is locked" in text or "database table is locked" in text:
+        return True
+    if isinstance(err, sa_exc.IntegrityError):
+        diag = getattr(orig, "diag", None)
+        constraint = getattr(diag, "constraint_name", None) or ""
+        return any(name in constraint or name in text for name in _RETRYABLE_CONSTRAINTS)
+    return False
+
+
+def map_db_error(err: sa_exc.SQLAlchemyError) -> RegistryError:
+    """Turn a SQLAlchemy/driver error into the registry's own exception."""
+    if isinstance(err, sa_exc.DBAPIError):
+        message = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+        if _is_retryable(err):
+            return RetryableConflictError(f"concurrent update, retry in a new transaction: {message}")
+        if isinstance(err, sa_exc.IntegrityError):
+            return ConflictError(f"database constraint violated: {message}")
+        return DatabaseError(f"database error: {message}")
+    return DatabaseError(f"database error: {err}")
+
+
+@contextmanager
+def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error, database errors as registry errors.
+
+    ``readonly=True`` starts a plain (deferred) transaction on SQLite so readers never queue behind writers.
+    """
+    bind = engine.execution_options(**{_READONLY: True}) if readonly else engine
+    session = Session(bind=bind, expire_on_commit=False, autoflush=False)
+    try:
+        yield session
+        session.commit()
+    except sa_exc.SQLAlchemyError as err:
+        session.rollback()
+        raise map_db_error(err) from err
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def run_transaction(
+    engine: Engine, fn: Callable[[Session], T], *, attempts: int = 8, backoff_s: float = 0.02
+) -> T:
+    """Run ``fn(session)`` in a fresh ``session_scope``, again on a retryable conflict (taken version number,
+    deadlock, serialization failure, locked SQLite). Each attempt is a new transaction, so ``fn`` must do all
+    its reads inside the session it is given."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(engine) as session:
+                return fn(session)
+        except RegistryError as err:
+            if not err.retryable or attempt == attempts:
+                raise
+            log.debug("retrying transaction (attempt %d/%d): %s", attempt, attempts, err)
+            time.sleep(backoff_s * attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------- migrations
+def migrations_dir() -> Path:
+    """The Alembic script folder (see the module docstring for the lookup order)."""
+    candidates: list[Path] = []
+    if env := os.environ.get("RELOOP_MIGRATIONS_DIR"):
+        candidates.append(Path(env).expanduser())
+    package_root = Path(__file__).resolve().parent.parent
+    candidates += [package_root / "migrations_pkg", package_root.parent / "migrations"]
+    for path in candidates:
+        if (path / "env.py").is_file():
+            return path
+    raise FileNotFoundError(
+        "Alembic migrations not found; looked in " + ", ".join(str(p) for p in candidates)
+        + " (set RELOOP_MIGRATIONS_DIR to the repository's migrations/ folder)"
+    )
+
+
+def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
+    """An Alembic config built in code; the URL travels in ``attributes`` (no ``%`` escaping issues)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if url is not None:
+        config.attributes["url"] = normalize_url(url)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError("no Alembic revisions found")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (``None`` for an empty database)."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except sa_exc.SQLAlchemyError as err:
+        raise map_db_error(err) from err
+
+
+def ensure_at_head(engine: Engine) -> str:
+    """Refuse a database not at the Alembic head, telling the user how to fix it. Returns the revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return head
+    where = safe_url(engine)
+    script = ScriptDirectory.from_config(alembic_config())
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        raise SchemaOutOfDateError(
+            f"registry database {where} is at revision {current}, which this version of reloop-service does "
+            f"not know (newer code migrated it?); upgrade reloop-service or run `reloop db downgrade`"
+        )
+    state = "empty (no schema)" if current is None else f"at revision {current}"
+    raise SchemaOutOfDateError(
+        f"registry database {where} is {state}, but this code needs revision {head}; run `reloop db upgrade`"
+    )
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "-1") -> None:
+    """Revert migrations down to ``revision`` (``base`` drops every registry table)."""
+    command.downgrade(alembic_config(url), revision)
