@@ -14,6 +14,10 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
     """Return the filesystem for ``uri`` and the path inside it (no protocol for local files)."""
     protocol = fsspec.utils.get_protocol(uri)
     options = dict(storage_options or {}) if protocol in ("s3", "s3a") else {}
+    if options or protocol in ("s3", "s3a"):
+        # Other processes (API replicas, torchrun ranks) write under the same prefixes: a cached
+        # listing would hide their new files from this long-lived process.
+        options.setdefault("use_listings_cache", False)
     fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path
 
