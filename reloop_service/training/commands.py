@@ -1,3 +1,3 @@
-"""CLI commands of the training domain (registered on the shared Typer apps in ``reloop_service.clitools``)."""
+"""CLI commands of the training domain (registered on the shared Typer apps in ``clitools``)."""
 
 from __future__ import annotations

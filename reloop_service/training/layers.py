@@ -1,0 +1,175 @@
+"""Small building blocks of the CTR models (FuxiCTR-style), with tensor shapes in their docstrings.
+
+B = batch size, F = number of embedded fields, D = embedding dimension, L = multi-value length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Standard deviation of the initial embedding rows (small, so untrained rows barely move the logit).
+EMBEDDING_INIT_STD = 0.01
+
+
+class RowSparseEmbedding(nn.Module):
+    """An embedding table [num_rows, D] whose gradient covers only the rows a batch used.
+
+    In training (grad enabled, module in train mode) ``forward`` looks up the unique ids of the batch,
+    gathers those rows into a fresh leaf tensor ``rows`` [U, D] that requires grad, and returns
+    ``rows[inverse]``. After ``backward`` the pair ``(ids, rows.grad)`` waits in the layer until the
+    row-sparse optimizer (``optim.RowSparseAdam``) pops it with ``collect_grads`` and writes the
+    updated rows back in place. The table itself is a parameter with ``requires_grad=False`` so no
+    dense [num_rows, D] gradient is ever allocated and dense optimizers never see it.
+
+    In eval mode, under ``torch.no_grad``/``inference_mode``, or when ``track_rows`` is False
+    (a frozen table) it is a plain lookup with identical values.
+    """
+
+    def __init__(self, num_rows: int, dim: int) -> None:
+        super().__init__()
+        if num_rows < 1 or dim < 1:
+            raise ValueError(f"embedding table needs at least one row and one column, got {num_rows}x{dim}")
+        self.num_rows = num_rows
+        self.dim = dim
+        self.weight = nn.Parameter(torch.empty(num_rows, dim), requires_grad=False)
+        self.track_rows = True
+        self._pending: list[tuple[Tensor, Tensor]] = []
+        nn.init.normal_(self.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids LongTensor [...] -> FloatTensor [..., D]."""
+        if self.track_rows and self.training and torch.is_grad_enabled():
+            uniq, inverse = torch.unique(ids, return_inverse=True)
+            rows = self.weight.detach().index_select(0, uniq).requires_grad_()
+            self._pending.append((uniq, rows))
+            return F.embedding(inverse, rows)
+        return F.embedding(ids, self.weight)
+
+    def collect_grads(self) -> list[tuple[Tensor, Tensor]]:
+        """Pop the ``(ids [U], grads [U, D])`` pairs of the forwards since the last call.
+
+        Pairs whose rows received no gradient (the loss did not depend on them) are skipped. This is the
+        hook a data-parallel wrapper uses: all-gather these pairs across ranks, then hand the merged
+        pairs to ``RowSparseAdam.apply_rows``.
+        """
+        pending, self._pending = self._pending, []
+        return [(ids, rows.grad) for ids, rows in pending if rows.grad is not None]
+
+    def clear_pending(self) -> None:
+        """Forget gathered rows (``zero_grad`` of the row-sparse optimizer calls this)."""
+        self._pending = []
+
+    def extra_repr(self) -> str:
+        return f"{self.num_rows}, {self.dim}"
+
+
+def masked_mean_pool(emb: Tensor, ids: Tensor) -> Tensor:
+    """Mean of the embeddings of non-zero ids; bucket 0's embedding when all ids are 0.
+
+    emb FloatTensor [B, L, D], ids LongTensor [B, L] -> FloatTensor [B, D].
+    """
+    mask = ids != 0
+    empty = ~mask.any(dim=1, keepdim=True)  # [B, 1]
+    first = torch.zeros_like(mask)
+    first[:, :1] = True
+    mask = mask | (empty & first)
+    weights = mask.to(emb.dtype)
+    return (emb * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+
+
+class FieldEmbedding(nn.Module):
+    """One row-sparse table per categorical and per multi-valued field.
+
+    cat LongTensor [B, n_cat], multi LongTensor [B, n_multi, L] -> FloatTensor [B, n_cat + n_multi, D].
+    Multi-valued fields are mean-pooled ignoring padding 0.
+    """
+
+    def __init__(self, cat_buckets: Sequence[int], multi_buckets: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.cat_tables = nn.ModuleList(RowSparseEmbedding(n, dim) for n in cat_buckets)
+        self.multi_tables = nn.ModuleList(RowSparseEmbedding(n, dim) for n in multi_buckets)
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.cat_tables) + len(self.multi_tables)
+
+    def tables(self) -> list[RowSparseEmbedding]:
+        """Every table, categorical first, in field order."""
+        return [*self.cat_tables, *self.multi_tables]  # type: ignore[list-item]
+
+    def forward(self, cat: Tensor, multi: Tensor) -> Tensor:
+        parts = [table(cat[:, i]) for i, table in enumerate(self.cat_tables)]
+        parts += [
+            masked_mean_pool(table(multi[:, i]), multi[:, i]) for i, table in enumerate(self.multi_tables)
+        ]
+        if not parts:
+            return cat.new_zeros((cat.shape[0], 0, self.dim), dtype=torch.float32)
+        return torch.stack(parts, dim=1)
+
+
+class NumericEmbedding(nn.Module):
+    """Scales one learned vector per numeric field by the field's value (for FM-style interactions).
+
+    num FloatTensor [B, n_num] -> FloatTensor [B, n_num, D].
+    """
+
+    def __init__(self, n_num: int, dim: int) -> None:
+        super().__init__()
+        self.vectors = nn.Parameter(torch.empty(n_num, dim))
+        nn.init.normal_(self.vectors, mean=0.0, std=EMBEDDING_INIT_STD)
+
+    def forward(self, num: Tensor) -> Tensor:
+        return num.unsqueeze(-1) * self.vectors
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> Dropout blocks. x FloatTensor [B, in_dim] -> FloatTensor [B, hidden[-1]]."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in hidden:
+            layers += [nn.Linear(prev, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        self.out_dim = prev
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class CrossNetV2(nn.Module):
+    """DCN-v2 cross network: x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l.
+
+    x0 FloatTensor [B, d] -> FloatTensor [B, d].
+    """
+
+    def __init__(self, dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+class FMInteraction(nn.Module):
+    """Factorization-machine second-order term: ½·Σ_d[(Σ_f v_fd)² − Σ_f v_fd²].
+
+    v FloatTensor [B, F, D] -> FloatTensor [B].
+    """
+
+    def forward(self, v: Tensor) -> Tensor:
+        square_of_sum = v.sum(dim=1).pow(2)
+        sum_of_square = v.pow(2).sum(dim=1)
+        return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
