@@ -1,0 +1,127 @@
+"""Prometheus metrics of one app instance, on its own registry (tests and replicas never collide).
+
+Archive and model-state figures are read at scrape time by a collector, so the request path pays
+nothing for them; request counts, latencies and predictions are counted as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from reloop_service.data.archive import PredictionArchive
+    from reloop_service.serving.holder import ModelHolder
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _StateCollector(Collector):
+    """Current model, swaps, failed loads, DB state and archive counters, read at scrape time."""
+
+    def __init__(
+        self,
+        holder: Callable[[], ModelHolder | None],
+        archive: Callable[[], PredictionArchive | None],
+    ) -> None:
+        self._holder = holder
+        self._archive = archive
+
+    def collect(self) -> Iterator[Metric]:
+        holder = self._holder()
+        if holder is not None:
+            current = holder.current
+            yield GaugeMetricFamily(
+                "reloop_model_version",
+                "Model version being served (0: none).",
+                value=current.version if current else 0,
+            )
+            yield GaugeMetricFamily(
+                "reloop_model_loaded_timestamp_seconds",
+                "When the served version was loaded (Unix time).",
+                value=current.loaded_at.timestamp() if current else 0,
+            )
+            yield CounterMetricFamily("reloop_model_swaps", "Hot swaps to a new version.", value=holder.swaps)
+            yield CounterMetricFamily(
+                "reloop_model_load_failures",
+                "Failed model loads (old model kept).",
+                value=holder.load_failures,
+            )
+            yield GaugeMetricFamily(
+                "reloop_registry_db_up",
+                "1 when the last registry poll reached the database.",
+                value=1 if holder.db_ok else 0,
+            )
+        archive = self._archive()
+        if archive is not None:
+            c = archive.counters
+            yield GaugeMetricFamily(
+                "reloop_archive_queue_depth",
+                "Prediction rows buffered, not yet written.",
+                value=archive.queue_depth,
+            )
+            yield CounterMetricFamily(
+                "reloop_archive_rows_written", "Prediction rows written.", value=c.written_rows
+            )
+            yield CounterMetricFamily(
+                "reloop_archive_parts_written", "Parquet parts written.", value=c.written_parts
+            )
+            yield CounterMetricFamily(
+                "reloop_archive_write_errors", "Failed part writes (retried).", value=c.write_errors
+            )
+            yield CounterMetricFamily(
+                "reloop_archive_dropped_rows",
+                "Prediction rows dropped (buffer full or gave up).",
+                value=c.dropped_rows,
+            )
+
+
+class ServingMetrics:
+    """The metrics of one app; ``render()`` is the ``/metrics`` body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "reloop_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "reloop_http_request_duration_seconds",
+            "HTTP request latency by route, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "reloop_predictions",
+            "Predictions served by model version.",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.unknown_features = Counter(
+            "reloop_unknown_features",
+            "Unknown feature names ignored (each distinct name counted once per request).",
+            registry=self.registry,
+        )
+        self._holder: ModelHolder | None = None
+        self._archive: PredictionArchive | None = None
+        self.registry.register(_StateCollector(lambda: self._holder, lambda: self._archive))
+
+    def bind(self, *, holder: ModelHolder | None, archive: PredictionArchive | None) -> None:
+        """Point the scrape-time collector at the app's model holder and archive."""
+        self._holder = holder
+        self._archive = archive
+
+    def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
+        code = str(status)
+        self.requests.labels(route, method, code).inc()
+        self.latency.labels(route, method, code).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,296 @@
+"""Request and response bodies of the HTTP API (also the OpenAPI schema the dashboard builds on).
+
+The predict body has a fast path: ``orjson`` parses it and a tight type check accepts exactly
+the well-formed subset of what the pydantic model accepts; anything else goes through the model,
+whose errors (with the offending field's path) become the 422. Same rules, a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Annotated, Any
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+MAX_ID_LEN = 128
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+FeatureValue = str | Int64 | float | bool | None | list[str]
+"""A feature value: string, integer, finite number, boolean, null or list of strings."""
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PredictItem(BaseModel):
+    """One item to score. Unknown feature names are ignored (and counted); missing ones are null."""
+
+    model_config = _STRICT
+
+    features: dict[str, FeatureValue] = Field(description="Feature name -> value, as in the click logs.")
+    impression_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)] | None = Field(
+        default=None, description="Client impression id; the server assigns a UUIDv7 when absent."
+    )
+
+
+class PredictRequestBase(BaseModel):
+    """A batch of items; the size limit comes from ``RELOOP_MAX_BATCH``."""
+
+    model_config = _STRICT
+    items: list[PredictItem]
+
+
+@lru_cache(maxsize=8)
+def predict_request_model(max_batch: int) -> type[PredictRequestBase]:
+    """The request model with this deployment's batch limit (it shows in the OpenAPI schema)."""
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequestBase,
+        items=(list[PredictItem], Field(min_length=1, max_length=max_batch)),
+    )
+
+
+class Prediction(BaseModel):
+    impression_id: str
+    ctr: float = Field(description="Predicted click probability in [0, 1].")
+
+
+class PredictResponse(BaseModel):
+    model_version: int
+    predictions: list[Prediction]
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_ITEM_KEYS = frozenset({"features", "impression_id"})
+_I64 = 2**63
+
+
+def _fast_items(body: bytes, max_batch: int) -> tuple[list[dict[str, Any]], list[str | None]] | None:
+    """Parse and check a well-formed body cheaply; ``None`` means "let the model decide"."""
+    try:
+        doc = orjson.loads(body)  # rejects NaN / Infinity / overflowing numbers: not JSON
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or len(doc) != 1:
+        return None
+    items = doc.get("items")
+    if type(items) is not list or not 1 <= len(items) <= max_batch:
+        return None
+    features: list[dict[str, Any]] = []
+    ids: list[str | None] = []
+    scalars = _SCALARS
+    for item in items:
+        if type(item) is not dict:
+            return None
+        feats = item.get("features")
+        if type(feats) is not dict or not item.keys() <= _ITEM_KEYS:
+            return None
+        for value in feats.values():
+            kind = type(value)
+            if kind in scalars:
+                if kind is int and not -_I64 <= value < _I64:
+                    return None
+                continue
+            if kind is list and all(type(x) is str for x in value):
+                continue
+            return None
+        iid = item.get("impression_id")
+        if iid is not None and (type(iid) is not str or not 1 <= len(iid) <= MAX_ID_LEN):
+            return None
+        features.append(feats)
+        ids.append(iid)
+    return features, ids
+
+
+def _collapse(errors: list[Any]) -> list[dict[str, Any]]:
+    """One error per offending field: union members of a feature value are folded together."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if len(loc) >= 4 and loc[0] == "items" and loc[2] == "features":
+            loc = loc[:4]
+            err = {
+                "type": "feature_value",
+                "loc": loc,
+                "msg": "feature value must be a string, an integer, a finite number, a boolean, null "
+                "or a list of strings",
+                "input": err.get("input"),
+            }
+        if loc in seen:
+            continue
+        seen.add(loc)
+        out.append({**err, "loc": ("body", *loc)})
+    return out
+
+
+def parse_predict_body(body: bytes, *, max_batch: int) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """Return (features per item, client impression id or None per item), or raise a 422."""
+    fast = _fast_items(body, max_batch)
+    if fast is not None:
+        return fast
+    model = predict_request_model(max_batch)
+    try:
+        parsed = model.model_validate_json(body or b"")
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        raise RequestValidationError(_collapse(list(errors)), body=None) from None
+    return [dict(it.features) for it in parsed.items], [it.impression_id for it in parsed.items]
+
+
+# --- model and health ------------------------------------------------------------------------------
+class ModelInfo(BaseModel):
+    """The version this replica serves right now."""
+
+    model_name: str
+    model_version: int
+    loaded_at: datetime
+    artifact_sha256: str
+    metrics: dict[str, Any]
+    data_first_day: date | None
+    data_last_day: date | None
+    feature_names: list[str]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="True when a model is loaded (predictions are answered).")
+    model_version: int | None
+    database: str = Field(description="'ok' or 'unreachable': the registry's state at the last poll.")
+    database_error: str | None = None
+    last_poll_at: datetime | None
+    archive_enabled: bool
+
+
+# --- admin -----------------------------------------------------------------------------------------
+class ArtifactOut(BaseModel):
+    uri: str
+    sha256: str
+    size: int
+
+
+class VersionOut(BaseModel):
+    """A registered model version: lineage, data window, metrics and gate verdict."""
+
+    model_name: str
+    version: int
+    status: str = Field(description="candidate | production | archived | rejected | failed")
+    parent_version: int | None
+    created_at: datetime
+    artifact: ArtifactOut
+    feature_spec_hash: str | None
+    train_config: dict[str, Any]
+    data_first_day: date | None
+    data_last_day: date | None
+    metrics: dict[str, Any]
+    gate_verdict: dict[str, Any] | None
+    cycle_date: date | None
+    status_changed_at: datetime
+    rolled_back_at: datetime | None
+
+
+class VersionList(BaseModel):
+    production_version: int | None
+    versions: list[VersionOut]
+
+
+class VersionDetail(BaseModel):
+    version: VersionOut
+    lineage: list[VersionOut] = Field(description="Ancestors, nearest parent first.")
+    is_production: bool
+
+
+class ProductionOut(BaseModel):
+    model_name: str
+    version: VersionOut
+    updated_at: datetime
+    updated_by: str
+
+
+class EventOut(BaseModel):
+    """One entry of the append-only audit trail."""
+
+    id: int
+    model_name: str
+    kind: str = Field(description="registered | promoted | rolled_back | rejected | failed")
+    version: int | None
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    created_at: datetime
+    details: dict[str, Any]
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
+
+
+class CycleRunOut(BaseModel):
+    id: int
+    model_name: str
+    cycle_date: date
+    status: str = Field(description="running | succeeded | failed")
+    attempt: int
+    owner: str
+    started_at: datetime
+    heartbeat_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    produced_version: int | None
+    details: dict[str, Any]
+
+
+class CycleRunList(BaseModel):
+    runs: list[CycleRunOut]
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    reason: str = Field(min_length=1, max_length=2000)
+    expected_current: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only promote if this is still the production version (409 otherwise).",
+    )
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
+    to: int | None = Field(
+        default=None, ge=1, description="Target version; default: the previous production."
+    )
+    force: bool = Field(
+        default=False, description="Allow a target the lifecycle would refuse (e.g. rejected)."
+    )
+
+
+class TriggerCycleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    date: date
+    force: bool = False
+
+
+class TriggerCycleResponse(BaseModel):
+    run_id: int | str
+
+
+class ReloadResponse(BaseModel):
+    model_version: int | None
+    changed: bool
+    loaded_at: datetime | None
+    error: str | None = None
+
+
+def orjson_dumps(payload: Any) -> bytes:
+    """Serialize a response body (dates ISO, numpy scalars/arrays native)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
