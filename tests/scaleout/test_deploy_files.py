@@ -200,6 +200,22 @@ def test_dockerfile_copies_exist_and_are_not_ignored() -> None:
         for src in sources:
             assert (ROOT / src).exists(), f"Dockerfile COPY {src}: not in the repository"
             assert src not in ignored, f"Dockerfile COPY {src}: excluded by .dockerignore"
+    # Links inside what is copied (reloop_service/migrations_pkg -> ../migrations) must point at
+    # something copied too, or the installed package lacks e.g. its Alembic scripts.
+    copied = [(ROOT / src).resolve() for argv in copies for src in argv[:-1] if not src.startswith("--")]
+    for src in copied:
+        links = (
+            [src]
+            if src.is_symlink()
+            else [p for p in src.rglob("*") if p.is_symlink()]
+            if src.is_dir()
+            else []
+        )
+        for link in links:
+            target = link.resolve()
+            assert any(target == c or c in target.parents for c in copied), (
+                f"{link.relative_to(ROOT)} links to {target}, which the Dockerfile does not copy"
+            )
     for must in (".git", ".venv", "reloop-data"):
         assert must in ignored, f".dockerignore should exclude {must}"
 
