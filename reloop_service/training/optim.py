@@ -122,10 +122,13 @@ class RowSparseAdam(torch.optim.Optimizer):
         step = row_step.index_select(0, ids) + 1.0  # [U]
         m = exp_avg.index_select(0, ids).lerp_(grads, 1.0 - beta1)  # [U, D]
         v = exp_avg_sq.index_select(0, ids).mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
-        bias_correction1 = 1.0 - torch.pow(beta1, step)
-        bias_correction2_sqrt = (1.0 - torch.pow(beta2, step)).sqrt_()
-        step_size = (lr / bias_correction1).unsqueeze(1)  # [U, 1]
-        denom = (v.sqrt() / bias_correction2_sqrt.unsqueeze(1)).add_(eps)
+        # Bias corrections in float64 (as torch.optim.Adam does with Python floats): 1 - 0.999^t
+        # loses most of its digits in float32 for small t.
+        step64 = step.double()
+        bias_correction1 = 1.0 - torch.pow(beta1, step64)
+        bias_correction2_sqrt = (1.0 - torch.pow(beta2, step64)).sqrt_()
+        step_size = (lr / bias_correction1).to(weight.dtype).unsqueeze(1)  # [U, 1]
+        denom = (v.sqrt() / bias_correction2_sqrt.to(weight.dtype).unsqueeze(1)).add_(eps)
         rows = weight.index_select(0, ids).addcdiv_(m * step_size, denom, value=-1.0)
 
         weight.index_copy_(0, ids, rows)
