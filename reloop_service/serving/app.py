@@ -1,0 +1,222 @@
+"""``create_app(settings)``: the FastAPI service (predict, model, health, metrics, admin).
+
+The lifespan starts the prediction archive and the model watcher and, on shutdown (SIGTERM or
+SIGINT under uvicorn, after in-flight requests finished), stops the watcher and flushes the
+archive, so every prediction a client received is on disk. CORS stays closed: no CORS
+middleware is installed, so browsers refuse cross-origin calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reloop_service.config import Settings
+from reloop_service.data.archive import PredictionArchive
+from reloop_service.registry import store
+from reloop_service.registry.artifacts import ArtifactStore
+from reloop_service.registry.db import ensure_at_head, make_engine, safe_url, session_scope
+from reloop_service.registry.entities import ModelVersion
+from reloop_service.registry.errors import RegistryError, SchemaOutOfDateError
+from reloop_service.serving.holder import ModelHolder
+from reloop_service.serving.metrics import ServingMetrics
+from reloop_service.serving.routes import admin, health, metrics, model, predict
+from reloop_service.serving.schemas import orjson_dumps, predict_request_model
+from reloop_service.serving.state import ServingState
+
+log = logging.getLogger(__name__)
+
+
+def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
+    """A model holder fed by the registry's production alias and the artifact store."""
+    from reloop_service.training.checkpoint import checkpoint_from_bytes
+    from reloop_service.training.predict import Predictor
+
+    artifacts = ArtifactStore(settings.resolved_artifacts_uri, settings.storage_options())
+    model_name = settings.model_name
+
+    def fetch() -> ModelVersion | None:
+        with session_scope(engine, readonly=True) as session:
+            prod = store.get_production(session, model_name=model_name)
+        return prod.version if prod else None
+
+    def load(info: ModelVersion) -> tuple[Any, Any]:
+        checkpoint = checkpoint_from_bytes(artifacts.get(info.artifact))  # sha256 verified here
+        return Predictor(checkpoint), checkpoint.feature_spec()
+
+    return ModelHolder(
+        model_name=model_name,
+        fetch_production=fetch,
+        load_predictor=load,
+        watch_interval_s=settings.watch_interval_s,
+    )
+
+
+class _MetricsMiddleware:
+    """Counts requests and latency by route template, method and status (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                route=path, method=scope["method"], status=status, seconds=time.perf_counter() - started
+            )
+
+
+def _safe(value: Any) -> Any:
+    """Error inputs echoed back must stay valid JSON (no NaN, no raw bytes)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value[:200]).decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {str(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v) for v in value]
+    return value
+
+
+def _json(payload: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson_dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {k: _safe(v) for k, v in err.items() if k in ("type", "loc", "msg", "input")}
+            for err in exc.errors()
+        ]
+        return _json({"detail": errors}, 422)
+
+    @app.exception_handler(RegistryError)
+    async def _registry(_: Request, exc: RegistryError) -> Response:
+        status = exc.status_code if exc.status_code in (404, 409, 422, 503) else 500
+        if status == 500:
+            log.error("registry error: %s", exc)
+        return _json({"detail": str(exc), "error": type(exc).__name__}, status)
+
+
+def _custom_openapi(app: FastAPI, max_batch: int) -> None:
+    """Add the predict body schema (validated by hand for speed) to the generated document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=app.description
+        )
+        body = predict_request_model(max_batch).model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in body.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components[predict_request_model(max_batch).__name__] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    holder: ModelHolder | None = None,
+    engine: Any = None,
+) -> FastAPI:
+    """Build the service. ``holder``/``engine`` default to the registry of ``settings``."""
+    if engine is None:
+        engine = make_engine(settings.resolved_database_url)
+    if holder is None:
+        holder = registry_holder(settings, engine)
+    metrics_ = ServingMetrics()
+    state = ServingState(settings=settings, holder=holder, metrics=metrics_, engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            ensure_at_head(engine)
+        except SchemaOutOfDateError:
+            raise
+        except RegistryError as exc:  # unreachable: start anyway, serve once it answers
+            log.error("registry %s unreachable at start: %s", safe_url(engine), exc)
+        if settings.archive_enabled:
+            state.archive = PredictionArchive(
+                settings.resolved_archive_uri,
+                storage_options=settings.storage_options(),
+                replica_id=settings.replica_id,
+                flush_rows=settings.archive_flush_rows,
+                flush_seconds=settings.archive_flush_seconds,
+                buffer_rows=settings.archive_buffer_rows,
+                block_ms=settings.archive_block_ms,
+            )
+        metrics_.bind(holder=holder, archive=state.archive)
+        holder.start()
+        log.info("serving model %r (archive %s)", settings.model_name, "on" if state.archive else "off")
+        try:
+            yield
+        finally:
+            holder.stop()
+            if state.archive is not None:
+                state.archive.close()
+                c = state.archive.counters
+                log.info(
+                    "archive flushed: %d rows written, %d dropped, %d write errors",
+                    c.written_rows,
+                    c.dropped_rows,
+                    c.write_errors,
+                )
+
+    app = FastAPI(
+        title="reloop-service",
+        version="0.1.0",
+        description="CTR predictions from the production model, hot-swapped; admin API under /v1/admin.",
+        lifespan=lifespan,
+    )
+    app.state.serving = state
+    app.state.settings = settings
+    app.state.cycle_trigger = None  # the cycle domain sets (date, force, actor) -> run_id
+    app.include_router(predict.build_router(settings.max_batch))
+    app.include_router(model.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(admin.router)
+    try:  # the dashboard's page at /ui, when that module exists
+        ui = importlib.import_module("reloop_service.serving.routes.ui")
+    except ModuleNotFoundError as exc:
+        if exc.name != "reloop_service.serving.routes.ui":
+            raise
+    else:
+        app.include_router(ui.router)
+    _install_handlers(app)
+    _custom_openapi(app, settings.max_batch)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics_)
+    return app

@@ -1,0 +1,165 @@
+"""The model holder: one reference to the served model, swapped atomically by a watcher.
+
+Requests read ``holder.current`` once (a plain attribute read: atomic, lock-free) and finish on
+that model even if a swap happens meanwhile. The watcher polls the registry's production alias
+every ``watch_interval_s``; on a change it loads the artifact (sha256 verified by the artifact
+store), warms it with one prediction and only then swaps the reference. A failed load keeps the
+old model, is logged and counted. An unreachable database changes nothing but ``db_ok``: the
+replica keeps serving what it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.registry.entities import ModelVersion
+
+log = logging.getLogger(__name__)
+
+RETRY_FAILED_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a request scores with: the predictor and the version it belongs to."""
+
+    predictor: Any  # training.predict.Predictor
+    spec: FeatureSpec
+    version: int
+    model_name: str
+    info: ModelVersion
+    loaded_at: datetime
+
+
+FetchProduction = Callable[[], ModelVersion | None]
+LoadPredictor = Callable[[ModelVersion], tuple[Any, FeatureSpec]]
+"""Returns (predictor, feature spec) for a version; raises on a missing or corrupt artifact."""
+
+
+class ModelHolder:
+    """Holds the served model; see the module docstring for the swap rules."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        fetch_production: FetchProduction,
+        load_predictor: LoadPredictor,
+        watch_interval_s: float = 1.0,
+    ) -> None:
+        self.model_name = model_name
+        self._fetch = fetch_production
+        self._load = load_predictor
+        self.watch_interval_s = watch_interval_s
+        self.current: LoadedModel | None = None
+        self.swaps = 0
+        self.load_failures = 0
+        self.db_ok = False
+        self.db_error: str | None = None
+        self.last_poll_at: datetime | None = None
+        self.last_load_error: str | None = None
+        self._failed: dict[tuple[int, str], float] = {}  # (version, sha256) -> monotonic time of failure
+        self._lock = threading.Lock()  # one load at a time (watcher or admin)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- polling ------------------------------------------------------------------------------
+    def poll_once(self, *, force: bool = False) -> bool:
+        """Check the production alias and swap if it moved; True when a new model was swapped in.
+
+        ``force`` reloads even when the version is unchanged (and retries a failed load now).
+        """
+        with self._lock:
+            try:
+                wanted = self._fetch()
+            except Exception as exc:
+                if self.db_ok or self.db_error is None:
+                    log.error("registry unreachable, serving the loaded model: %s", exc)
+                self.db_ok = False
+                self.db_error = f"{type(exc).__name__}: {exc}"
+                self.last_poll_at = datetime.now(UTC)
+                return False
+            if not self.db_ok:
+                log.info("registry reachable")
+            self.db_ok, self.db_error = True, None
+            self.last_poll_at = datetime.now(UTC)
+            if wanted is None:
+                return False
+            current = self.current
+            if not force and current is not None and current.version == wanted.version:
+                return False
+            key = (wanted.version, wanted.artifact.sha256)
+            failed_at = self._failed.get(key)
+            if not force and failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_AFTER_S:
+                return False
+            return self._load_and_swap(wanted)
+
+    def _load_and_swap(self, info: ModelVersion) -> bool:
+        started = time.perf_counter()
+        try:
+            predictor, spec = self._load(info)
+            warm = np.asarray(predictor.predict_records([{}]), dtype=np.float64)
+            if warm.shape != (1,) or not np.isfinite(warm).all():
+                raise ValueError(f"warm-up prediction is not one finite number: {warm!r}")
+        except Exception as exc:
+            self.load_failures += 1
+            self._failed[(info.version, info.artifact.sha256)] = time.monotonic()
+            self.last_load_error = f"version {info.version}: {type(exc).__name__}: {exc}"
+            log.error(
+                "loading %s version %d failed, keeping the current model: %s",
+                self.model_name,
+                info.version,
+                exc,
+            )
+            return False
+        previous = self.current
+        self.current = LoadedModel(
+            predictor=predictor,
+            spec=spec,
+            version=info.version,
+            model_name=self.model_name,
+            info=info,
+            loaded_at=datetime.now(UTC),
+        )
+        self._failed.pop((info.version, info.artifact.sha256), None)
+        self.last_load_error = None
+        self.swaps += 1
+        log.info(
+            "serving %s version %d (was %s), loaded in %.0f ms",
+            self.model_name,
+            info.version,
+            previous.version if previous else None,
+            (time.perf_counter() - started) * 1000,
+        )
+        return True
+
+    # --- watcher ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Poll once now, then keep polling in a daemon thread."""
+        self.poll_once()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.watch_interval_s):
+            try:
+                self.poll_once()
+            except Exception:  # the watcher must never die
+                log.exception("model watcher poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -1,0 +1,33 @@
+"""What the routes of one app share: settings, model holder, archive, metrics, registry access."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fastapi import Request
+
+from reloop_service.config import Settings
+from reloop_service.data.archive import PredictionArchive
+from reloop_service.serving.holder import ModelHolder
+from reloop_service.serving.metrics import ServingMetrics
+
+CycleTrigger = Callable[[date, bool, str], Any]
+"""``(cycle_date, force, actor) -> run_id``: starts a cycle in the background (the cycle wires it)."""
+
+
+@dataclass
+class ServingState:
+    settings: Settings
+    holder: ModelHolder
+    metrics: ServingMetrics
+    archive: PredictionArchive | None = None
+    engine: Any = None  # sqlalchemy Engine of the registry
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def state_of(request: Request) -> ServingState:
+    state: ServingState = request.app.state.serving
+    return state
