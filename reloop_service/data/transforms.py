@@ -1,0 +1,422 @@
+"""Record batches to tensors: the one code path shared by training, serving and batch inference.
+
+Categorical values are canonicalized to strings (integers as decimal strings, so ``42`` and ``"42"``
+land in the same bucket), hashed with a seeded SipHash-2-4 (``pandas.util.hash_array``: fixed key, no
+per-process randomization, unlike Python's ``hash``) and folded into ``1 .. buckets-1``. Bucket 0 is
+reserved for missing and null values, and is also the padding of multi-valued fields.
+Numeric values become ``log1p(max(x, 0))`` standardized with the spec's frozen statistics; null or
+non-finite values become exactly 0 (the standardized mean), so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pandas.util import hash_array
+
+from reloop_service.data.spec import FeatureSpec
+
+__all__ = [
+    "FeatureBatch",
+    "FeatureError",
+    "bucketize",
+    "fit_numeric",
+    "labels_of",
+    "records_to_batch",
+    "stable_hash",
+    "transform",
+    "unknown_keys",
+]
+
+# SipHash key; changing it changes every bucket of every trained model, so it is frozen forever.
+_HASH_KEY = "0123456789123456"
+_UNKNOWN_KEYS_META = b"reloop.unknown_keys"
+
+
+class FeatureError(ValueError):
+    """A feature value cannot be encoded; the message names the field (and record, when known)."""
+
+
+@dataclass
+class FeatureBatch:
+    """Model inputs for B rows.
+
+    cat:   LongTensor  [B, n_cat]            bucket ids, 0 = missing
+    multi: LongTensor  [B, n_multi, max_len] bucket ids, 0 = padding/missing; max_len is the largest
+                                             ``max_len`` among multi fields (shorter fields are 0-padded)
+    num:   FloatTensor [B, n_num]            standardized log1p values, 0 = missing
+    """
+
+    cat: torch.Tensor
+    multi: torch.Tensor
+    num: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.cat.shape[0])
+
+    def to(self, device: torch.device | str) -> FeatureBatch:
+        """Move every tensor to ``device`` (no copy when already there)."""
+        return FeatureBatch(cat=self.cat.to(device), multi=self.multi.to(device), num=self.num.to(device))
+
+
+# --- hashing -----------------------------------------------------------------------------------------
+def _canonical_py(value: Any, name: str) -> str | None:
+    """Python-side canonical string of one categorical value (same result as the Arrow path)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return None
+        if math.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        return str(pc.cast(pa.scalar(float(value)), pa.string()).as_py())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise FeatureError(f"field {name!r}: expected a string or integer, got {type(value).__name__}")
+
+
+def _canonical_strings(arr: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
+    """Arrow-side canonicalization of a categorical column to ``string`` (nulls kept)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.dictionary_decode()
+        t = arr.type
+    if pa.types.is_string(t):
+        return arr
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_integer(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_boolean(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_floating(t):
+        arr = pc.cast(arr, pa.float64())
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, pa.float64()), arr)
+        integral = pc.and_(pc.equal(pc.floor(arr), arr), pc.less(pc.abs(arr), 2.0**63))
+        as_int = pc.cast(pc.if_else(integral, arr, 0.0), pa.int64(), safe=False)
+        return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(arr, pa.string()))
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string())
+    raise FeatureError(f"field {name!r}: cannot use Arrow type {t} as a categorical value")
+
+
+_DICT_ENCODE_MIN = 512  # below this, hashing every value beats a dictionary-encode round trip
+
+
+def _siphash(values: np.ndarray) -> np.ndarray:
+    """SipHash-2-4 (fixed key) of an object array of str, then pandas' 64-bit mixing -> uint64."""
+    return np.asarray(
+        hash_array(values, encoding="utf8", hash_key=_HASH_KEY, categorize=False), dtype=np.uint64
+    )
+
+
+def _hash_strings(arr: pa.Array) -> np.ndarray:
+    """SipHash of each string of an Arrow string array; nulls give 0 (callers mask them)."""
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if n < _DICT_ENCODE_MIN:
+        values = arr.to_numpy(zero_copy_only=False)
+        if arr.null_count:
+            valid = arr.is_valid().to_numpy(zero_copy_only=False)
+            out = np.zeros(n, dtype=np.uint64)
+            out[valid] = _siphash(values[valid])
+            return out
+        return _siphash(values)
+    # Large batches repeat values (popular items, small context vocabularies): hash each once.
+    encoded = pc.dictionary_encode(arr, null_encoding="mask")
+    dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
+    if len(dictionary) == 0:
+        return np.zeros(n, dtype=np.uint64)
+    uniques = _siphash(dictionary)
+    indices = encoded.indices
+    if indices.null_count:
+        idx = pc.fill_null(indices, 0).to_numpy()
+        out = uniques[idx]
+        out[indices.is_null().to_numpy(zero_copy_only=False)] = 0
+        return out
+    return uniques[indices.to_numpy()]
+
+
+def stable_hash(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """uint64 hash of each value's canonical string; identical on every process, machine and version.
+
+    Integers hash as their decimal strings. Nulls give 0 (never a valid hash in practice; callers
+    map them to the reserved bucket themselves).
+    """
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        arr = _canonical_strings(values, "values")
+    elif isinstance(values, np.ndarray) and values.dtype != object:
+        arr = _canonical_strings(pa.array(values), "values")
+    else:
+        arr = pa.array([_canonical_py(v, "values") for v in values], type=pa.string())
+    return _hash_strings(arr)
+
+
+def bucketize(hashes: np.ndarray, valid: np.ndarray, buckets: int | np.ndarray) -> np.ndarray:
+    """Fold hashes into ``1 .. buckets-1`` and put invalid (null) entries in bucket 0 -> int64."""
+    b = np.asarray(buckets, dtype=np.uint64)
+    out = (hashes % (b - np.uint64(1)) + np.uint64(1)).astype(np.int64)
+    out[~valid] = 0
+    return out
+
+
+# --- transform ---------------------------------------------------------------------------------------
+def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.ChunkedArray:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        raise FeatureError(f"field {name!r}: column missing from the batch")
+    return batch.column(idx)
+
+
+def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBatch:
+    """Encode the spec's feature columns of ``batch`` into a ``FeatureBatch`` (extra columns ignored)."""
+    n = batch.num_rows
+    # All categorical values and all multi-valued elements are hashed in one call: one dictionary
+    # encode and one SipHash pass per batch keeps small serving batches cheap.
+    pieces: list[pa.Array] = []
+    piece_buckets: list[tuple[int, int]] = []  # (length, buckets)
+    multi_meta: list[tuple[np.ndarray, np.ndarray, int]] = []  # (row index, position, max_len)
+    for f in spec.categorical:
+        s = _canonical_strings(_column(batch, f.name), f.name)
+        pieces.append(s)
+        piece_buckets.append((len(s), f.buckets))
+    for m in spec.multi:
+        col = _column(batch, m.name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_null(col.type):
+            values = pa.array([], pa.string())
+            rows = np.zeros(0, dtype=np.int64)
+            pos = np.zeros(0, dtype=np.int64)
+        else:
+            if not (
+                pa.types.is_list(col.type)
+                or pa.types.is_large_list(col.type)
+                or pa.types.is_fixed_size_list(col.type)
+            ):
+                raise FeatureError(f"field {m.name!r}: expected a list column, got Arrow type {col.type}")
+            values = _canonical_strings(pc.list_flatten(col), m.name)
+            rows, pos = _list_positions(col)
+        pieces.append(values)
+        piece_buckets.append((len(values), m.buckets))
+        multi_meta.append((rows, pos, m.max_len))
+
+    cat = np.zeros((n, len(spec.categorical)), dtype=np.int64)
+    width = max((m.max_len for m in spec.multi), default=0)
+    multi = np.zeros((n, len(spec.multi), width), dtype=np.int64)
+    if pieces:
+        joined = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+        hashes = _hash_strings(joined)
+        valid = joined.is_valid().to_numpy(zero_copy_only=False)
+        bucket_per_value = np.repeat(
+            np.array([b for _, b in piece_buckets], dtype=np.uint64),
+            np.array([k for k, _ in piece_buckets], dtype=np.int64),
+        )
+        ids = bucketize(hashes, valid, bucket_per_value)
+        offset = 0
+        for j in range(len(spec.categorical)):
+            cat[:, j] = ids[offset : offset + n]
+            offset += n
+        for j, (rows, pos, max_len) in enumerate(multi_meta):
+            k = len(rows)
+            part = ids[offset : offset + k]
+            offset += k
+            keep = pos < max_len
+            multi[rows[keep], j, pos[keep]] = part[keep]
+
+    num = np.zeros((n, len(spec.numeric)), dtype=np.float32)
+    for j, nf in enumerate(spec.numeric):
+        if nf.mean is None or nf.std is None:
+            raise FeatureError(
+                f"field {nf.name!r}: numeric statistics are not fitted; call fit_numeric on training data"
+            )
+        x = _numeric_values(_column(batch, nf.name), nf.name)
+        z = (x - nf.mean) / nf.std
+        z[np.isnan(z)] = 0.0
+        num[:, j] = z
+    return FeatureBatch(cat=torch.from_numpy(cat), multi=torch.from_numpy(multi), num=torch.from_numpy(num))
+
+
+def _list_positions(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Row index and position inside its list of every flattened element (nulls are empty lists)."""
+    if pa.types.is_fixed_size_list(col.type):
+        rows = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
+        lengths = np.bincount(rows, minlength=len(col)).astype(np.int64)
+    else:
+        offsets = col.offsets.to_numpy().astype(np.int64, copy=False)
+        lengths = np.diff(offsets)
+        if col.null_count:
+            # A null list may still own a (non-flattened) offset range; list_flatten skips it.
+            lengths = np.where(col.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+        rows = np.repeat(np.arange(len(col), dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(rows), dtype=np.int64) - starts[rows]
+    return rows, pos
+
+
+def _numeric_values(col: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
+    """``log1p(max(x, 0))`` as float64, NaN where the value is null or not finite."""
+    t = col.type
+    if not (
+        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+    ):
+        raise FeatureError(f"field {name!r}: numeric field has Arrow type {t}")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if t != pa.float64():
+        col = pc.cast(col, pa.float64())
+    x = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    x[~np.isfinite(x)] = np.nan
+    with np.errstate(invalid="ignore"):
+        return np.log1p(np.maximum(x, 0.0))
+
+
+def labels_of(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> torch.Tensor:
+    """Labels as FloatTensor [B]; ingestion guarantees they are non-null 0/1."""
+    col = _column(batch, spec.label)
+    if col.null_count:
+        raise FeatureError(
+            f"field {spec.label!r}: null labels in a training batch (ingest quarantines these)"
+        )
+    y = pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+
+def fit_numeric(spec: FeatureSpec, batches: Iterable[pa.RecordBatch]) -> FeatureSpec:
+    """Fit mean/std of ``log1p(max(x, 0))`` for numeric fields that have none; fitted ones stay frozen.
+
+    One streaming pass (Chan's parallel variance), so memory is bounded by the batch size. A field with
+    no finite values or zero variance gets std 1.0 so transforms stay finite.
+    """
+    todo = [f.name for f in spec.numeric if not f.is_fitted]
+    if not todo:
+        return spec
+    count = dict.fromkeys(todo, 0)
+    mean = dict.fromkeys(todo, 0.0)
+    m2 = dict.fromkeys(todo, 0.0)
+    for batch in batches:
+        for name in todo:
+            x = _numeric_values(_column(batch, name), name)
+            x = x[~np.isnan(x)]
+            k = int(x.size)
+            if k == 0:
+                continue
+            bm = float(x.mean())
+            bm2 = float(((x - bm) ** 2).sum())
+            n0 = count[name]
+            total = n0 + k
+            delta = bm - mean[name]
+            mean[name] += delta * k / total
+            m2[name] += bm2 + delta * delta * n0 * k / total
+            count[name] = total
+    stats: dict[str, tuple[float, float]] = {}
+    for name in todo:
+        std = math.sqrt(m2[name] / count[name]) if count[name] else 0.0
+        stats[name] = (mean[name], std if std > 1e-12 else 1.0)
+    return spec.with_numeric_stats(stats)
+
+
+# --- serving input -----------------------------------------------------------------------------------
+def records_to_batch(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
+    """Build the spec's feature columns from request records (serving's input to ``transform``).
+
+    Missing keys and ``None`` become nulls (bucket 0 / numeric 0). Keys that are neither features nor
+    the label/id/time columns are ignored; their distinct names are kept in the schema metadata
+    (read them with ``unknown_keys``). Output types are fixed: categorical ``string``, numeric
+    ``float64``, multi ``list<string>``. Raises ``FeatureError`` naming record and field on bad values.
+    """
+    schema, known = _record_schema(spec)
+    unknown = set().union(*records) - known if records else set()
+    arrays: list[pa.Array] = []
+    for f in spec.categorical:
+        arrays.append(_cat_array([r.get(f.name) for r in records], f.name))
+    for nf in spec.numeric:
+        arrays.append(_num_array([r.get(nf.name) for r in records], nf.name))
+    for m in spec.multi:
+        arrays.append(_multi_array([r.get(m.name) for r in records], m.name))
+    if unknown:
+        schema = schema.with_metadata({_UNKNOWN_KEYS_META: json.dumps(sorted(unknown)).encode()})
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+@functools.lru_cache(maxsize=64)
+def _record_schema(spec: FeatureSpec) -> tuple[pa.Schema, frozenset[str]]:
+    """Output schema of ``records_to_batch`` and the keys it accepts (cached: specs are frozen)."""
+    fields = (
+        [pa.field(f.name, pa.string()) for f in spec.categorical]
+        + [pa.field(f.name, pa.float64()) for f in spec.numeric]
+        + [pa.field(f.name, pa.list_(pa.string())) for f in spec.multi]
+    )
+    known = frozenset(spec.feature_names) | {spec.label, spec.impression_id, spec.event_time}
+    return pa.schema(fields), known
+
+
+def unknown_keys(batch: pa.RecordBatch) -> tuple[str, ...]:
+    """Distinct record keys that ``records_to_batch`` ignored (not features of the spec)."""
+    meta = batch.schema.metadata or {}
+    raw = meta.get(_UNKNOWN_KEYS_META)
+    return tuple(json.loads(raw)) if raw else ()
+
+
+def _cat_array(values: list[Any], name: str) -> pa.Array:
+    # Python-side canonicalization: for the 1-100 values of a request this is cheaper than an Arrow cast.
+    try:
+        out = [v if type(v) is str else str(v) if type(v) is int else _canonical_py(v, name) for v in values]
+    except FeatureError:
+        for i, v in enumerate(values):
+            try:
+                _canonical_py(v, name)
+            except FeatureError as exc:
+                raise FeatureError(f"record {i}: {exc}") from None
+        raise
+    return pa.array(out, type=pa.string())
+
+
+def _num_array(values: list[Any], name: str) -> pa.Array:
+    try:
+        return pa.array(values, type=pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        pass
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float | np.number)):
+            raise FeatureError(f"record {i}: field {name!r}: expected a number, got {v!r}")
+    return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+
+
+def _multi_array(values: list[Any], name: str) -> pa.Array:
+    try:
+        return pa.array(values, type=pa.list_(pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        pass
+    out: list[list[str | None] | None] = []
+    for i, v in enumerate(values):
+        try:
+            if v is None:
+                out.append(None)
+            elif isinstance(v, str | int | float | bool | bytes | np.generic):
+                out.append([_canonical_py(v, name)])
+            elif isinstance(v, Sequence | np.ndarray):
+                out.append([_canonical_py(x, name) for x in v])
+            else:
+                raise FeatureError(f"field {name!r}: expected a list of strings, got {type(v).__name__}")
+        except FeatureError as exc:
+            raise FeatureError(f"record {i}: {exc}") from None
+    return pa.array(out, type=pa.list_(pa.string()))
