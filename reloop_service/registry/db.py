@@ -4,8 +4,8 @@ Where the migrations live: the Alembic scripts are the top-level ``migrations/``
 The package finds them, in order, at ``$RELOOP_MIGRATIONS_DIR``; at ``reloop_service/migrations_pkg`` (a
 symlink to ``../migrations`` in the source tree, so a regular ``pip install .`` copies the scripts into the
 installed package as package data); and at ``<repo>/migrations`` next to the package (editable installs).
-Alembic is configured in code (no ``alembic.ini`` needed), so ``reloop db upgrade`` works from any cwd and in a
-Docker image that copies the repo and pip-installs it.
+Alembic is configured in code (no ``alembic.ini`` needed), so ``reloop db upgrade`` works from any cwd and
+in a Docker image that copies the repo and pip-installs it.
 
 Transactions: ``session_scope`` is the one place that commits, rolls back and maps database errors to
 ``reloop_service.registry.errors``. A retry never happens inside a session that needs a rollback:
@@ -51,7 +51,10 @@ _READONLY = "reloop_readonly"
 # PostgreSQL SQLSTATEs worth a fresh transaction: serialization failure, deadlock, lock not available.
 _PG_RETRYABLE = {"40001", "40P01", "55P03"}
 # Unique constraints whose violation means "another writer took it first; run again".
-_RETRYABLE_CONSTRAINTS = ("uq_model_versions_model_name_version", "model_versions.model_name, model_versions.version")
+_RETRYABLE_CONSTRAINTS = (
+    "uq_model_versions_model_name_version",
+    "model_versions.model_name, model_versions.version",
+)
 
 
 # --------------------------------------------------------------------------------------------- URLs
@@ -81,7 +84,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+            url,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         _configure_sqlite(engine, wal=bool(database) and database != ":memory:")
         return engine
@@ -186,7 +191,8 @@ def migrations_dir() -> Path:
         if (path / "env.py").is_file():
             return path
     raise FileNotFoundError(
-        "Alembic migrations not found; looked in " + ", ".join(str(p) for p in candidates)
+        "Alembic migrations not found; looked in "
+        + ", ".join(str(p) for p in candidates)
         + " (set RELOOP_MIGRATIONS_DIR to the repository's migrations/ folder)"
     )
 

@@ -120,8 +120,9 @@ class CycleRun(_ToDict):
 class CycleClaim(_ToDict):
     """Result of ``claim_cycle``: whether the caller now owns the date, why, and the run record.
 
-    ``reason`` is one of ``claimed`` (new run), ``taken_over`` (stale, failed or forced re-run; attempt bumped),
-    ``held`` (another owner's heartbeat is fresh) or ``succeeded`` (the date is done; no-op without force).
+    ``reason`` is one of ``claimed`` (new run), ``taken_over`` (stale, failed or forced re-run;
+    attempt bumped), ``held`` (another owner's heartbeat is fresh), ``succeeded`` (the date is done; a
+    no-op without force) or ``failed`` (failed and ``retry_failed`` is off).
     """
 
     acquired: bool

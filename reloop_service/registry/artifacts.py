@@ -1,0 +1,78 @@
+"""Content-checked artifact storage on fsspec: a local folder by default, ``s3://bucket/prefix`` at scale.
+
+``put`` hashes the bytes first and writes them atomically (temporary name + rename locally, a single PUT on
+object stores, both via ``reloop_service.storage.write_atomic``) under a content-addressed key
+``<root>/<sha[:2]>/<sha>/<name>``: a crash never leaves a half-file under a final name, and a final
+name is never overwritten with other bytes. Register a version only with the ``ArtifactRef`` that
+``put`` returned.
+``get`` refuses bytes whose sha256 or size differ from the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Any
+
+from reloop_service.registry.entities import ArtifactRef
+from reloop_service.registry.errors import ArtifactIntegrityError, ArtifactMissingError
+from reloop_service.storage import filesystem, is_local, join, write_atomic
+
+__all__ = ["ArtifactRef", "ArtifactStore", "sha256_hex"]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore:
+    """Artifacts under one root URI (a path, ``file://``, or ``s3://bucket/prefix``)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self._fs, self._root = filesystem(self.uri, self.storage_options)
+
+    def __repr__(self) -> str:  # never print storage options (credentials)
+        return f"ArtifactStore({self.uri!r})"
+
+    def _uri_of(self, path: str) -> str:
+        if is_local(self._fs):
+            return path
+        protocol = self._fs.protocol if isinstance(self._fs.protocol, str) else self._fs.protocol[0]
+        return f"{protocol}://{path}"
+
+    def put(self, data: bytes, name: str) -> ArtifactRef:
+        """Store ``data`` atomically and return where it is and what it hashes to."""
+        clean = posixpath.normpath(name.strip("/"))
+        if not name or clean.startswith("..") or clean in (".", ""):
+            raise ValueError(f"artifact name {name!r} must be a relative path inside the store")
+        digest = sha256_hex(data)
+        path = join(self._root, digest[:2], digest, clean)
+        if not (self._fs.exists(path) and self._fs.size(path) == len(data)):
+            write_atomic(self._fs, path, data)
+        return ArtifactRef(uri=self._uri_of(path), sha256=digest, size=len(data))
+
+    def get(self, ref_or_uri: ArtifactRef | str, sha256: str | None = None) -> bytes:
+        """Read an artifact and verify it; ``ArtifactIntegrityError`` (naming the URI) on any mismatch."""
+        if isinstance(ref_or_uri, ArtifactRef):
+            uri, expected, size = ref_or_uri.uri, sha256 or ref_or_uri.sha256, ref_or_uri.size
+        else:
+            if sha256 is None:
+                raise ValueError("get(uri) needs the expected sha256; unverified loads are not allowed")
+            uri, expected, size = ref_or_uri, sha256, None
+        fs, path = filesystem(uri, self.storage_options)
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError as err:
+            raise ArtifactMissingError(f"artifact {uri} is missing", uri=uri) from err
+        actual = sha256_hex(data)
+        if actual != expected.lower():
+            raise ArtifactIntegrityError(
+                f"artifact {uri} is corrupt or was tampered with: sha256 {actual} but the registry recorded"
+                f" {expected}; refusing to load it",
+                uri=uri,
+            )
+        if size is not None and len(data) != size:  # pragma: no cover - implied by the hash
+            raise ArtifactIntegrityError(f"artifact {uri} has {len(data)} bytes, expected {size}", uri=uri)
+        return bytes(data)
