@@ -1,0 +1,121 @@
+"""Builders and multi-process workers shared by the registry tests.
+
+A plain module (no package) with a unique name: pytest puts ``tests/registry`` on ``sys.path`` and spawned
+worker processes inherit that path, so they can import the workers by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from sqlalchemy import Engine
+
+from reloop_service.registry import store
+from reloop_service.registry.db import make_engine, session_scope
+from reloop_service.registry.entities import ArtifactRef, ModelVersion
+from reloop_service.registry.errors import PromotionConflictError
+
+
+def fake_ref(seed: str) -> ArtifactRef:
+    """An artifact reference with a real sha256 of ``seed`` (the store only checks its shape)."""
+    data = seed.encode()
+    return ArtifactRef(uri=f"/artifacts/{seed}.ckpt", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def register(engine: Engine, *, parent: int | None = None, **kwargs: Any) -> ModelVersion:
+    """Register one version in its own transaction."""
+    with session_scope(engine) as session:
+        count = len(store.list_versions(session, limit=10_000))
+        return store.register_version(
+            session, artifact=fake_ref(f"v{count + 1}"), actor="test", parent_version=parent, **kwargs
+        )
+
+
+def production_version(engine: Engine) -> int | None:
+    with session_scope(engine, readonly=True) as session:
+        production = store.get_production(session)
+        return production.version.version if production else None
+
+
+def promote(engine: Engine, version: int, *, reason: str = "test") -> None:
+    current = production_version(engine)
+    with session_scope(engine) as session:
+        store.promote(session, version=version, actor="test", reason=reason, expected_current=current)
+
+
+def promote_rounds(
+    url: str, versions: tuple[int, ...], rounds: int, barrier: Barrier, name: str
+) -> list[str]:
+    """Each round: read production, wait for the other process, promote one of ``versions`` with a CAS."""
+    engine = make_engine(url)
+    outcomes: list[str] = []
+    try:
+        for _ in range(rounds):
+            with session_scope(engine, readonly=True) as session:
+                seen = store.get_production(session)
+            current = seen.version.version if seen else None
+            target = next(v for v in versions if v != current)
+            barrier.wait(timeout=60)
+            try:
+                with session_scope(engine) as session:
+                    store.promote(
+                        session, version=target, actor=name, reason="race", expected_current=current
+                    )
+                outcomes.append(f"won:{target}")
+            except PromotionConflictError:
+                outcomes.append("conflict")
+            barrier.wait(timeout=60)
+    finally:
+        engine.dispose()
+    return outcomes
+
+
+def register_many(url: str, count: int, barrier: Barrier, name: str) -> list[int]:
+    """Register ``count`` versions as fast as possible, retrying taken numbers in fresh transactions."""
+    engine = make_engine(url)
+    numbers: list[int] = []
+    try:
+        barrier.wait(timeout=60)
+        for i in range(count):
+            version = store.register_version_with_retry(
+                engine, artifact=fake_ref(f"{name}-{i}"), actor=name, reason="race"
+            )
+            numbers.append(version.version)
+    finally:
+        engine.dispose()
+    return numbers
+
+
+def claim_rounds(url: str, days: list[date], barrier: Barrier, name: str) -> list[tuple[str, bool, str]]:
+    """For each day, wait for the other process, then try to claim it."""
+    engine = make_engine(url)
+    results: list[tuple[str, bool, str]] = []
+    try:
+        for day in days:
+            barrier.wait(timeout=60)
+            with session_scope(engine) as session:
+                claim = store.claim_cycle(session, cycle_date=day, owner=name, stale_after_s=300)
+            results.append((day.isoformat(), claim.acquired, claim.reason))
+    finally:
+        engine.dispose()
+    return results
+
+
+def run_pair(target: Any, args_a: tuple[Any, ...], args_b: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Run ``target(*args, barrier, name)`` in two spawned processes and return both results."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    try:
+        barrier = manager.Barrier(2)
+        with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+            fa = pool.submit(target, *args_a, barrier, "proc-a")
+            fb = pool.submit(target, *args_b, barrier, "proc-b")
+            return fa.result(timeout=240), fb.result(timeout=240)
+    finally:
+        manager.shutdown()
