@@ -29,6 +29,7 @@ __all__ = [
     "FeatureBatch",
     "FeatureError",
     "bucketize",
+    "canonical_strings",
     "fit_numeric",
     "labels_of",
     "records_to_batch",
@@ -90,7 +91,7 @@ def _canonical_py(value: Any, name: str) -> str | None:
     raise FeatureError(f"field {name!r}: expected a string or integer, got {type(value).__name__}")
 
 
-def _canonical_strings(arr: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
+def canonical_strings(arr: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
     """Arrow-side canonicalization of a categorical column to ``string`` (nulls kept)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -162,9 +163,9 @@ def stable_hash(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[Any])
     map them to the reserved bucket themselves).
     """
     if isinstance(values, pa.Array | pa.ChunkedArray):
-        arr = _canonical_strings(values, "values")
+        arr = canonical_strings(values, "values")
     elif isinstance(values, np.ndarray) and values.dtype != object:
-        arr = _canonical_strings(pa.array(values), "values")
+        arr = canonical_strings(pa.array(values), "values")
     else:
         arr = pa.array([_canonical_py(v, "values") for v in values], type=pa.string())
     return _hash_strings(arr)
@@ -195,7 +196,7 @@ def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBat
     piece_buckets: list[tuple[int, int]] = []  # (length, buckets)
     multi_meta: list[tuple[np.ndarray, np.ndarray, int]] = []  # (row index, position, max_len)
     for f in spec.categorical:
-        s = _canonical_strings(_column(batch, f.name), f.name)
+        s = canonical_strings(_column(batch, f.name), f.name)
         pieces.append(s)
         piece_buckets.append((len(s), f.buckets))
     for m in spec.multi:
@@ -213,7 +214,7 @@ def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBat
                 or pa.types.is_fixed_size_list(col.type)
             ):
                 raise FeatureError(f"field {m.name!r}: expected a list column, got Arrow type {col.type}")
-            values = _canonical_strings(pc.list_flatten(col), m.name)
+            values = canonical_strings(pc.list_flatten(col), m.name)
             rows, pos = _list_positions(col)
         pieces.append(values)
         piece_buckets.append((len(values), m.buckets))
