@@ -1,8 +1,9 @@
 """Project-wide fixtures: registry databases on SQLite and PostgreSQL.
 
-- ``db_url``: parametrized over ``sqlite`` (a fresh file per test) and ``postgresql`` (a fresh schema per test,
-  selected through ``search_path`` in the URL, inside one database created for this pytest session and dropped
-  at its end). Tests using it run on both backends; the PostgreSQL case carries the ``postgres`` marker.
+- ``db_url``: parametrized over ``sqlite`` (a fresh file per test) and ``postgresql`` (a fresh schema per
+  test, selected through ``search_path`` in the URL, inside one database created for this pytest session and
+  dropped at its end). Tests using it run on both backends; the PostgreSQL case carries the
+  ``postgres`` marker.
 - ``migrated_engine``: an engine on ``db_url`` upgraded to the Alembic head.
 
 PostgreSQL: ``$RELOOP_TEST_PG_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/``) is the server;
