@@ -1,0 +1,414 @@
+"""``run_cycle``: one day's cycle, exactly once, never leaving production worse or half-updated.
+
+Flow of one call: claim the date (step 1); while holding it, a heartbeat thread keeps the claim
+fresh; each attempt runs steps 2-7 in order (``steps.py``); an attempt that fails closes the run
+as failed with its error and, while attempts remain (``cycle_attempts``, exponential backoff from
+``cycle_backoff_s``), re-claims the date (the registry bumps the attempt) and tries again.
+Correctness comes from the claim, not from whoever called: the scheduler, the CLI, a backfill
+and the admin API all come through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from reloop_service.config import Settings
+from reloop_service.cycle import steps
+from reloop_service.cycle.report import ReportPaths
+from reloop_service.registry import store
+from reloop_service.registry.db import session_scope
+from reloop_service.registry.entities import CycleClaim, CycleRun
+from reloop_service.registry.errors import ClaimLostError, ConflictError, RegistryError
+from reloop_service.registry.events import CycleStatus
+from reloop_service.registry.service import open_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    """What happened to one ``run_cycle`` call.
+
+    ``status``: ``succeeded`` or ``failed`` (this call ran the cycle), or ``skipped`` (it did not:
+    ``reason`` says ``succeeded`` for a date already done, ``held`` for a date another owner runs).
+    """
+
+    cycle_date: date
+    status: str
+    reason: str
+    run_id: int | None = None
+    attempt: int | None = None
+    parent_version: int | None = None
+    version: int | None = None
+    decision: str | None = None
+    error: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    report: ReportPaths | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
+
+class CycleBusyError(ConflictError):
+    """The date is already being run by a live owner, or already succeeded (without force)."""
+
+
+def new_owner(actor: str) -> str:
+    """A claim owner unique to this call: host, process, actor and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{actor}:{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------------------------------- heartbeat
+class Heartbeat:
+    """Refreshes the claim every ``heartbeat_s``; flags ``lost`` if another owner took the date over."""
+
+    def __init__(self, *, engine: Engine, run: CycleRun, interval_s: float, lost: threading.Event) -> None:
+        self.engine = engine
+        self.run = run
+        self.interval_s = interval_s
+        self.lost = lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"cycle-heartbeat-{run.cycle_date}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run = steps.heartbeat(engine=self.engine, run=self.run)
+            except ClaimLostError as err:
+                log.error("cycle %s: %s", self.run.cycle_date, err)
+                self.lost.set()
+                return
+            except RegistryError as err:  # database hiccup: keep trying; staleness is judged by others
+                log.warning("cycle %s: heartbeat failed: %s", self.run.cycle_date, err)
+
+
+# ------------------------------------------------------------------------------------- the cycle
+StepHook = Callable[[str, steps.CycleContext], None]
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Errors that another attempt cannot fix: bad or missing data, a cancelled process, a lost claim."""
+    if isinstance(exc, steps.CycleCancelled | ClaimLostError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"IngestError", "EmptyDayError", "SpecError", "FeatureError"})
+
+
+def run_cycle(
+    *,
+    settings: Settings,
+    cycle_date: date,
+    force: bool = False,
+    actor: str = "scheduler",
+    stop: threading.Event | None = None,
+    engine: Engine | None = None,
+    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
+) -> CycleOutcome:
+    """Claim ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
+
+    ``stop`` cancels at the next step boundary (the run is then marked failed, its claim closed).
+    ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
+    """
+    own_engine = engine is None
+    eng = engine if engine is not None else open_registry(settings)
+    try:
+        owner = new_owner(actor)
+        claim = steps.claim(settings=settings, engine=eng, cycle_date=cycle_date, owner=owner, force=force)
+        if not claim.acquired:
+            return _skipped(claim)
+        return execute_claimed(
+            settings=settings, engine=eng, claim=claim, owner=owner, actor=actor, stop=stop, extra=extra
+        )
+    finally:
+        if own_engine:
+            eng.dispose()
+
+
+def _skipped(claim: CycleClaim) -> CycleOutcome:
+    run = claim.run
+    log.info(
+        "[cycle %s attempt %d] not run: %s (status %s, owner %s)",
+        run.cycle_date,
+        run.attempt,
+        claim.reason,
+        run.status,
+        run.owner,
+    )
+    return CycleOutcome(
+        cycle_date=run.cycle_date,
+        status="skipped",
+        reason=claim.reason,
+        run_id=run.id,
+        attempt=run.attempt,
+        version=run.produced_version,
+        error=run.error,
+    )
+
+
+def execute_claimed(
+    *,
+    settings: Settings,
+    engine: Engine,
+    claim: CycleClaim,
+    owner: str,
+    actor: str,
+    stop: threading.Event | None = None,
+    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
+    hook: StepHook | None = None,
+) -> CycleOutcome:
+    """Run an acquired claim to its end, with retries; the claim is always closed (or lost)."""
+    run = claim.run
+    cycle_date = run.cycle_date
+    tries = 0
+    while True:
+        tries += 1
+        outcome = _attempt(
+            settings=settings, engine=engine, run=run, actor=actor, stop=stop, extra=extra, hook=hook
+        )
+        if outcome.status == "succeeded" or tries >= settings.cycle_attempts or outcome.reason == "permanent":
+            return outcome
+        wait = settings.cycle_backoff_s * (2 ** (tries - 1))
+        log.warning(
+            "[cycle %s attempt %d] failed (%s); retrying in %.1fs (%d/%d)",
+            cycle_date,
+            run.attempt,
+            outcome.error,
+            wait,
+            tries + 1,
+            settings.cycle_attempts,
+        )
+        if stop is not None and stop.wait(wait):
+            return outcome
+        if stop is None and wait > 0:
+            time.sleep(wait)
+        again = steps.claim(settings=settings, engine=engine, cycle_date=cycle_date, owner=owner)
+        if not again.acquired:
+            log.warning("[cycle %s] retry not claimed: %s", cycle_date, again.reason)
+            return outcome
+        run = again.run
+
+
+def _attempt(
+    *,
+    settings: Settings,
+    engine: Engine,
+    run: CycleRun,
+    actor: str,
+    stop: threading.Event | None,
+    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
+    hook: StepHook | None,
+) -> CycleOutcome:
+    """One attempt: steps 2-7 under a heartbeat; any failure closes the run as failed."""
+    clog = steps.cycle_logger("reloop_service.cycle", run.cycle_date, run.attempt)
+    ctx = steps.CycleContext(
+        settings=settings, engine=engine, cycle_date=run.cycle_date, run=run, actor=actor, log=clog, stop=stop
+    )
+    record: dict[str, Any] = {
+        "run_id": run.id,
+        "cycle_date": run.cycle_date.isoformat(),
+        "attempt": run.attempt,
+        "actor": actor,
+        "owner": run.owner,
+        "status": "running",
+        "started_at": datetime.now(UTC).isoformat(),
+        "settings": {
+            "model": settings.model,
+            "loss": settings.loss,
+            "prior_source": settings.prior_source,
+            "holdout_fraction": settings.holdout_fraction,
+            "auto_promote": settings.auto_promote,
+        },
+    }
+    current = "start"
+
+    def step(name: str) -> None:
+        nonlocal current
+        current = name
+        ctx.check(name)
+        if hook is not None:
+            hook(name, ctx)
+
+    clog.info("started by %s (run %d)", actor, run.id)
+    prepared: steps.PreparedDay | None = None
+    try:
+        with Heartbeat(engine=engine, run=run, interval_s=settings.heartbeat_s, lost=ctx.claim_lost):
+            ctx.workdir = steps.make_workdir(settings, run.cycle_date, run)
+            step("parent")
+            parent = steps.resolve_parent(ctx)
+            record["parent_version"] = parent.number
+            step("ingest")
+            ingested = steps.ingest(ctx, parent=parent)
+            step("priors")
+            prepared = steps.fetch_priors(ctx, ingested=ingested, parent=parent)
+            record["ingest"] = prepared.ingest
+            record["coverage"] = prepared.coverage.to_dict()
+            if extra is not None:
+                record["extra"] = extra(prepared)
+            step("train")
+            trained = steps.train(ctx, prepared=prepared, parent=parent)
+            record["train"] = {
+                "loss": trained.loss,
+                "cold_start": trained.cold_start,
+                "seconds": trained.seconds,
+                "train_rows": prepared.train_rows,
+                "holdout_rows": prepared.holdout_rows,
+                **trained.info,
+            }
+            step("gate")
+            verdict = steps.gate(ctx, prepared=prepared, candidate=trained.checkpoint, parent=parent)
+            record["gate"] = verdict
+            step("register")
+            paths: list[ReportPaths] = []
+
+            def write_report(version: Any, decision: str) -> None:
+                # Step 7 inside step 6's transaction: a report that cannot be written fails the run
+                # before anything is committed.
+                nonlocal current
+                current = "report"
+                ctx.check("report")
+                if hook is not None:
+                    hook("report", ctx)
+                final = {
+                    **record,
+                    "status": "succeeded",
+                    "version": version.version,
+                    "decision": decision,
+                    "finished_at": datetime.now(UTC).isoformat(),
+                }
+                paths[:] = [steps.report(settings=settings, record=final)]
+
+            registered = steps.register(
+                ctx,
+                trained=trained,
+                verdict=verdict,
+                parent=parent,
+                record=record,
+                before_commit=write_report,
+            )
+        record.update(
+            status="succeeded",
+            version=registered.version.version,
+            decision=registered.decision,
+            finished_at=datetime.now(UTC).isoformat(),
+        )
+        clog.info("succeeded: version %d %s", registered.version.version, registered.decision)
+        return CycleOutcome(
+            cycle_date=run.cycle_date,
+            status="succeeded",
+            reason="ran",
+            run_id=run.id,
+            attempt=run.attempt,
+            parent_version=record.get("parent_version"),
+            version=registered.version.version,
+            decision=registered.decision,
+            record=record,
+            report=paths[0] if paths else None,
+        )
+    except Exception as exc:
+        error = f"step {current}: {type(exc).__name__}: {exc}"
+        clog.error("failed: %s", error)
+        clog.debug("traceback:\n%s", traceback.format_exc())
+        record.update(
+            status="failed", error=error, failed_step=current, finished_at=datetime.now(UTC).isoformat()
+        )
+        details = {k: v for k, v in record.items() if k not in ("status",)}
+        try:
+            steps.fail_run(engine=engine, run=run, error=error, details=steps._jsonable(details))
+        except ClaimLostError as lost:
+            clog.error("could not mark the run failed: %s", lost)
+        except RegistryError as db_err:
+            clog.error("could not mark the run failed (its heartbeat will go stale): %s", db_err)
+        report_paths = None
+        try:
+            report_paths = steps.report(settings=settings, record=record)
+        except Exception as rep_err:
+            clog.error("could not write the failure report: %s", rep_err)
+        return CycleOutcome(
+            cycle_date=run.cycle_date,
+            status="failed",
+            reason="permanent" if _permanent(exc) else "error",
+            run_id=run.id,
+            attempt=run.attempt,
+            parent_version=record.get("parent_version"),
+            error=error,
+            record=record,
+            report=report_paths,
+        )
+    finally:
+        steps.remove_workdir(ctx.workdir)
+
+
+# --------------------------------------------------------------------------------------- queries
+def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[set[date], date | None]:
+    """Dates that succeeded, and the latest of them (for the scheduler's catch-up)."""
+    own = engine is None
+    eng = engine if engine is not None else open_registry(settings)
+    try:
+        with session_scope(eng, readonly=True) as session:
+            runs = store.list_cycle_runs(
+                session, model_name=settings.model_name, status=CycleStatus.SUCCEEDED, limit=100_000
+            )
+    finally:
+        if own:
+            eng.dispose()
+    done = {r.cycle_date for r in runs}
+    return done, max(done) if done else None
+
+
+# ------------------------------------------------------------------------------------ admin hook
+def make_cycle_trigger(settings: Settings, engine: Engine | None = None) -> Callable[[date, bool, str], int]:
+    """The serving app's ``app.state.cycle_trigger``: claim now, run in a background thread.
+
+    The claim happens in the caller so the route can answer with the run id at once, or with 409
+    (``CycleBusyError``) when the date is held by a live owner or already succeeded without force.
+    """
+
+    def trigger(cycle_date: date, force: bool, actor: str) -> int:
+        eng = engine if engine is not None else open_registry(settings)
+        owner = new_owner(actor)
+        claim = steps.claim(settings=settings, engine=eng, cycle_date=cycle_date, owner=owner, force=force)
+        if not claim.acquired:
+            if engine is None:
+                eng.dispose()
+            hint = " (use force to re-run it)" if claim.reason == "succeeded" else ""
+            raise CycleBusyError(
+                f"cycle {cycle_date} not started: {claim.reason} (run {claim.run.id}, "
+                f"status {claim.run.status}, owner {claim.run.owner}){hint}"
+            )
+
+        def work() -> None:
+            try:
+                execute_claimed(settings=settings, engine=eng, claim=claim, owner=owner, actor=actor)
+            except Exception:
+                log.exception("background cycle %s crashed", cycle_date)
+            finally:
+                if engine is None:
+                    eng.dispose()
+
+        threading.Thread(target=work, name=f"cycle-{cycle_date}", daemon=True).start()
+        return claim.run.id
+
+    return trigger

@@ -1,0 +1,213 @@
+"""``reloop scheduler``: the dedicated process that runs the daily cycle on a clock.
+
+APScheduler only decides *when* to try. Whether a date runs is decided by the claim in the
+cycle-runs table (step 1 of the cycle): APScheduler's FAQ warns that job stores shared across
+processes run jobs twice, so two schedulers (or a scheduler and the admin API) may both fire and
+exactly one trains.
+
+- One daily ``CronTrigger`` at ``schedule_time`` in ``timezone`` (``coalesce=True``,
+  ``max_instances=1``, an explicit ``misfire_grace_time``), on a one-thread executor.
+- On start and on every tick, a catch-up runs every day missing since the last success, oldest
+  first, bounded by ``max_catchup_days``; days beyond the bound are logged one by one with the
+  backfill command that covers them (apscheduler#296: a missed day is never skipped silently).
+- SIGTERM / SIGINT stop cleanly: the running cycle is cancelled at its next step boundary and
+  marked failed (its claim released), or finishes if it is already committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from reloop_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+DAILY_JOB_ID = "reloop-daily-cycle"
+
+
+def daterange(start: date, end: date) -> list[date]:
+    """Every day from ``start`` to ``end`` inclusive (empty when ``end < start``)."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+@dataclass(frozen=True)
+class CatchUpPlan:
+    """Which days a catch-up runs, oldest first, and which missing days are beyond its bound."""
+
+    target: date
+    to_run: list[date]
+    beyond_bound: list[date] = field(default_factory=list)
+
+
+def plan_catch_up(
+    *, target: date, succeeded: set[date], last_success: date | None, max_catchup_days: int
+) -> CatchUpPlan:
+    """Days missing since the last success up to ``target`` (the target alone without any success).
+
+    At most ``max_catchup_days`` of them run (the most recent ones); older ones are returned in
+    ``beyond_bound`` for the caller to log, never dropped silently.
+    """
+    start = target if last_success is None else min(last_success + timedelta(days=1), target)
+    missing = [d for d in daterange(start, target) if d not in succeeded]
+    bound = max(0, max_catchup_days)
+    if len(missing) <= bound:
+        return CatchUpPlan(target=target, to_run=missing)
+    cut = len(missing) - bound
+    return CatchUpPlan(target=target, to_run=missing[cut:], beyond_bound=missing[:cut])
+
+
+def target_day(settings: Settings, now: datetime | None = None) -> date:
+    """The day a tick processes: yesterday in the scheduler's time zone (today's logs are not complete)."""
+    tz = ZoneInfo(settings.timezone)
+    current = now.astimezone(tz) if now is not None else datetime.now(tz)
+    return current.date() - timedelta(days=1)
+
+
+CycleFn = Callable[..., Any]
+
+
+def catch_up(
+    *,
+    settings: Settings,
+    target: date,
+    stop: threading.Event | None = None,
+    actor: str = "scheduler",
+    run: CycleFn | None = None,
+) -> list[Any]:
+    """Run every missing day up to ``target`` in order (see ``plan_catch_up``); returns the outcomes."""
+    from reloop_service.cycle.run import cycle_history, run_cycle
+
+    runner = run or run_cycle
+    succeeded, last_success = cycle_history(settings=settings)
+    plan = plan_catch_up(
+        target=target,
+        succeeded=succeeded,
+        last_success=last_success,
+        max_catchup_days=settings.max_catchup_days,
+    )
+    for day in plan.beyond_bound:
+        log.warning(
+            "cycle %s is missing but older than max_catchup_days=%d: not run automatically; "
+            "run `reloop cycle backfill --from %s --to %s`",
+            day,
+            settings.max_catchup_days,
+            plan.beyond_bound[0],
+            plan.beyond_bound[-1],
+        )
+    if plan.to_run:
+        log.info(
+            "catch-up to %s (last success %s): %d day(s) to run: %s",
+            target,
+            last_success,
+            len(plan.to_run),
+            ", ".join(d.isoformat() for d in plan.to_run),
+        )
+    else:
+        log.info("catch-up to %s: nothing missing (last success %s)", target, last_success)
+    outcomes = []
+    for day in plan.to_run:
+        if stop is not None and stop.is_set():
+            log.warning("stopping: cycle %s and later days left for the next start", day)
+            break
+        log.info("catch-up: running cycle %s", day)
+        outcome = runner(settings=settings, cycle_date=day, actor=actor, stop=stop)
+        log.info("catch-up: cycle %s -> %s", day, getattr(outcome, "status", outcome))
+        outcomes.append(outcome)
+    return outcomes
+
+
+class CycleScheduler:
+    """The daily trigger plus catch-up, on a one-thread executor so ticks never overlap."""
+
+    def __init__(self, settings: Settings, *, run: CycleFn | None = None) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self._run = run
+        tz = ZoneInfo(settings.timezone)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": settings.misfire_grace_s,
+            },
+            timezone=tz,
+        )
+        self.trigger = CronTrigger(
+            hour=settings.schedule_time.hour,
+            minute=settings.schedule_time.minute,
+            second=settings.schedule_time.second,
+            timezone=tz,
+        )
+
+    def tick(self) -> None:
+        """One scheduled run: catch up to yesterday (errors are logged; the next tick retries)."""
+        try:
+            catch_up(
+                settings=self.settings,
+                target=target_day(self.settings),
+                stop=self.stop_event,
+                run=self._run,
+            )
+        except Exception:
+            log.exception("scheduled catch-up failed; the next tick tries again")
+
+    def start(self) -> None:
+        """Schedule the daily job and an immediate catch-up, and start the background thread."""
+        self.scheduler.add_job(
+            self.tick,
+            self.trigger,
+            id=DAILY_JOB_ID,
+            name="daily cycle",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=self.settings.misfire_grace_s,
+        )
+        # The start-up catch-up shares the one-thread executor, so it never overlaps a tick.
+        self.scheduler.add_job(self.tick, id="reloop-startup-catch-up", name="start-up catch-up")
+        self.scheduler.start()
+        job = self.scheduler.get_job(DAILY_JOB_ID)
+        log.info(
+            "scheduler started: daily at %s %s (next %s), misfire grace %ds, max catch-up %d days",
+            self.settings.schedule_time,
+            self.settings.timezone,
+            getattr(job, "next_run_time", None),
+            self.settings.misfire_grace_s,
+            self.settings.max_catchup_days,
+        )
+
+    def stop(self) -> None:
+        """Cancel the running cycle at its next step boundary and wait for it to record its end."""
+        self.stop_event.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        log.info("scheduler stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+
+        def _on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s: stopping after the running step", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,691 @@
+"""The daily cycle, one function per step: claim, ingest, fetch priors, train, gate, register, report.
+
+Each step takes what it needs explicitly and returns a small frozen result; ``run.py`` chains them,
+owns the claim's heartbeat and the retries, and turns any exception into a failed run. Nothing a
+step does is visible to serving until the single ``register`` transaction commits: the candidate's
+artifact is written first (content-addressed, atomic), then the version row, the promotion (or the
+rejection) and the run's success go in one transaction, so a failure leaves no half-registered
+version and production unchanged. The prediction archive is only ever read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import Engine
+
+from reloop_service.config import Settings
+from reloop_service.data.spec import FeatureSpec, default_spec, load_spec
+from reloop_service.registry import store
+from reloop_service.registry.db import run_transaction, session_scope
+from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
+from reloop_service.registry.events import CycleStatus
+from reloop_service.registry.service import artifact_store
+from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+
+PRIOR_COLUMN = "prior_ctr"
+PRIOR_LOSSES = frozenset({"reloop", "distill"})
+
+
+class CycleCancelled(RuntimeError):
+    """The process is stopping (SIGTERM): the run ends as failed at a step boundary, claim released."""
+
+
+class CycleStepError(RuntimeError):
+    """A step failed for a reason worth stating plainly (the message names the step and the cause)."""
+
+
+# --------------------------------------------------------------------------------------- context
+@dataclass
+class CycleContext:
+    """What every step of one attempt shares: settings, the claim, a prefixed logger, stop signals."""
+
+    settings: Settings
+    engine: Engine
+    cycle_date: date
+    run: CycleRun
+    actor: str
+    log: logging.LoggerAdapter[logging.Logger]
+    stop: threading.Event | None = None
+    claim_lost: threading.Event = field(default_factory=threading.Event)
+    workdir: Path | None = None
+
+    def check(self, step: str) -> None:
+        """Raise at a step boundary when the process is stopping or another owner took the date."""
+        if self.stop is not None and self.stop.is_set():
+            raise CycleCancelled(f"cancelled before step {step!r}: the process is shutting down")
+        if self.claim_lost.is_set():
+            raise CycleStepError(f"claim lost before step {step!r}: another owner took over this date")
+
+
+class CycleLogAdapter(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the cycle date and attempt, and puts both on the record as extras."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[cycle {extra.get('cycle_date')} attempt {extra.get('attempt')}] {msg}", kwargs
+
+
+def cycle_logger(name: str, cycle_date: date, attempt: int | str) -> CycleLogAdapter:
+    """A logger whose lines carry ``cycle_date`` and ``attempt``."""
+    return CycleLogAdapter(
+        logging.getLogger(name), {"cycle_date": cycle_date.isoformat(), "attempt": attempt}
+    )
+
+
+# ----------------------------------------------------------------------------------------- claim
+def claim(
+    *, settings: Settings, engine: Engine, cycle_date: date, owner: str, force: bool = False
+) -> CycleClaim:
+    """Step 1: claim the date in the cycle-runs table (exactly one concurrent claimer wins)."""
+    with session_scope(engine) as session:
+        return store.claim_cycle(
+            session,
+            cycle_date=cycle_date,
+            owner=owner,
+            stale_after_s=settings.stale_after_s,
+            force=force,
+            model_name=settings.model_name,
+        )
+
+
+def heartbeat(*, engine: Engine, run: CycleRun) -> CycleRun:
+    """Refresh the claim's heartbeat (``ClaimLostError`` when another owner took over)."""
+    with session_scope(engine) as session:
+        return store.heartbeat_cycle(session, run=run)
+
+
+def fail_run(*, engine: Engine, run: CycleRun, error: str, details: Mapping[str, Any]) -> CycleRun:
+    """Close the claim as failed with its error; production and the archive are not touched."""
+    with session_scope(engine) as session:
+        return store.finish_cycle(
+            session, run=run, status=CycleStatus.FAILED, error=error[:4000], details=dict(details)
+        )
+
+
+# ---------------------------------------------------------------------------------------- parent
+@dataclass(frozen=True)
+class Parent:
+    """The production version when the cycle started (``None`` fields on a cold start)."""
+
+    version: ModelVersion | None
+    checkpoint: Checkpoint | None
+
+    @property
+    def number(self) -> int | None:
+        return self.version.version if self.version is not None else None
+
+
+def configured_spec(settings: Settings) -> FeatureSpec:
+    """The user's feature spec (``spec_path``) or the demo simulator's."""
+    return load_spec(settings.spec_path) if settings.spec_path else default_spec()
+
+
+def resolve_parent(ctx: CycleContext) -> Parent:
+    """The version in production now, with its checkpoint (sha256 verified); none on a cold start."""
+    with session_scope(ctx.engine, readonly=True) as session:
+        production = store.get_production(session, model_name=ctx.settings.model_name)
+    if production is None:
+        ctx.log.info("no production version: cold start")
+        return Parent(version=None, checkpoint=None)
+    info = production.version
+    data = artifact_store(ctx.settings).get(info.artifact)
+    ctx.log.info("parent: production version %d (%s)", info.version, info.artifact.uri)
+    return Parent(version=info, checkpoint=checkpoint_from_bytes(data))
+
+
+# ---------------------------------------------------------------------------------------- ingest
+@dataclass
+class Ingested:
+    """The day's validated click log: a re-iterable stream of valid rows, and its ingest report."""
+
+    day_log: Any
+    spec: FeatureSpec
+
+    def report(self) -> dict[str, Any]:
+        r = self.day_log.report
+        return {
+            "rows_read": int(r.rows_read),
+            "rows_valid": int(r.rows_valid),
+            "quarantined": {str(k): int(v) for k, v in dict(r.quarantined).items()},
+            "files": len(r.files) if not isinstance(r.files, int) else int(r.files),
+            "quarantine_uri": r.quarantine_uri,
+        }
+
+
+def ingest(ctx: CycleContext, *, parent: Parent) -> Ingested:
+    """Step 2: open the day with the core validation (bad rows quarantined, counted in the report).
+
+    The parent's spec (with its frozen numeric statistics) decides the columns once a model exists;
+    the configured spec is used only for the very first training.
+    """
+    from reloop_service.data.ingest import open_days
+
+    spec = (
+        parent.checkpoint.feature_spec() if parent.checkpoint is not None else configured_spec(ctx.settings)
+    )
+    day_log = open_days(
+        ctx.settings.resolved_logs_uri,
+        [ctx.cycle_date],
+        spec,
+        storage_options=ctx.settings.storage_options(),
+        batch_size=ctx.settings.batch_size,
+    )
+    return Ingested(day_log=day_log, spec=spec)
+
+
+# ---------------------------------------------------------------------------------------- priors
+@dataclass(frozen=True)
+class Coverage:
+    """Where each training row's prior prediction came from."""
+
+    source: str
+    rows: int
+    archived: int
+    recomputed: int
+    missing: int
+    parent_version: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows": self.rows,
+            "archived": self.archived,
+            "recomputed": self.recomputed,
+            "missing": self.missing,
+            "parent_version": self.parent_version,
+            "archived_fraction": self.archived / self.rows if self.rows else 0.0,
+        }
+
+
+@dataclass
+class PreparedDay:
+    """The day with a ``prior_ctr`` column, staged as local Parquet, split by event time."""
+
+    spec: FeatureSpec
+    path: Path
+    cutoff_us: int
+    train_rows: int
+    holdout_rows: int
+    coverage: Coverage
+    ingest: dict[str, Any]
+    batch_size: int
+
+    def _times(self, batch: pa.RecordBatch) -> np.ndarray:
+        return _time_us(batch.column(self.spec.event_time))
+
+    def _iter(self, holdout: bool) -> Iterator[pa.RecordBatch]:
+        pf = pq.ParquetFile(self.path)
+        for batch in pf.iter_batches(batch_size=self.batch_size):
+            times = self._times(batch)
+            mask = times >= self.cutoff_us if holdout else times < self.cutoff_us
+            if mask.any():
+                yield batch.filter(pa.array(mask))
+
+    def train_batches(self) -> Iterator[pa.RecordBatch]:
+        """Rows before the cutoff (re-iterable: call again for another epoch)."""
+        return self._iter(holdout=False)
+
+    def holdout(self) -> pa.Table:
+        """The latest ``holdout_fraction`` of the day by event time (kept for both gate models)."""
+        batches = list(self._iter(holdout=True))
+        if not batches:
+            raise CycleStepError("holdout is empty")
+        return pa.Table.from_batches(batches)
+
+
+def _time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Event times (ingest normalizes them to ``timestamp[us, UTC]``) as int64 microseconds."""
+    if not pa.types.is_timestamp(column.type):
+        raise CycleStepError(f"event-time column has type {column.type}, expected a timestamp")
+    arr = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def load_archived_priors(ctx: CycleContext, *, parent_version: int) -> tuple[pa.Array, pa.Array]:
+    """The parent's archived predictions around the cycle date: (impression ids, ctr), latest per id.
+
+    The archive is partitioned by serving day (UTC), so the day before and after are read too.
+    """
+    from reloop_service.data.archive import read_predictions
+
+    ids: list[pa.Array] = []
+    ctrs: list[pa.Array] = []
+    ts: list[pa.Array] = []
+    for batch in read_predictions(
+        ctx.settings.resolved_archive_uri,
+        version=parent_version,
+        start=ctx.cycle_date - timedelta(days=1),
+        end=ctx.cycle_date + timedelta(days=1),
+        storage_options=ctx.settings.storage_options(),
+    ):
+        ids.append(batch.column("impression_id"))
+        ctrs.append(batch.column("ctr"))
+        ts.append(batch.column("ts"))
+    if not ids:
+        return pa.array([], pa.string()), pa.array([], pa.float64())
+    table = pa.table(
+        {
+            "impression_id": pa.concat_arrays(ids),
+            "ctr": pa.concat_arrays(ctrs),
+            "ts": pa.concat_arrays(ts),
+        }
+    )
+    # A client retry can archive one impression twice: keep the latest serving.
+    table = table.sort_by([("impression_id", "ascending"), ("ts", "descending")])
+    id_col = table.column("impression_id").combine_chunks()
+    keep = np.ones(len(table), dtype=bool)
+    if len(table) > 1:
+        same = pc.equal(id_col.slice(1), id_col.slice(0, len(table) - 1)).to_numpy(zero_copy_only=False)
+        keep[1:] = ~same
+    table = table.filter(pa.array(keep))
+    return table.column("impression_id").combine_chunks(), table.column("ctr").combine_chunks()
+
+
+def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> PreparedDay:
+    """Step 3: join each row with the parent's prediction, stage the day, and split it by event time.
+
+    Archive first (what production actually served), then batch inference with the parent's
+    artifact for rows the archive lacks or another version served, as ``prior_source`` allows.
+    A cold start has no parent: every prior is missing and training is plain BCE.
+    """
+    settings = ctx.settings
+    spec = ingested.spec
+    source = settings.prior_source
+    use_archive = parent.version is not None and source in ("archive", "archive_then_recompute")
+    use_recompute = parent.checkpoint is not None and source in ("recompute", "archive_then_recompute")
+    archive_ids = pa.array([], pa.string())
+    archive_ctr = pa.array([], pa.float64())
+    if use_archive and parent.number is not None:
+        archive_ids, archive_ctr = load_archived_priors(ctx, parent_version=parent.number)
+        ctx.log.info("archive: %d predictions of version %d", len(archive_ids), parent.number)
+    predictor = None
+    if use_recompute and parent.checkpoint is not None:
+        from reloop_service.training.predict import Predictor
+
+        predictor = Predictor(parent.checkpoint)
+
+    assert ctx.workdir is not None
+    path = ctx.workdir / "day.parquet"
+    writer: pq.ParquetWriter | None = None
+    times: list[np.ndarray] = []
+    rows = archived = recomputed = missing = 0
+    try:
+        for batch in ingested.day_log.iter_batches():
+            n = batch.num_rows
+            if n == 0:
+                continue
+            prior = np.full(n, np.nan, dtype=np.float64)
+            if len(archive_ids):
+                idx = pc.index_in(batch.column(spec.impression_id).cast(pa.string()), value_set=archive_ids)
+                hit = idx.is_valid().to_numpy(zero_copy_only=False)
+                if hit.any():
+                    prior[hit] = archive_ctr.take(idx.filter(idx.is_valid())).to_numpy(zero_copy_only=False)
+                archived += int(hit.sum())
+            need = np.isnan(prior)
+            if predictor is not None and need.any():
+                sub = batch.filter(pa.array(need)) if not need.all() else batch
+                prior[need] = np.asarray(predictor.predict_batch(sub), dtype=np.float64)
+                recomputed += int(need.sum())
+            missing += int(np.isnan(prior).sum())
+            column = pa.array(prior, pa.float64(), mask=np.isnan(prior))
+            if PRIOR_COLUMN in batch.schema.names:
+                batch = batch.drop_columns([PRIOR_COLUMN])
+            out = batch.append_column(PRIOR_COLUMN, column)
+            if writer is None:
+                writer = pq.ParquetWriter(path, out.schema)
+            writer.write_batch(out)
+            times.append(_time_us(batch.column(spec.event_time)))
+            rows += n
+    finally:
+        if writer is not None:
+            writer.close()
+    report = ingested.report()
+    if rows == 0:
+        raise CycleStepError(f"no valid rows for {ctx.cycle_date} (ingest report: {report})")
+    all_times = np.sort(np.concatenate(times))
+    split = min(rows - 1, max(1, math.floor(rows * (1.0 - settings.holdout_fraction))))
+    cutoff = int(all_times[split])
+    train_rows = int(np.searchsorted(all_times, cutoff, side="left"))
+    if train_rows == 0 or train_rows == rows:
+        raise CycleStepError(
+            f"cannot split {rows} rows of {ctx.cycle_date} by event time into train and holdout "
+            f"(holdout_fraction={settings.holdout_fraction}; too few distinct times)"
+        )
+    coverage = Coverage(
+        source=source if parent.version is not None else "cold_start",
+        rows=rows,
+        archived=archived,
+        recomputed=recomputed,
+        missing=missing,
+        parent_version=parent.number,
+    )
+    ctx.log.info(
+        "priors: %d rows, archived %d, recomputed %d, missing %d; holdout %d rows from %s",
+        rows,
+        archived,
+        recomputed,
+        missing,
+        rows - train_rows,
+        np.datetime64(cutoff, "us"),
+    )
+    return PreparedDay(
+        spec=spec,
+        path=path,
+        cutoff_us=cutoff,
+        train_rows=train_rows,
+        holdout_rows=rows - train_rows,
+        coverage=coverage,
+        ingest=report,
+        batch_size=settings.batch_size,
+    )
+
+
+# ----------------------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class Trained:
+    """The candidate checkpoint and how it was trained."""
+
+    checkpoint: Checkpoint
+    loss: str
+    cold_start: bool
+    seconds: float
+    info: dict[str, Any]
+
+
+def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Trained:
+    """Step 4: train the candidate warm-started from the parent (plain BCE on a cold start).
+
+    Numeric statistics are fitted on the very first training only and then stay frozen in the
+    checkpoint's spec, so a feature keeps its meaning across versions.
+    """
+    from reloop_service.data.transforms import fit_numeric
+    from reloop_service.training.trainer import train as train_model
+
+    settings = ctx.settings
+    cold = parent.checkpoint is None
+    spec = prepared.spec
+    if cold and not spec.is_fitted:
+        spec = fit_numeric(spec, prepared.train_batches())
+        ctx.log.info("fitted numeric statistics on the first training")
+    loss = "bce" if cold else settings.loss
+    config = train_config(settings, loss=loss)
+    started = time.perf_counter()
+    result = train_model(
+        config=config,
+        spec=spec,
+        batches=prepared.train_batches,
+        init=parent.checkpoint,
+        first_day=ctx.cycle_date if cold else None,
+        last_day=ctx.cycle_date,
+        progress=False,
+    )
+    seconds = time.perf_counter() - started
+    ctx.log.info("trained %s on %d rows in %.1fs (loss %s)", settings.model, result.rows, seconds, loss)
+    return Trained(
+        checkpoint=result.checkpoint,
+        loss=loss,
+        cold_start=cold,
+        seconds=seconds,
+        info={
+            "rows": int(result.rows),
+            "first_batch_loss": _finite(result.first_batch_loss),
+            "trainer_prior_coverage": _finite(result.coverage),
+            "notes": list(result.notes),
+        },
+    )
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def train_config(settings: Settings, *, loss: str) -> Any:
+    """The trainer's config from settings (model size, loss, learning rates, epochs, seed, threads)."""
+    from reloop_service.training.trainer import TrainConfig
+
+    kwargs: dict[str, Any] = {
+        "model": settings.model,
+        "model_args": {"embedding_dim": settings.embedding_dim, "hidden": list(settings.mlp_hidden)},
+        "loss": loss,
+        "loss_params": dict(settings.loss_params) if loss == settings.loss else {},
+        "lr": settings.learning_rate,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "threads": settings.threads,
+    }
+    if settings.sparse_learning_rate is not None:
+        kwargs["sparse_lr"] = settings.sparse_learning_rate
+    return TrainConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ gate
+def gate(
+    ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, parent: Parent
+) -> dict[str, Any]:
+    """Step 5: evaluate candidate and parent on the same holdout and apply the configured rules.
+
+    The verdict always carries its numbers, even when no rule applies (e.g. a cold start with no
+    AUC floor): ``passed``, every rule with threshold and value, and both models' metrics.
+    """
+    from reloop_service.training.metrics import evaluate
+    from reloop_service.training.predict import Predictor
+
+    settings = ctx.settings
+    holdout = prepared.holdout()
+    from reloop_service.data.transforms import labels_of
+
+    y = labels_of(prepared.spec, holdout).numpy()
+    cand = evaluate(y, Predictor(candidate).predict_batch(holdout))
+    prod = evaluate(y, Predictor(parent.checkpoint).predict_batch(holdout)) if parent.checkpoint else None
+    rules: list[dict[str, Any]] = []
+
+    def rule(name: str, threshold: float, value: float, ok: bool) -> None:
+        rules.append({"name": name, "threshold": threshold, "value": value, "passed": bool(ok)})
+
+    if settings.gate_auc_floor is not None:
+        value = float(cand["auc"])
+        rule(
+            "auc_floor",
+            settings.gate_auc_floor,
+            value,
+            math.isfinite(value) and value >= settings.gate_auc_floor,
+        )
+    if prod is not None and settings.gate_max_auc_drop is not None:
+        drop = float(prod["auc"]) - float(cand["auc"])
+        rule("max_auc_drop", settings.gate_max_auc_drop, drop, not (drop > settings.gate_max_auc_drop))
+    if prod is not None and settings.gate_max_logloss_rise is not None:
+        rise = float(cand["logloss"]) - float(prod["logloss"])
+        rule(
+            "max_logloss_rise",
+            settings.gate_max_logloss_rise,
+            rise,
+            not (rise > settings.gate_max_logloss_rise),
+        )
+    failed = [r["name"] for r in rules if not r["passed"]]
+    verdict = {
+        "passed": not failed,
+        "failed_rules": failed,
+        "rules": rules,
+        "candidate": cand,
+        "production": prod,
+        "production_version": parent.number,
+        "holdout_rows": len(y),
+        "holdout_from_us": prepared.cutoff_us,
+    }
+    ctx.log.info(
+        "gate %s: candidate auc %.4f logloss %.4f; production %s",
+        "passed" if not failed else f"rejected ({', '.join(failed)})",
+        cand["auc"],
+        cand["logloss"],
+        "none" if prod is None else f"auc {prod['auc']:.4f} logloss {prod['logloss']:.4f}",
+    )
+    return verdict
+
+
+# -------------------------------------------------------------------------------------- register
+@dataclass(frozen=True)
+class Registered:
+    """What the register step committed."""
+
+    version: ModelVersion
+    decision: str  # promoted | rejected | registered (passed, auto-promotion off)
+    run: CycleRun
+
+
+def register(
+    ctx: CycleContext,
+    *,
+    trained: Trained,
+    verdict: dict[str, Any],
+    parent: Parent,
+    record: dict[str, Any],
+    before_commit: Callable[[ModelVersion, str], None] | None = None,
+) -> Registered:
+    """Step 6: write the artifact, then register + promote/reject + finish the run in ONE transaction.
+
+    The promotion is a compare-and-set against the parent: if production moved during the cycle
+    (an operator promoted or rolled back), the whole transaction rolls back and the run fails.
+    """
+    settings = ctx.settings
+    checkpoint = trained.checkpoint
+    checkpoint.metrics = {**checkpoint.metrics, "holdout": verdict["candidate"]}
+    data = checkpoint_to_bytes(checkpoint)
+    ref = artifact_store(settings).put(
+        data, f"{settings.model_name}/cycle-{ctx.cycle_date.isoformat()}-run{ctx.run.id}.ckpt"
+    )
+    ctx.log.info("artifact written: %s (%d bytes)", ref.uri, ref.size)
+    spec_hash = checkpoint.feature_spec().fingerprint()
+    cand = verdict["candidate"]
+    metrics = {
+        "auc": cand.get("auc"),
+        "logloss": cand.get("logloss"),
+        "calibration": cand.get("calibration"),
+        "rows": record.get("coverage", {}).get("rows"),
+        "holdout_rows": verdict.get("holdout_rows"),
+        "prior_coverage": record.get("coverage"),
+        "production_on_holdout": verdict.get("production"),
+    }
+    train_config = {
+        "model": checkpoint.model_name,
+        "model_args": checkpoint.model_args,
+        "loss": trained.loss,
+        "loss_params": checkpoint.loss_params,
+        "seed": checkpoint.seed,
+        "cold_start": trained.cold_start,
+        **checkpoint.train_config,
+    }
+    passed = bool(verdict["passed"])
+
+    def tx(session: Any) -> Registered:
+        version = store.register_version(
+            session,
+            model_name=settings.model_name,
+            artifact=ref,
+            actor=ctx.actor,
+            reason=f"cycle {ctx.cycle_date}",
+            parent_version=parent.number,
+            feature_spec_hash=spec_hash,
+            train_config=_jsonable(train_config),
+            data_first_day=checkpoint.first_day or ctx.cycle_date,
+            data_last_day=checkpoint.last_day or ctx.cycle_date,
+            metrics=_jsonable(metrics),
+            gate_verdict=_jsonable(verdict),
+            cycle_date=ctx.cycle_date,
+        )
+        if passed and settings.auto_promote:
+            store.promote(
+                session,
+                model_name=settings.model_name,
+                version=version.version,
+                actor=ctx.actor,
+                reason=f"cycle {ctx.cycle_date}: gate passed",
+                expected_current=parent.number,
+            )
+            decision = "promoted"
+        elif passed:
+            decision = "registered"
+        else:
+            store.reject_version(
+                session,
+                model_name=settings.model_name,
+                version=version.version,
+                actor=ctx.actor,
+                reason=f"cycle {ctx.cycle_date}: gate rejected ({', '.join(verdict['failed_rules'])})",
+                details={"verdict": _jsonable(verdict)},
+            )
+            decision = "rejected"
+        if before_commit is not None:
+            before_commit(version, decision)
+        run = store.finish_cycle(
+            session,
+            run=ctx.run,
+            status=CycleStatus.SUCCEEDED,
+            produced_version=version.version,
+            details=_jsonable({**record, "version": version.version, "decision": decision}),
+        )
+        return Registered(version=version, decision=decision, run=run)
+
+    registered = run_transaction(ctx.engine, tx)
+    ctx.log.info("registered version %d: %s", registered.version.version, registered.decision)
+    return registered
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON (NaN/inf -> None, dates -> ISO) for JSON columns that PostgreSQL parses strictly."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.floating):
+        return _jsonable(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+# ---------------------------------------------------------------------------------------- report
+def report(*, settings: Settings, record: Mapping[str, Any]) -> Any:
+    """Step 7: the run's JSON and markdown, and the refreshed history plot."""
+    from reloop_service.cycle.report import write_report
+
+    return write_report(settings=settings, record=record)
+
+
+# --------------------------------------------------------------------------------------- workdir
+def make_workdir(settings: Settings, cycle_date: date, run: CycleRun) -> Path:
+    """A private local scratch folder for one attempt (removed when it ends)."""
+    base = (settings.data_dir / "work").resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(
+        tempfile.mkdtemp(prefix=f"cycle-{cycle_date.isoformat()}-run{run.id}-a{run.attempt}-", dir=base)
+    )
+
+
+def remove_workdir(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
