@@ -1,0 +1,385 @@
+"""The incremental trainer: warm start from a checkpoint, train epochs over a day's record batches.
+
+``train`` is deterministic for a seed: the model is initialised from ``torch.manual_seed(seed)``,
+batches are consumed in stream order (re-cut to ``batch_size`` rows) and every CPU op it uses is
+deterministic. Dense parameters use ``torch.optim.Adam``; embedding tables use
+``optim.RowSparseAdam``, which touches only the rows of each batch. Turning record batches into
+tensors (hashing, numeric scaling) runs on a background thread one batch ahead of the optimizer
+(pyarrow and the hash release the GIL), so data preparation overlaps the model's compute.
+
+Batches may carry a nullable float column ``prior_ctr``: the serving version's prediction for the
+row. Null (or NaN) means no prior; ``distill``/``reloop`` treat such rows as plain BCE and the
+trainer reports what fraction of rows had one (``coverage``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any, Final, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.transforms import FeatureBatch, labels_of, transform
+from reloop_service.training.checkpoint import Checkpoint
+from reloop_service.training.losses import USES_PRIOR, get_loss, resolve_params
+from reloop_service.training.models import CTRModel, build_model
+from reloop_service.training.optim import RowSparseAdam
+
+log = logging.getLogger(__name__)
+
+PRIOR_COLUMN: Final = "prior_ctr"
+T = TypeVar("T")
+
+
+class TrainError(ValueError):
+    """Training cannot run on this input (no rows, a bad prior column, a mismatched checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one version; stored in its checkpoint (``to_dict``)."""
+
+    model: str = "dnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    loss: str = "reloop"
+    loss_params: dict[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    sparse_lr: float = 1e-2
+    epochs: int = 1
+    batch_size: int = 4096
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0 or self.sparse_lr <= 0:
+            raise ValueError(f"learning rates must be positive, got lr={self.lr}, sparse_lr={self.sparse_lr}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        get_loss(self.loss)
+        resolve_params(self.loss, self.loss_params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        return cls(**dict(data))
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced and saw."""
+
+    checkpoint: Checkpoint
+    coverage: float  # fraction of training rows that had a prior prediction
+    first_batch_loss: float
+    losses: list[float]  # one per optimizer step, in order
+    rows: int  # training rows in one epoch
+    steps: int
+    notes: list[str] = field(default_factory=list)  # things the user should be told
+
+
+def rebatch(batches: Iterable[pa.RecordBatch | pa.Table], size: int) -> Iterator[pa.Table]:
+    """Re-cut a stream of record batches into tables of exactly ``size`` rows (the last may be short)."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for item in batches:
+        parts = item.to_batches() if isinstance(item, pa.Table) else [item]
+        for rb in parts:
+            offset = 0
+            while offset < rb.num_rows:
+                take = min(size - have, rb.num_rows - offset)
+                pending.append(rb.slice(offset, take))
+                have += take
+                offset += take
+                if have == size:
+                    yield pa.Table.from_batches(pending)
+                    pending, have = [], 0
+    if have:
+        yield pa.Table.from_batches(pending)
+
+
+def prior_of(table: pa.Table | pa.RecordBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prior_ctr`` as (probs FloatTensor [B], mask BoolTensor [B]); all-False mask without the column.
+
+    Null and NaN mean "no prior". A value outside [0, 1] is an error naming the column and row.
+    """
+    n = table.num_rows
+    if PRIOR_COLUMN not in table.column_names:
+        return torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    col = table.column(PRIOR_COLUMN)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+        raise TrainError(f"column {PRIOR_COLUMN!r} must be numeric (the prior CTR), got {col.type}")
+    values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    values = np.asarray(values, dtype=np.float64)
+    mask = ~np.isnan(values)
+    bad = mask & ((values < 0.0) | (values > 1.0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TrainError(f"column {PRIOR_COLUMN!r}: row {row} has {values[row]}, not a probability in [0, 1]")
+    probs = np.where(mask, values, 0.0).astype(np.float32)
+    return torch.from_numpy(probs), torch.from_numpy(mask)
+
+
+@dataclass
+class _Prepared:
+    features: FeatureBatch
+    labels: torch.Tensor
+    prior: torch.Tensor
+    mask: torch.Tensor
+
+
+def _prepare(spec: FeatureSpec, table: pa.Table) -> _Prepared:
+    prior, mask = prior_of(table)
+    return _Prepared(transform(spec, table), labels_of(spec, table).to(torch.float32), prior, mask)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` on a background thread, ``depth`` ahead; exceptions re-raise in the consumer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="reloop-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _want_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _warm_model(config: TrainConfig, spec: FeatureSpec, init: Checkpoint | None) -> CTRModel:
+    if init is None:
+        return build_model(config.model, spec, **config.model_args)
+    if init.model_name != config.model:
+        raise TrainError(f"cannot warm-start a {config.model!r} model from a {init.model_name!r} checkpoint")
+    if init.feature_spec().fingerprint() != spec.fingerprint():
+        raise TrainError(
+            "the feature spec differs from the checkpoint's (warm start needs the same spec: "
+            "pass checkpoint.feature_spec())"
+        )
+    model = init.build_model()
+    return model
+
+
+def train(
+    *,
+    config: TrainConfig,
+    spec: FeatureSpec | None,
+    batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]],
+    init: Checkpoint | None = None,
+    first_day: date | None = None,
+    last_day: date | None = None,
+    eval_batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config.epochs`` passes over ``batches()`` (called once per epoch) and checkpoint the result.
+
+    ``spec`` must be fitted (numeric statistics frozen); ``None`` means the warm-start checkpoint's.
+    ``init`` warm-starts weights and both optimizers' states. ``first_day``/``last_day`` set the data
+    watermark (a warm start keeps the checkpoint's first day). ``eval_batches`` are scored after
+    training and their metrics stored in the checkpoint. ``progress=None`` shows a bar only when
+    stderr is a terminal.
+    """
+    if spec is None:
+        if init is None:
+            raise TrainError("train needs a feature spec or a checkpoint to warm-start from")
+        spec = init.feature_spec()
+    if not spec.is_fitted:
+        raise TrainError("the feature spec's numeric statistics are not fitted (run fit_numeric first)")
+    loss_fn = get_loss(config.loss)
+    loss_params = resolve_params(config.loss, config.loss_params)
+
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)
+        model = _warm_model(config, spec, init)
+        model.train()
+        dense_params = model.dense_parameters()
+        dense_opt = torch.optim.Adam(dense_params, lr=config.lr) if dense_params else None
+        sparse_opt = (
+            RowSparseAdam(model.sparse_tables(), lr=config.sparse_lr) if model.sparse_tables() else None
+        )
+        if init is not None:
+            _load_optimizers(init, dense_opt, sparse_opt, config)
+
+        losses: list[float] = []
+        rows = covered = 0
+        bar = _Progress(enabled=_want_progress(progress), epochs=config.epochs)
+        with bar:
+            for epoch in range(config.epochs):
+                epoch_rows = epoch_covered = 0
+                prepared = prefetch(_prepare(spec, t) for t in rebatch(batches(), config.batch_size))
+                for item in prepared:
+                    if dense_opt is not None:
+                        dense_opt.zero_grad(set_to_none=True)
+                    if sparse_opt is not None:
+                        sparse_opt.zero_grad()
+                    logits = model(item.features)
+                    loss = loss_fn(logits, item.labels, item.prior, item.mask, loss_params)
+                    loss.backward()
+                    if dense_opt is not None:
+                        dense_opt.step()
+                    if sparse_opt is not None:
+                        sparse_opt.step()
+                    value = float(loss.detach())
+                    losses.append(value)
+                    n = len(item.labels)
+                    epoch_rows += n
+                    epoch_covered += int(item.mask.sum())
+                    bar.advance(epoch, n, value)
+                if epoch == 0:
+                    rows, covered = epoch_rows, epoch_covered
+                elif epoch_rows != rows:
+                    raise TrainError(
+                        f"epoch {epoch + 1} saw {epoch_rows} rows, epoch 1 saw {rows}: batches() "
+                        "must replay the same data"
+                    )
+        if rows == 0:
+            raise TrainError("no training rows: the batches were empty")
+        coverage = covered / rows
+        notes: list[str] = []
+        if config.loss in USES_PRIOR and covered == 0:
+            notes.append(f"loss {config.loss!r}: no prior predictions in the data, so it trains as BCE")
+        elif config.loss in USES_PRIOR:
+            notes.append(
+                f"loss {config.loss!r}: prior coverage {coverage:.1%} (rows without one train as BCE)"
+            )
+        for note in notes:
+            log.info(note)
+
+        model.eval()
+        checkpoint = Checkpoint(
+            model_name=config.model,
+            model_args=model.model_args,
+            state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+            spec=spec.to_dict(),
+            loss=config.loss,
+            loss_params=loss_params,
+            seed=config.seed,
+            first_day=(init.first_day if init is not None and init.first_day else first_day),
+            last_day=last_day,
+            optimizer_state={
+                "dense": copy.deepcopy(dense_opt.state_dict()) if dense_opt is not None else None,
+                "sparse": copy.deepcopy(sparse_opt.state_dict()) if sparse_opt is not None else None,
+            },
+            train_config=config.to_dict(),
+            metrics={"train_rows": rows, "prior_coverage": coverage, "final_loss": losses[-1]},
+        )
+        if eval_batches is not None:
+            from reloop_service.training.predict import evaluate_checkpoint
+
+            checkpoint.metrics.update(evaluate_checkpoint(checkpoint, eval_batches(), model=model))
+        return TrainResult(
+            checkpoint=checkpoint,
+            coverage=coverage,
+            first_batch_loss=losses[0],
+            losses=losses,
+            rows=rows,
+            steps=len(losses),
+            notes=notes,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _load_optimizers(
+    init: Checkpoint,
+    dense_opt: torch.optim.Optimizer | None,
+    sparse_opt: RowSparseAdam | None,
+    config: TrainConfig,
+) -> None:
+    """Restore both optimizers' states from ``init``, then apply this run's learning rates."""
+    state = init.optimizer_state or {}
+    for opt, key, lr in ((dense_opt, "dense", config.lr), (sparse_opt, "sparse", config.sparse_lr)):
+        if opt is None:
+            continue
+        if state.get(key):
+            # Deep copy: torch keeps the given tensors as live state, which would let this run
+            # mutate the warm-start checkpoint in place.
+            opt.load_state_dict(copy.deepcopy(state[key]))
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+class _Progress:
+    """A rich progress bar on interactive terminals; nothing otherwise."""
+
+    def __init__(self, *, enabled: bool, epochs: int) -> None:
+        self.enabled = enabled
+        self.epochs = epochs
+        self._progress: Any = None
+        self._tasks: dict[int, Any] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+                TextColumn("{task.completed:,.0f} rows"),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def advance(self, epoch: int, rows: int, loss: float) -> None:
+        if self._progress is None:
+            return
+        if epoch not in self._tasks:
+            self._tasks[epoch] = self._progress.add_task(
+                "train", total=None, epoch=f"{epoch + 1}/{self.epochs}", loss=loss
+            )
+        self._progress.update(self._tasks[epoch], advance=rows, loss=loss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

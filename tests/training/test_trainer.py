@@ -1,0 +1,198 @@
+"""Trainer end to end on generated Parquet click logs: signal, warm start, determinism, prior handling."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.transforms import fit_numeric
+from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+from reloop_service.training.predict import Predictor, evaluate_checkpoint
+from reloop_service.training.trainer import TrainConfig, TrainError, TrainResult, rebatch, train
+
+from .conftest import make_day, parquet_batches, small_spec, write_day
+
+D1, D2, D3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
+SMALL = {"hidden": [32, 16], "embedding_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("logs")
+    return {
+        "day1": write_day(root, make_day(D1, 12000, 1), D1),
+        "day2": write_day(root, make_day(D2, 12000, 2), D2),
+    }
+
+
+@pytest.fixture(scope="module")
+def spec(logs: dict[str, Path]) -> FeatureSpec:
+    return fit_numeric(small_spec(), parquet_batches(logs["day1"])())
+
+
+@pytest.fixture(scope="module")
+def eval_table() -> pa.Table:
+    return make_day(D3, 4000, 3)
+
+
+@pytest.fixture(scope="module")
+def day1(spec: FeatureSpec, logs: dict[str, Path], eval_table: pa.Table) -> TrainResult:
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="reloop", batch_size=256, seed=7)
+    return train(
+        config=config,
+        spec=spec,
+        batches=parquet_batches(logs["day1"]),
+        first_day=D1,
+        last_day=D1,
+        eval_batches=lambda: [eval_table],
+    )
+
+
+def test_end_to_end_training_learns_the_signal(day1: TrainResult, eval_table: pa.Table) -> None:
+    metrics = day1.checkpoint.metrics
+    assert metrics["auc"] > 0.72  # the hidden user/item effects are learnable; random is 0.5
+    assert 0.8 < metrics["calibration"] < 1.25
+    assert day1.rows == 12000
+    assert day1.steps == len(day1.losses) == 12000 // 256 + 1  # re-batched to batch_size, short tail
+    assert np.mean(day1.losses[-10:]) < np.mean(day1.losses[:10])
+    # Metrics stored in the checkpoint are what evaluate_checkpoint computes from it.
+    assert evaluate_checkpoint(day1.checkpoint, [eval_table])["auc"] == pytest.approx(
+        metrics["auc"], abs=1e-12
+    )
+
+
+def test_reloop_without_prior_says_it_trains_as_bce(day1: TrainResult) -> None:
+    assert day1.coverage == 0.0
+    assert any("trains as BCE" in note for note in day1.notes)
+
+
+def test_checkpoint_is_self_describing(day1: TrainResult) -> None:
+    ckpt = day1.checkpoint
+    assert ckpt.model_name == "dnn"
+    assert ckpt.model_args == {"embedding_dim": 8, "hidden": [32, 16], "dropout": 0.0}
+    assert ckpt.loss == "reloop" and ckpt.loss_params == {"alpha": 0.5}
+    assert ckpt.seed == 7
+    assert (ckpt.first_day, ckpt.last_day) == (D1, D1)
+    assert ckpt.feature_spec().is_fitted
+    assert ckpt.train_config["batch_size"] == 256
+    assert set(ckpt.optimizer_state) == {"dense", "sparse"}
+
+
+def test_warm_start_continues_instead_of_starting_over(
+    day1: TrainResult, spec: FeatureSpec, logs: dict[str, Path], eval_table: pa.Table
+) -> None:
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="reloop", batch_size=256, seed=7)
+    warm = train(
+        config=config,
+        spec=day1.checkpoint.feature_spec(),
+        batches=parquet_batches(logs["day2"]),
+        init=day1.checkpoint,
+        last_day=D2,
+        eval_batches=lambda: [eval_table],
+    )
+    cold = train(config=config, spec=spec, batches=parquet_batches(logs["day2"]), first_day=D2, last_day=D2)
+    assert warm.first_batch_loss < cold.first_batch_loss - 0.1
+    assert warm.checkpoint.first_day == D1  # the watermark spans both days
+    assert warm.checkpoint.last_day == D2
+    assert warm.checkpoint.metrics["auc"] >= day1.checkpoint.metrics["auc"] - 0.02
+    # The sparse optimizer state was restored, not restarted: row step counts keep growing.
+    steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["row_step"]
+    steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["row_step"]
+    assert torch.all(steps_after >= steps_before)
+    assert steps_after.max() > steps_before.max()
+
+
+def test_warm_start_rejects_another_spec_or_model(day1: TrainResult, logs: dict[str, Path]) -> None:
+    other_spec = fit_numeric(small_spec(), parquet_batches(logs["day2"])())
+    config = TrainConfig(model="dnn", model_args=SMALL, batch_size=256)
+    with pytest.raises(TrainError, match="feature spec differs"):
+        train(config=config, spec=other_spec, batches=parquet_batches(logs["day2"]), init=day1.checkpoint)
+    with pytest.raises(TrainError, match="cannot warm-start a 'deepfm' model"):
+        train(
+            config=TrainConfig(model="deepfm", batch_size=256),
+            spec=None,
+            batches=parquet_batches(logs["day2"]),
+            init=day1.checkpoint,
+        )
+
+
+@pytest.mark.parametrize("model", ["dnn", "deepfm", "dcnv2"])
+def test_checkpoint_round_trip_predicts_bit_identically(
+    model: str, spec: FeatureSpec, logs: dict[str, Path], eval_table: pa.Table
+) -> None:
+    config = TrainConfig(model=model, model_args=SMALL, loss="bce", batch_size=512)
+    ckpt = train(config=config, spec=spec, batches=parquet_batches(logs["day1"], 3000)).checkpoint
+    before = Predictor(ckpt).predict_batch(eval_table)
+    loaded = checkpoint_from_bytes(checkpoint_to_bytes(ckpt))
+    assert isinstance(loaded, Checkpoint)
+    after = Predictor(loaded).predict_batch(eval_table)
+    assert np.array_equal(before, after)
+    # Sliced inference for large inputs: same values up to matmul blocking at another batch size.
+    sliced = Predictor(loaded, batch_size=1000).predict_batch(eval_table)
+    np.testing.assert_allclose(sliced, before, rtol=0, atol=1e-6)
+    assert loaded.describe() == ckpt.describe()
+    records = eval_table.slice(0, 5).to_pylist()
+    assert np.array_equal(Predictor(loaded).predict_records(records), before[:5])
+
+
+def test_training_is_deterministic_with_a_seed(spec: FeatureSpec, logs: dict[str, Path]) -> None:
+    def run(seed: int) -> TrainResult:
+        config = TrainConfig(model="dcnv2", model_args={**SMALL, "dropout": 0.1}, batch_size=512, seed=seed)
+        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"], 700))
+
+    a, b, c = run(3), run(3), run(4)
+    assert a.losses == b.losses
+    state_a, state_b = a.checkpoint.state_dict, b.checkpoint.state_dict
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert a.losses != c.losses
+
+
+def test_prior_column_coverage_and_mask(spec: FeatureSpec, tmp_path: Path) -> None:
+    rows = 2000
+    prior = np.where(np.arange(rows) % 4 == 0, np.nan, 0.2)  # a quarter of the rows have no prior
+    table = make_day(D1, rows, 9, prior=prior)
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="distill", batch_size=300)
+    result = train(config=config, spec=spec, batches=lambda: table.to_batches(max_chunksize=450))
+    assert result.coverage == pytest.approx(0.75)
+    assert any("coverage 75.0%" in note for note in result.notes)
+
+
+def test_reloop_with_no_prior_is_exactly_bce(spec: FeatureSpec) -> None:
+    table = make_day(D1, 1500, 5, prior=np.full(1500, np.nan))
+    results = {
+        loss: train(
+            config=TrainConfig(model="dnn", model_args=SMALL, loss=loss, batch_size=256),
+            spec=spec,
+            batches=lambda: [table],
+        )
+        for loss in ("bce", "reloop")
+    }
+    assert results["bce"].losses == results["reloop"].losses
+
+
+def test_bad_prior_value_names_the_column_and_row(spec: FeatureSpec) -> None:
+    prior = np.full(100, 0.1)
+    prior[42] = 1.5
+    table = make_day(D1, 100, 5, prior=prior)
+    with pytest.raises(TrainError, match=r"'prior_ctr': row 42 has 1\.5"):
+        train(config=TrainConfig(model_args=SMALL, batch_size=1000), spec=spec, batches=lambda: [table])
+
+
+def test_empty_input_and_unfitted_spec_fail_clearly(spec: FeatureSpec) -> None:
+    with pytest.raises(TrainError, match="no training rows"):
+        train(config=TrainConfig(model_args=SMALL), spec=spec, batches=lambda: [])
+    with pytest.raises(TrainError, match="not fitted"):
+        train(config=TrainConfig(model_args=SMALL), spec=small_spec(), batches=lambda: [])
+
+
+def test_rebatch_cuts_exact_sizes_across_input_batches() -> None:
+    table = pa.table({"x": list(range(23))})
+    out = list(rebatch(table.to_batches(max_chunksize=5), 4))
+    assert [t.num_rows for t in out] == [4, 4, 4, 4, 4, 3]
+    assert [v for t in out for v in t.column("x").to_pylist()] == list(range(23))
