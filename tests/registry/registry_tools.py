@@ -104,18 +104,38 @@ def claim_rounds(url: str, days: list[date], barrier: Barrier, name: str) -> lis
     return results
 
 
-def run_pair(target: Any, args_a: tuple[Any, ...], args_b: tuple[Any, ...]) -> tuple[Any, Any]:
-    """Run ``target(*args, barrier, name)`` in two spawned processes and return both results."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager()
+def _child(target: Any, args: tuple[Any, ...], barrier: Barrier, name: str, results: Any) -> None:
     try:
-        barrier = manager.Barrier(2)
-        with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-            fa = pool.submit(target, *args_a, barrier, "proc-a")
-            fb = pool.submit(target, *args_b, barrier, "proc-b")
-            return fa.result(timeout=240), fb.result(timeout=240)
+        results.put((name, "ok", target(*args, barrier, name)))
+    except BaseException as err:
+        barrier.abort()
+        results.put((name, "error", repr(err)))
+
+
+def run_pair(target: Any, args_a: tuple[Any, ...], args_b: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Run ``target(*args, barrier, name)`` in two forked processes and return both results.
+
+    ``fork`` keeps the start cheap (no re-import); each child opens its own engine from the URL and never
+    touches the parent's pooled connections.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_child, args=(target, args, barrier, name, results))
+        for name, args in (("proc-a", args_a), ("proc-b", args_b))
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        got = dict((name, (state, value)) for name, state, value in (results.get(timeout=240) for _ in procs))
     finally:
-        manager.shutdown()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    for name, (state, value) in got.items():
+        assert state == "ok", f"{name} failed: {value}"
+    return got["proc-a"][1], got["proc-b"][1]
