@@ -47,7 +47,7 @@ def test_predict_scores_with_the_training_transforms_and_assigns_ids(served) -> 
     body = r.json()
     assert body["model_version"] == 1
     preds = body["predictions"]
-    assert [p["impression_id"] for p in preds][0] == "client-1"
+    assert preds[0]["impression_id"] == "client-1"
     assert UUID7.match(preds[1]["impression_id"]) and UUID7.match(preds[2]["impression_id"])
     assert preds[1]["impression_id"] < preds[2]["impression_id"]  # time-ordered
     expected = Predictor(make_checkpoint(1)).predict_records([it["features"] for it in ITEMS])
@@ -223,7 +223,7 @@ def test_admin_versions_promote_rollback_events(served) -> None:
 
 
 def test_admin_reload_and_cycles(served) -> None:
-    client, reg = served
+    client, _ = served
     r = client.post("/v1/admin/reload", headers=auth())
     assert r.status_code == 200 and r.json()["model_version"] == 1 and r.json()["changed"] is True
     trig = client.post("/v1/admin/cycles", json={"date": "2024-05-03", "force": True}, headers=auth())
