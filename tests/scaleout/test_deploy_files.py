@@ -150,10 +150,26 @@ def resolve_cli(argv: list[str], root: Any = None) -> Any:
 
 
 def app_routes(tmp_path: Path) -> set[str]:
+    """GET paths the API answers with 200, probed through the real ASGI app (no server needed).
+
+    Every documented path is a candidate; a health check path must also answer 200 without a
+    model or database state, as a container's liveness probe would see it right after start.
+    """
+    import asyncio
+
+    import httpx
+
     from reloop_service.serving.app import create_app
 
     app = create_app(Settings(data_dir=tmp_path))
-    return {getattr(route, "path", "") for route in app.routes}
+    documented = {path for path, ops in app.openapi()["paths"].items() if "get" in ops}
+
+    async def probe(paths: set[str]) -> set[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return {p for p in paths if "{" not in p and (await client.get(p)).status_code == 200}
+
+    return asyncio.run(probe(documented))
 
 
 _URL_PATH = re.compile(r"https?://[^/\s'\"]+(?P<path>/[A-Za-z0-9_\-/]*)")
