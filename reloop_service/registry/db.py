@@ -60,11 +60,11 @@ _RETRYABLE_CONSTRAINTS = (
 # --------------------------------------------------------------------------------------------- URLs
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL whatever the URL says (``postgresql://``, ``postgres://``)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
     parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername != "postgresql+psycopg":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    elif url.startswith("postgres://"):
-        parsed = make_url("postgresql+psycopg://" + url[len("postgres://") :])
     return parsed.render_as_string(hide_password=False)
 
 

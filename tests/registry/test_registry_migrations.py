@@ -1,0 +1,93 @@
+"""Alembic migrations: round trip on both backends, refusal of an outdated schema, lookup from any cwd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from reloop_service.config import Settings
+from reloop_service.registry import db
+from reloop_service.registry.errors import SchemaOutOfDateError
+from reloop_service.registry.service import open_registry
+
+TABLES = {"model_versions", "production_alias", "registry_events", "cycle_runs"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = db.make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names()) & TABLES
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    db.upgrade(db_url)
+    assert _tables(db_url) == TABLES
+    db.downgrade(db_url, "base")
+    assert _tables(db_url) == set()
+    engine = db.make_engine(db_url)
+    try:
+        assert db.current_revision(engine) is None
+        db.upgrade(db_url)
+        assert db.ensure_at_head(engine) == db.head_revision()
+    finally:
+        engine.dispose()
+    assert _tables(db_url) == TABLES
+
+
+def test_refuses_an_empty_or_unknown_schema(db_url: str) -> None:
+    settings = Settings(database_url=db_url)
+    with pytest.raises(SchemaOutOfDateError, match="run `reloop db upgrade`"):
+        open_registry(settings)
+    db.upgrade(db_url)
+    engine = open_registry(settings)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_from_the_future'"))
+        with pytest.raises(SchemaOutOfDateError, match="does not know"):
+            db.ensure_at_head(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM alembic_version"))
+        with pytest.raises(SchemaOutOfDateError, match="reloop db upgrade"):
+            db.ensure_at_head(engine)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_pragmas_and_url_normalisation(tmp_path: Path) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path}/nested/dir/r.db")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        engine.dispose()
+    assert db.normalize_url("postgresql://u:p@h:5432/d") == "postgresql+psycopg://u:p@h:5432/d"
+    assert db.normalize_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert db.normalize_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert "secret" not in db.safe_url("postgresql://u:secret@h/d")
+
+
+def test_cli_upgrade_works_from_another_cwd(tmp_path: Path) -> None:
+    """``reloop db upgrade`` finds the migrations wherever it is run from (no alembic.ini in the cwd)."""
+    url = f"sqlite:///{tmp_path}/cwd.db"
+    env = {**os.environ, "RELOOP_DATABASE_URL": url}
+    env.pop("RELOOP_MIGRATIONS_DIR", None)
+    code = (
+        "from reloop_service.clitools import app\n"
+        "import reloop_service.registry.commands\n"
+        "app(['db', 'upgrade', '--json'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"revision": "' + db.head_revision() + '"' in done.stdout
+    assert db.migrations_dir().joinpath("env.py").is_file()
