@@ -75,11 +75,20 @@ def new_owner(actor: str) -> str:
 class Heartbeat:
     """Refreshes the claim every ``heartbeat_s``; flags ``lost`` if another owner took the date over."""
 
-    def __init__(self, *, engine: Engine, run: CycleRun, interval_s: float, lost: threading.Event) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        run: CycleRun,
+        interval_s: float,
+        lost: threading.Event,
+        paused: threading.Event | None = None,
+    ) -> None:
         self.engine = engine
         self.run = run
         self.interval_s = interval_s
         self.lost = lost
+        self.paused = paused or threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name=f"cycle-heartbeat-{run.cycle_date}", daemon=True
@@ -95,9 +104,13 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.paused.is_set():
+                continue
             try:
                 self.run = steps.heartbeat(engine=self.engine, run=self.run)
             except ClaimLostError as err:
+                if self._stop.is_set() or self.paused.is_set():  # our own finish closed the claim
+                    return
                 log.error("cycle %s: %s", self.run.cycle_date, err)
                 self.lost.set()
                 return
@@ -254,7 +267,9 @@ def _attempt(
     clog.info("started by %s (run %d)", actor, run.id)
     prepared: steps.PreparedDay | None = None
     try:
-        with Heartbeat(engine=engine, run=run, interval_s=settings.heartbeat_s, lost=ctx.claim_lost):
+        with Heartbeat(
+            engine=engine, run=run, interval_s=settings.heartbeat_s, lost=ctx.claim_lost, paused=ctx.finishing
+        ):
             ctx.workdir = steps.make_workdir(settings, run.cycle_date, run)
             step("parent")
             parent = steps.resolve_parent(ctx)

@@ -62,6 +62,7 @@ class CycleContext:
     log: logging.LoggerAdapter[logging.Logger]
     stop: threading.Event | None = None
     claim_lost: threading.Event = field(default_factory=threading.Event)
+    finishing: threading.Event = field(default_factory=threading.Event)
     workdir: Path | None = None
 
     def check(self, step: str) -> None:
@@ -257,21 +258,36 @@ def _time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def load_archived_priors(ctx: CycleContext, *, parent_version: int) -> tuple[pa.Array, pa.Array]:
-    """The parent's archived predictions around the cycle date: (impression ids, ctr), latest per id.
+def archive_window(cycle_date: date, parent_created: date) -> tuple[date, date]:
+    """Serving days (archive partitions, UTC) where the parent can have scored ``cycle_date``'s impressions.
 
-    The archive is partitioned by serving day (UTC), so the day before and after are read too.
+    Normally the day itself and one day either side (time zones, midnight). A parent created after
+    the day (a backfill, or the demo's simulated days served on today's clock) can only have
+    served from its creation on, so the window moves there.
+    """
+    start = max(cycle_date, parent_created) - timedelta(days=1)
+    end = max(cycle_date, parent_created) + timedelta(days=1)
+    return start, end
+
+
+def load_archived_priors(
+    ctx: CycleContext, *, parent_version: int, parent_created: date
+) -> tuple[pa.Array, pa.Array]:
+    """The parent's archived predictions: (impression ids, ctr), the latest serving per id.
+
+    Only partitions in ``archive_window`` are read; the caller keeps the rows of the day by id.
     """
     from reloop_service.data.archive import read_predictions
 
     ids: list[pa.Array] = []
     ctrs: list[pa.Array] = []
     ts: list[pa.Array] = []
+    start, end = archive_window(ctx.cycle_date, parent_created)
     for batch in read_predictions(
         ctx.settings.resolved_archive_uri,
         version=parent_version,
-        start=ctx.cycle_date - timedelta(days=1),
-        end=ctx.cycle_date + timedelta(days=1),
+        start=start,
+        end=end,
         storage_options=ctx.settings.storage_options(),
     ):
         ids.append(batch.column("impression_id"))
@@ -311,9 +327,11 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
     use_recompute = parent.checkpoint is not None and source in ("recompute", "archive_then_recompute")
     archive_ids = pa.array([], pa.string())
     archive_ctr = pa.array([], pa.float64())
-    if use_archive and parent.number is not None:
-        archive_ids, archive_ctr = load_archived_priors(ctx, parent_version=parent.number)
-        ctx.log.info("archive: %d predictions of version %d", len(archive_ids), parent.number)
+    if use_archive and parent.version is not None:
+        archive_ids, archive_ctr = load_archived_priors(
+            ctx, parent_version=parent.version.version, parent_created=parent.version.created_at.date()
+        )
+        ctx.log.info("archive: %d predictions of version %d", len(archive_ids), parent.version.version)
     predictor = None
     if use_recompute and parent.checkpoint is not None:
         from reloop_service.training.predict import Predictor
@@ -646,7 +664,13 @@ def register(
         )
         return Registered(version=version, decision=decision, run=run)
 
-    registered = run_transaction(ctx.engine, tx)
+    # The heartbeat stands aside while this transaction closes the claim (it would only queue on
+    # the same row and then find the run finished).
+    ctx.finishing.set()
+    try:
+        registered = run_transaction(ctx.engine, tx)
+    finally:
+        ctx.finishing.clear()
     ctx.log.info("registered version %d: %s", registered.version.version, registered.decision)
     return registered
 

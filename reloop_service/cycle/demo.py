@@ -1,0 +1,401 @@
+"""``reloop demo``: the whole closed loop on embedded defaults, in a few minutes.
+
+Nothing but the package: a SQLite registry, local folders and a real uvicorn on 127.0.0.1. For each
+simulated day the ``ClickSimulator`` (ground-truth CTR) plays the users:
+
+1. the day's impressions are scored through the real prediction API over HTTP, which archives
+   them (day 1 is a cold start: no model is in production, so nothing is scored or archived);
+2. clicks are drawn from the true CTR and written as the day's click-log Parquet;
+3. the archive is flushed and the daily cycle runs for the day (claim, ingest, priors from the
+   archive, warm-started training, gate, register and promote, report);
+4. the API is told to reload (admin route), so the next day is scored by the new version.
+
+A table row per day shows the version, rows, prior coverage, candidate and production holdout
+AUC and logloss, the Bayes-optimal logloss of the true CTR on the same holdout, and the verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from reloop_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+MARKER = ".reloop-demo"
+DEMO_START = date(2024, 1, 1)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start or run (the message says what to do)."""
+
+
+@dataclass
+class DemoDay:
+    """One simulated day's figures (a row of the table)."""
+
+    day: date
+    scored: int
+    archived: int
+    outcome: Any
+    bayes_logloss: float | None
+
+
+@dataclass
+class DemoResult:
+    """What the demo did: per-day figures, where the data and reports are, the API's address."""
+
+    data_dir: Path
+    days: list[DemoDay] = field(default_factory=list)
+    base_url: str | None = None
+    admin_token: str | None = None
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """A fresh demo folder: wipe one the demo made before, refuse a non-empty folder it did not make."""
+    path = path.expanduser().resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise DemoError(
+                f"{path} is not empty and was not made by `reloop demo`; pass --data-dir with a new folder"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("made by `reloop demo`; the next demo run wipes this folder\n")
+    return path
+
+
+def demo_settings(
+    *, data_dir: Path, loss: str, seed: int, port: int, token: str, base: Settings | None = None
+) -> Settings:
+    """Embedded defaults under the demo folder whatever the environment says, and a modest model."""
+    base = base or Settings()
+    return Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'registry.db'}",
+        logs_uri=str(data_dir / "logs"),
+        artifacts_uri=str(data_dir / "artifacts"),
+        archive_uri=str(data_dir / "archive"),
+        reports_uri=str(data_dir / "reports"),
+        spec_path=None,
+        model=base.model,
+        loss=loss,  # type: ignore[arg-type]
+        seed=seed,
+        embedding_dim=8,
+        mlp_hidden=(64, 32),
+        batch_size=1024,
+        learning_rate=2e-3,
+        epochs=1,
+        threads=base.threads,
+        api_host="127.0.0.1",
+        api_port=port,
+        admin_token=token,
+        watch_interval_s=0.5,
+        archive_flush_seconds=1.0,
+        cycle_attempts=1,
+        heartbeat_s=5.0,
+        gate_auc_floor=base.gate_auc_floor,
+        gate_max_auc_drop=base.gate_max_auc_drop,
+        gate_max_logloss_rise=base.gate_max_logloss_rise,
+        holdout_fraction=base.holdout_fraction,
+        prior_source=base.prior_source,
+    )
+
+
+class LocalServer:
+    """The serving app under a real uvicorn on 127.0.0.1, in a thread of this process.
+
+    Running it in-process lets the demo flush the app's prediction archive before each cycle
+    (the same flush a graceful shutdown does) without waiting for the flush interval.
+    """
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        import uvicorn
+
+        from reloop_service.cycle.run import make_cycle_trigger
+        from reloop_service.serving.app import create_app
+
+        self.app = create_app(settings)
+        self.app.state.cycle_trigger = make_cycle_trigger(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="reloop-demo-api", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> int:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise DemoError(
+                    f"the API did not start on 127.0.0.1:{self.server.config.port} (port in use? pass --port)"
+                )
+            time.sleep(0.05)
+        sock = self.server.servers[0].sockets[0]
+        return int(sock.getsockname()[1])
+
+    def flush_archive(self) -> int:
+        """Write what the archive buffers now; returns the rows it has written in total."""
+        archive = self.app.state.serving.archive
+        if archive is None:
+            return 0
+        archive.flush()
+        return int(archive.counters.written_rows)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def wait(self) -> None:
+        """Block until Ctrl-C (uvicorn's own handler is not installed in a thread, so catch it here)."""
+        try:
+            while self.thread.is_alive():
+                self.thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def score_day(
+    client: Any, impressions: list[dict[str, Any]], *, features: tuple[str, ...], max_batch: int
+) -> tuple[int, int | None]:
+    """Score impressions through ``POST /v1/predict`` in batches; returns (rows scored, version)."""
+    version = None
+    scored = 0
+    for start in range(0, len(impressions), max_batch):
+        chunk = impressions[start : start + max_batch]
+        body = {
+            "items": [
+                {"impression_id": row["impression_id"], "features": {k: row.get(k) for k in features}}
+                for row in chunk
+            ]
+        }
+        resp = client.post("/v1/predict", json=body)
+        if resp.status_code != 200:
+            raise DemoError(f"POST /v1/predict answered {resp.status_code}: {resp.text[:300]}")
+        payload = resp.json()
+        version = payload["model_version"]
+        scored += len(payload["predictions"]) if "predictions" in payload else len(chunk)
+    return scored, version
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, int | float) and np.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "-"
+
+
+def day_table(rows: list[DemoDay]) -> Table:
+    """The per-day table the demo prints."""
+    table = Table(title="reloop demo: one cycle per simulated day", show_lines=False)
+    for col, justify in (
+        ("day", "left"),
+        ("version", "right"),
+        ("rows", "right"),
+        ("priors archived/recomputed", "left"),
+        ("AUC cand", "right"),
+        ("AUC prod", "right"),
+        ("logloss cand", "right"),
+        ("logloss prod", "right"),
+        ("logloss Bayes", "right"),
+        ("gate", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        o = r.outcome
+        rec = o.record
+        cov = rec.get("coverage") or {}
+        gate = rec.get("gate") or {}
+        cand = gate.get("candidate") or {}
+        prod = gate.get("production") or {}
+        n = cov.get("rows") or 0
+        coverage = (
+            f"{cov.get('archived', 0) / n:.0%} / {cov.get('recomputed', 0) / n:.0%}"
+            if n and cov.get("source") != "cold_start"
+            else "cold start: BCE"
+        )
+        if o.status != "succeeded":
+            verdict = f"[red]{o.status}[/]: {o.error or o.reason}"
+        elif o.decision == "promoted":
+            verdict = "[green]promoted[/]"
+        elif o.decision == "rejected":
+            verdict = f"[yellow]rejected[/]: {', '.join(gate.get('failed_rules') or [])}"
+        else:
+            verdict = str(o.decision)
+        table.add_row(
+            r.day.isoformat(),
+            f"v{o.version}" if o.version else "-",
+            str(n or "-"),
+            coverage,
+            _fmt(cand.get("auc")),
+            _fmt(prod.get("auc")),
+            _fmt(cand.get("logloss")),
+            _fmt(prod.get("logloss")),
+            _fmt(r.bayes_logloss),
+            verdict,
+        )
+    return table
+
+
+def run_demo(
+    *,
+    days: int = 7,
+    impressions: int = 20_000,
+    loss: str = "reloop",
+    seed: int = 0,
+    serve: bool = True,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    console: Console | None = None,
+) -> DemoResult:
+    """Run the closed loop for ``days`` simulated days; see the module docstring."""
+    import httpx
+
+    from reloop_service.cycle.run import run_cycle
+    from reloop_service.data.simulator import ClickSimulator, SimulatorConfig, bayes_logloss
+    from reloop_service.registry.db import upgrade
+
+    out = console or Console()
+    if not out.is_terminal:  # captured output: room for the whole table
+        out.width = max(out.width, 140)
+    for noisy in ("httpx", "reloop_service.training.trainer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    base = Settings()
+    folder = prepare_data_dir(data_dir if data_dir is not None else base.data_dir / "demo")
+    token = base.admin_token.get_secret_value() if base.admin_token else secrets.token_urlsafe(24)
+    want_port = port if port is not None else base.api_port
+    if serve and not _port_free(want_port):
+        raise DemoError(f"port {want_port} on 127.0.0.1 is in use: stop what runs there or pass --port")
+    settings = demo_settings(
+        data_dir=folder, loss=loss, seed=seed, port=want_port if serve else 0, token=token, base=base
+    )
+    if settings.threads is None:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    out.print(f"[bold]reloop demo[/]: {days} days x {impressions} impressions, loss {loss}, seed {seed}")
+    out.print(f"data: {folder}")
+    upgrade(settings.resolved_database_url)
+    out.print("reloop db upgrade: registry schema at head")
+
+    server = LocalServer(settings, settings.api_port)
+    bound = server.start()
+    base_url = f"http://127.0.0.1:{bound}"
+    out.print(f"API: {base_url} (uvicorn, prediction archive on)")
+    result = DemoResult(data_dir=folder, base_url=base_url, admin_token=token)
+    sim = ClickSimulator(seed, start=DEMO_START, config=SimulatorConfig(impressions_per_day=impressions))
+    features = sim.spec.feature_names
+    auth = {"Authorization": f"Bearer {token}"}
+    archived_before = 0
+    try:
+        with httpx.Client(base_url=base_url, timeout=60.0) as client:
+            for i in range(days):
+                day = DEMO_START + timedelta(days=i)
+                table = sim.impressions_table(day)
+                rows = sim.impressions(day)
+                ctr = sim.true_ctr(table)
+                labels = sim.draw_clicks(ctr, day)
+                ready = client.get("/readyz").status_code == 200
+                scored, served_by = (0, None)
+                if ready:
+                    scored, served_by = score_day(
+                        client, rows, features=features, max_batch=settings.max_batch
+                    )
+                archived = server.flush_archive() - archived_before
+                archived_before += archived
+                sim.write_day(settings.resolved_logs_uri, day, table, labels=labels)
+                truth = dict(zip(table.column("impression_id").to_pylist(), ctr.tolist(), strict=True))
+                bayes: dict[str, float] = {}
+
+                def holdout_bayes(prepared: Any, truth: dict[str, float] = truth, out_: dict = bayes) -> dict:
+                    hold = prepared.holdout()
+                    ids = hold.column(prepared.spec.impression_id).to_pylist()
+                    y = np.asarray(
+                        hold.column(prepared.spec.label).to_numpy(zero_copy_only=False), dtype=float
+                    )
+                    p = np.array([truth[x] for x in ids], dtype=float)
+                    out_["value"] = bayes_logloss(p, y)
+                    return {"bayes_logloss_holdout": out_["value"], "true_ctr_mean": float(np.mean(p))}
+
+                who = f"version {served_by}" if served_by else "nobody (cold start: no model yet)"
+                out.print(f"{day}: {scored} impressions scored by {who}; {archived} archived; clicks written")
+                outcome = run_cycle(settings=settings, cycle_date=day, actor="demo", extra=holdout_bayes)
+                result.days.append(
+                    DemoDay(
+                        day=day,
+                        scored=scored,
+                        archived=archived,
+                        outcome=outcome,
+                        bayes_logloss=bayes.get("value"),
+                    )
+                )
+                if outcome.status == "failed":
+                    out.print(f"[red]cycle {day} failed:[/] {outcome.error}")
+                reload = client.post("/v1/admin/reload", headers=auth)
+                if reload.status_code != 200:
+                    raise DemoError(
+                        f"POST /v1/admin/reload answered {reload.status_code}: {reload.text[:200]}"
+                    )
+                out.print(day_table(result.days[-1:]))
+        out.print(day_table(result.days))
+        reports = Path(settings.resolved_reports_uri)
+        out.print(f"reports: {reports / 'latest.md'} and the history plot {reports / 'history.png'}")
+    except BaseException:
+        server.stop()
+        raise
+    if not serve:
+        server.stop()
+        result.base_url = None
+        return result
+    first = sim.impressions(DEMO_START + timedelta(days=days), 1)[0]
+    example = {"items": [{"features": {k: first.get(k) for k in features}}]}
+    import json
+
+    out.print("\n[bold]The API keeps serving[/] the production model (Ctrl-C to stop):")
+    out.print(
+        f"  curl -s {base_url}/v1/predict -H 'Content-Type: application/json' -d '{json.dumps(example)}'",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    out.print(
+        f"  curl -s {base_url}/v1/admin/cycles -H 'Authorization: Bearer {token}'",
+        soft_wrap=True,
+        markup=False,
+    )
+    out.print(f"admin token: {token}", markup=False)
+    server.wait()
+    return result
+
+
+def coverage_of(outcome: Any) -> dict[str, Any]:
+    """The prior coverage of a demo day's run (for tests and scripts)."""
+    return dict(outcome.record.get("coverage") or {})
+
+
+__all__ = ["DemoError", "DemoResult", "LocalServer", "coverage_of", "day_table", "run_demo"]
