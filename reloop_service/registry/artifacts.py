@@ -49,8 +49,8 @@ class ArtifactStore:
             raise ValueError(f"artifact name {name!r} must be a relative path inside the store")
         digest = sha256_hex(data)
         path = join(self._root, digest[:2], digest, clean)
-        if not (self._fs.exists(path) and self._fs.size(path) == len(data)):
-            write_atomic(self._fs, path, data)
+        if not (self._fs.exists(path) and sha256_hex(self._fs.cat_file(path)) == digest):
+            write_atomic(self._fs, path, data)  # new, or a damaged copy under the content address
         return ArtifactRef(uri=self._uri_of(path), sha256=digest, size=len(data))
 
     def get(self, ref_or_uri: ArtifactRef | str, sha256: str | None = None) -> bytes:

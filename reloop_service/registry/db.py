@@ -219,7 +219,7 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (``None`` for an empty database)."""
     try:
-        with engine.connect() as conn:
+        with engine.execution_options(**{_READONLY: True}).connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except sa_exc.SQLAlchemyError as err:
         raise map_db_error(err) from err
