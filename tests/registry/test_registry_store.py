@@ -7,15 +7,17 @@ from datetime import date
 import pytest
 from registry_tools import fake_ref, production_version, promote, register
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from reloop_service.registry import store
-from reloop_service.registry.db import session_scope
+from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.errors import (
     ConflictError,
     InvalidTransitionError,
     NotFoundError,
     PromotionConflictError,
     RegistryError,
+    RetryableConflictError,
 )
 from reloop_service.registry.events import EventKind, VersionStatus
 
@@ -208,3 +210,31 @@ def test_database_itself_forbids_two_productions_and_edited_history(migrated_eng
     assert _production_rows(migrated_engine) == [1] and production_version(migrated_engine) == 1
     with session_scope(migrated_engine, readonly=True) as session:
         assert {e.actor for e in store.list_events(session)} == {"test"}
+
+
+def test_taken_version_number_is_retryable_and_retried_in_a_fresh_transaction(
+    migrated_engine: Engine,
+) -> None:
+    register(migrated_engine)
+    columns = (
+        "model_name, version, status, created_at, status_changed_at, artifact_uri, artifact_sha256,"
+        " artifact_size, train_config, metrics"
+    )
+    duplicate = text(
+        f"INSERT INTO model_versions ({columns}) SELECT {columns} FROM model_versions WHERE version = 1"
+    )
+    with pytest.raises(RetryableConflictError), session_scope(migrated_engine) as session:
+        session.execute(duplicate)
+    other = text("UPDATE model_versions SET version = 0")
+    with pytest.raises(ConflictError) as info, session_scope(migrated_engine) as session:
+        session.execute(other)
+    assert not info.value.retryable
+    calls: list[int] = []
+
+    def flaky(session: Session) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            session.execute(duplicate)  # a racing writer took the number: this transaction is doomed
+        return store.register_version(session, artifact=fake_ref("retry"), actor="t").version
+
+    assert run_transaction(migrated_engine, flaky) == 2 and len(calls) == 2
