@@ -31,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -313,3 +314,400 @@ def state_hash(module: nn.Module | dict[str, Tensor]) -> str:
             tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes()
         )
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the trainer's hook
+class DataParallel:
+    """What ``trainer.train`` uses when it runs on several ranks (``train(..., dist=ctx)``).
+
+    ``forward_model`` is the DDP-wrapped model, ``lockstep`` keeps every rank stepping until the
+    last one runs out of data (zero-weight padding), ``sparse_step`` replaces
+    ``RowSparseAdam.step`` and ``totals`` sums the row counts over ranks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        tables: Sequence[RowSparseEmbedding],
+        sparse_opt: RowSparseAdam | None,
+        ctx: DistContext,
+    ) -> None:
+        self.ctx = ctx
+        has_dense = any(p.requires_grad for p in model.parameters())
+        self.forward_model = wrap_dense(model, ctx) if has_dense else model
+        self.sync = SparseGradSync(tables, sparse_opt, ctx) if sparse_opt is not None and tables else None
+        self.padded_steps = 0
+
+    def lockstep(self, items: Iterable[T]) -> Iterator[tuple[T, bool]]:
+        """``(item, real)`` pairs until every rank is out of data; padding repeats a batch, ``real=False``.
+
+        One tiny all-reduce per step decides whether anyone still has data. A rank whose shard was
+        empty from the start pads with the first batch of the lowest rank that has one, sent once.
+        """
+        it = iter(items)
+        last: T | None = next(it, None)
+        pending = last
+        # A rank with no data at all needs a batch to pad with: the lowest rank that has one sends it.
+        have = all_gather_rows(torch.tensor([1 if last is not None else 0], dtype=torch.int64), self.ctx)
+        flags = [int(h.item()) for h in have]
+        if not any(flags):
+            return
+        if not all(flags):
+            src = flags.index(1)
+            template = broadcast_object(last if self.ctx.rank == src else None, self.ctx, src=src)
+            if last is None:
+                last = template
+        while True:
+            real = pending is not None
+            if not self.ctx.active:
+                if not real:
+                    return
+            else:
+                t = torch.tensor([1 if real else 0], dtype=torch.int64, device=_comm_device(self.ctx))
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                if int(t.item()) == 0:
+                    return
+            if real:
+                assert pending is not None
+                last = pending
+                yield pending, True
+                pending = next(it, None)
+            else:
+                self.padded_steps += 1
+                assert last is not None
+                yield last, False
+
+    def sparse_step(self, *, real: bool) -> None:
+        if self.sync is not None:
+            self.sync.step(contribute=real)
+
+    def totals(self, *counts: int) -> list[int]:
+        return [round(v) for v in all_reduce_sum([float(c) for c in counts], self.ctx)]
+
+
+# ------------------------------------------------------------------------- one cycle on N ranks
+_ACTIVE: DistContext = SINGLE
+
+
+def active_context() -> DistContext:
+    """The context the torchrun entry point set up for this process (a world of one otherwise)."""
+    return _ACTIVE
+
+
+@dataclass(frozen=True)
+class StagedDay:
+    """A day staged as one Parquet file (with ``prior_ctr``), and the event-time cutoff of its holdout.
+
+    Training rows are those with ``time_column`` before ``cutoff_us`` (microseconds, UTC).
+    """
+
+    uri: str
+    time_column: str
+    cutoff_us: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What rank 0 sends the other ranks for one training (plain data: it is pickled once)."""
+
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    init: bytes | None
+    day: StagedDay
+    first_day: Any
+    last_day: Any
+
+
+def iter_shard(
+    day: StagedDay, groups: Sequence[RowGroup], *, storage_options: dict[str, Any] | None = None
+) -> Iterator[Any]:
+    """The training rows of ``groups`` (this rank's row groups of the staged day), batch by batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from reloop_service.storage import filesystem
+
+    cutoff = pa.scalar(day.cutoff_us, pa.int64())
+    for path in sorted({g.path for g in groups}):
+        wanted = [g.index for g in groups if g.path == path]
+        fs, inner = filesystem(path, storage_options)
+        with fs.open(inner, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            for batch in pf.iter_batches(batch_size=day.batch_size, row_groups=wanted):
+                col = batch.column(day.time_column)
+                times = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
+                keep = pc.less(times, cutoff)
+                if pc.any(keep).as_py():
+                    yield batch.filter(keep)
+
+
+def train_staged_day(
+    *,
+    config: Any,
+    spec: Any,
+    day: StagedDay,
+    batches: Any,
+    init: Any = None,
+    first_day: Any = None,
+    last_day: Any = None,
+    progress: bool | None = False,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """Train one version on a staged day: in this process, or data-parallel when under torchrun.
+
+    In a world of one this is ``trainer.train(batches=batches, ...)``. On rank 0 of a torchrun job
+    it sends the job to the other ranks, and every rank (itself included) trains on its shard of
+    the day's row groups in one DDP group; the ranks end with identical weights, and rank 0 returns
+    the result for the cycle to gate, store and register.
+    """
+    from reloop_service.training.checkpoint import checkpoint_to_bytes
+    from reloop_service.training.trainer import train
+
+    ctx = active_context()
+    if not ctx.active:
+        return train(
+            config=config,
+            spec=spec,
+            batches=batches,
+            init=init,
+            first_day=first_day,
+            last_day=last_day,
+            progress=progress,
+        )
+    if not ctx.is_main:
+        raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
+    job = TrainJob(
+        config=config.to_dict(),
+        spec=spec.to_dict(),
+        init=checkpoint_to_bytes(init) if init is not None else None,
+        day=_shared_day(day, ctx, storage_options),
+        first_day=first_day,
+        last_day=last_day,
+    )
+    broadcast_object(("train", job), ctx)
+    try:
+        return _run_job(job, ctx, storage_options)
+    finally:
+        if job.day.uri != day.uri:
+            _remove_staged(job.day.uri, storage_options)
+
+
+def _shared_day(day: StagedDay, ctx: DistContext, storage_options: dict[str, Any] | None) -> StagedDay:
+    """On one host the staged file is shared as is; across hosts rank 0 puts it on shared storage."""
+    import fsspec
+
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world_size)))
+    protocol = fsspec.utils.get_protocol(day.uri)
+    if local_world == ctx.world_size or protocol not in ("file", "local"):
+        return day
+    staging = os.environ.get("RELOOP_STAGING_URI") or _settings_staging_uri()
+    import uuid
+
+    from reloop_service.storage import filesystem, join, write_atomic
+
+    target = join(staging, "_staging", uuid.uuid4().hex, "day.parquet")
+    fs, inner = filesystem(target, storage_options)
+    with open(day.uri, "rb") as fh:
+        write_atomic(fs, inner, fh.read())
+    log.info("staged the day at %s for %d ranks on several hosts", target, ctx.world_size)
+    return StagedDay(
+        uri=target, time_column=day.time_column, cutoff_us=day.cutoff_us, batch_size=day.batch_size
+    )
+
+
+def _settings_staging_uri() -> str:
+    from reloop_service.config import Settings
+
+    return Settings().resolved_artifacts_uri
+
+
+def _remove_staged(uri: str, storage_options: dict[str, Any] | None) -> None:
+    from reloop_service.storage import filesystem
+
+    try:
+        fs, inner = filesystem(uri, storage_options)
+        fs.rm(inner)
+    except Exception as exc:  # cleanup must never fail a cycle
+        log.warning("could not remove the staged day %s: %s", uri, exc)
+
+
+def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | None) -> Any:
+    """Train this rank's shard of ``job`` in the DDP group (every rank runs this)."""
+    from reloop_service.data.spec import FeatureSpec
+    from reloop_service.training.checkpoint import checkpoint_from_bytes
+    from reloop_service.training.trainer import TrainConfig, train
+
+    groups = list_row_groups([job.day.uri], storage_options=storage_options)
+    mine = shard_row_groups(groups, rank=ctx.rank, world_size=ctx.world_size)
+    log.info(
+        "rank %d trains on %d of %d row groups (%d rows before the holdout cutoff or after)",
+        ctx.rank,
+        len(mine),
+        len(groups),
+        sum(g.num_rows for g in mine),
+    )
+    return train(
+        config=TrainConfig.from_dict(job.config),
+        spec=FeatureSpec.from_dict(job.spec),
+        batches=lambda: iter_shard(job.day, mine, storage_options=storage_options),
+        init=checkpoint_from_bytes(job.init) if job.init is not None else None,
+        first_day=job.first_day,
+        last_day=job.last_day,
+        progress=False,
+        dist=ctx,
+    )
+
+
+def follow(ctx: DistContext, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ranks other than 0: train every job rank 0 sends, until it sends the cycle's outcome."""
+    while True:
+        message: tuple[str, Any] = broadcast_object(None, ctx)
+        kind, payload = message
+        if kind == "train":
+            result = _run_job(payload, ctx, storage_options)
+            log.info(
+                "rank %d finished its shard: %d steps (state %s)",
+                ctx.rank,
+                result.steps,
+                state_hash(result.checkpoint.state_dict),
+            )
+        elif kind == "done":
+            return dict(payload)
+        else:  # pragma: no cover - a protocol bug
+            raise RuntimeError(f"unknown message from rank 0: {kind!r}")
+
+
+def run_cycle_distributed(
+    *, cycle_date: Any, force: bool = False, actor: str = "torchrun", data_dir: str | None = None
+) -> dict[str, Any]:
+    """The torchrun entry point's work: rank 0 runs the cycle, the others train when it asks.
+
+    Every rank returns rank 0's outcome (``status``, ``version``, ``decision``, ``error``, metrics).
+    """
+    global _ACTIVE
+    from reloop_service.clitools import load_settings
+
+    settings = load_settings(data_dir=None if data_dir is None else Path(data_dir))
+    ctx = init_distributed()
+    _ACTIVE = ctx
+    if settings.threads is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    try:
+        if not ctx.is_main:
+            return follow(ctx, settings.storage_options())
+        summary: dict[str, Any] = {"status": "failed", "error": "rank 0 stopped before the cycle ended"}
+        try:
+            from reloop_service.cycle.run import run_cycle
+
+            outcome = run_cycle(settings=settings, cycle_date=cycle_date, force=force, actor=actor)
+            gate = (outcome.record or {}).get("gate") or {}
+            summary = {
+                "cycle_date": str(outcome.cycle_date),
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "run_id": outcome.run_id,
+                "version": outcome.version,
+                "decision": outcome.decision,
+                "error": outcome.error,
+                "candidate": gate.get("candidate"),
+                "world_size": ctx.world_size,
+            }
+        except BaseException as exc:
+            summary = {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "world_size": ctx.world_size,
+            }
+            raise
+        finally:
+            if ctx.active:
+                broadcast_object(("done", summary), ctx)
+        return summary
+    finally:
+        _ACTIVE = SINGLE
+        shutdown(ctx)
+
+
+def torchrun_command(
+    *, nproc: int, cycle_date: Any, force: bool = False, data_dir: str | None = None, actor: str = "cli"
+) -> list[str]:
+    """The one-host ``torchrun`` command line that ``reloop cycle run --nproc N`` executes."""
+    import sys
+
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "reloop_service.training.distributed",
+        "cycle",
+        "--date",
+        str(cycle_date),
+        "--actor",
+        actor,
+        "--json",
+    ]
+    if force:
+        argv.append("--force")
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return argv
+
+
+def launch_cycle(
+    *, nproc: int, cycle_date: Any, force: bool = False, data_dir: str | None = None, actor: str = "cli"
+) -> tuple[int, dict[str, Any] | None]:
+    """Run one cycle on ``nproc`` local ranks through torchrun; (exit code, rank 0's outcome)."""
+    import json
+    import subprocess
+
+    argv = torchrun_command(nproc=nproc, cycle_date=cycle_date, force=force, data_dir=data_dir, actor=actor)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    outcome = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(_OUTCOME_PREFIX):
+            outcome = json.loads(line.removeprefix(_OUTCOME_PREFIX))
+    return proc.returncode, outcome
+
+
+_OUTCOME_PREFIX = "RELOOP_OUTCOME "
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``torchrun [--nnodes …] -m reloop_service.training.distributed cycle --date D``."""
+    import argparse
+    import json
+    from datetime import date
+
+    parser = argparse.ArgumentParser(prog="python -m reloop_service.training.distributed")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cyc = sub.add_parser(
+        "cycle", help="Run one daily cycle with data-parallel training (launch with torchrun)."
+    )
+    cyc.add_argument("--date", required=True, type=date.fromisoformat)
+    cyc.add_argument("--force", action="store_true")
+    cyc.add_argument("--actor", default="torchrun")
+    cyc.add_argument("--data-dir", default=None)
+    cyc.add_argument("--json", action="store_true", help="Print rank 0's outcome as one JSON line.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s rank%(process)d %(name)s: %(message)s"
+    )
+    summary = run_cycle_distributed(
+        cycle_date=args.date, force=args.force, actor=args.actor, data_dir=args.data_dir
+    )
+    if args.json and int(os.environ.get("RANK", "0")) == 0:
+        print(_OUTCOME_PREFIX + json.dumps(summary, default=str), flush=True)
+    return 0 if summary.get("status") in ("succeeded", "skipped") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,9 @@ from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.losses import USES_PRIOR, get_loss, resolve_params
 from reloop_service.training.models import CTRModel, build_model
 from reloop_service.training.optim import RowSparseAdam
+
+if TYPE_CHECKING:
+    from reloop_service.training.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +218,13 @@ def train(
     last_day: date | None = None,
     eval_batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]] | None = None,
     progress: bool | None = None,
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train ``config.epochs`` passes over ``batches()`` (called once per epoch) and checkpoint the result.
 
     ``spec`` must be fitted (numeric statistics frozen); ``None`` means the warm-start checkpoint's.
+    ``dist`` (set by ``training.distributed``) trains this rank's shard in a DDP group: every rank
+    steps in lockstep and ends with identical weights; ``rows`` then counts the rows of all ranks.
     ``init`` warm-starts weights and both optimizers' states. ``first_day``/``last_day`` set the data
     watermark (a warm start keeps the checkpoint's first day). ``eval_batches`` are scored after
     training and their metrics stored in the checkpoint. ``progress=None`` shows a bar only when
@@ -247,6 +253,12 @@ def train(
         )
         if init is not None:
             _load_optimizers(init, dense_opt, sparse_opt, config)
+        parallel = None
+        if dist is not None and dist.world_size > 1:
+            from reloop_service.training.distributed import DataParallel
+
+            parallel = DataParallel(model, tables=model.sparse_tables(), sparse_opt=sparse_opt, ctx=dist)
+        forward = parallel.forward_model if parallel is not None else model
 
         losses: list[float] = []
         rows = covered = 0
@@ -255,18 +267,24 @@ def train(
             for epoch in range(config.epochs):
                 epoch_rows = epoch_covered = 0
                 prepared = prefetch(_prepare(spec, t) for t in rebatch(batches(), config.batch_size))
-                for item in prepared:
+                # Under DDP a rank out of data repeats a batch with zero weight (real=False).
+                steps = parallel.lockstep(prepared) if parallel is not None else ((p, True) for p in prepared)
+                for item, real in steps:
                     if dense_opt is not None:
                         dense_opt.zero_grad(set_to_none=True)
                     if sparse_opt is not None:
                         sparse_opt.zero_grad()
-                    logits = model(item.features)
+                    logits = forward(item.features)
                     loss = loss_fn(logits, item.labels, item.prior, item.mask, loss_params)
-                    loss.backward()
+                    (loss if real else loss * 0.0).backward()
                     if dense_opt is not None:
                         dense_opt.step()
-                    if sparse_opt is not None:
+                    if parallel is not None:
+                        parallel.sparse_step(real=real)
+                    elif sparse_opt is not None:
                         sparse_opt.step()
+                    if not real:
+                        continue
                     value = float(loss.detach())
                     losses.append(value)
                     n = len(item.labels)
@@ -280,6 +298,8 @@ def train(
                         f"epoch {epoch + 1} saw {epoch_rows} rows, epoch 1 saw {rows}: batches() "
                         "must replay the same data"
                     )
+        if parallel is not None:
+            rows, covered = parallel.totals(rows, covered)
         if rows == 0:
             raise TrainError("no training rows: the batches were empty")
         coverage = covered / rows
