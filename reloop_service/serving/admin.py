@@ -21,12 +21,12 @@ from reloop_service.serving.holder import ModelHolder
 
 def list_versions(
     *, engine: Engine, model_name: str, status: VersionStatus | None, limit: int
-) -> tuple[list[ModelVersion], int | None]:
-    """Versions newest first and the production version number, from one snapshot."""
+) -> tuple[list[ModelVersion], Production | None]:
+    """Versions newest first and the production alias (who set it, when), from one snapshot."""
     with session_scope(engine, readonly=True) as session:
         versions = store.list_versions(session, model_name=model_name, status=status, limit=limit)
         prod = store.get_production(session, model_name=model_name)
-    return versions, prod.version.version if prod else None
+    return versions, prod
 
 
 def show_version(

@@ -21,6 +21,8 @@ FeatureValue = str | Int64 | float | bool | None | list[str]
 """A feature value: string, integer, finite number, boolean, null or list of strings."""
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+MAX_VERSION = 2**31 - 1  # registry version numbers are SQL INTEGER
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 class PredictItem(BaseModel):
@@ -193,8 +195,18 @@ class VersionOut(BaseModel):
     rolled_back_at: datetime | None
 
 
+class ProductionOut(BaseModel):
+    model_name: str
+    version: VersionOut
+    updated_at: datetime
+    updated_by: str
+
+
 class VersionList(BaseModel):
     production_version: int | None
+    production: ProductionOut | None = Field(
+        default=None, description="The production alias: its version, when and by whom it was set."
+    )
     versions: list[VersionOut]
 
 
@@ -202,13 +214,6 @@ class VersionDetail(BaseModel):
     version: VersionOut
     lineage: list[VersionOut] = Field(description="Ancestors, nearest parent first.")
     is_production: bool
-
-
-class ProductionOut(BaseModel):
-    model_name: str
-    version: VersionOut
-    updated_at: datetime
-    updated_by: str
 
 
 class EventOut(BaseModel):
@@ -252,7 +257,7 @@ class CycleRunList(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: VersionNumber
     reason: str = Field(min_length=1, max_length=2000)
     expected_current: int | None = Field(
         default=None,
@@ -278,6 +283,9 @@ class TriggerCycleRequest(BaseModel):
 
     date: date
     force: bool = False
+    reason: str | None = Field(
+        default=None, max_length=2000, description="Why (logged with the actor; the dashboard asks for it)."
+    )
 
 
 class TriggerCycleResponse(BaseModel):

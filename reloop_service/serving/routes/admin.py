@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -12,6 +13,7 @@ from reloop_service.registry.events import VersionStatus
 from reloop_service.serving import admin
 from reloop_service.serving.auth import require_admin
 from reloop_service.serving.schemas import (
+    MAX_VERSION,
     CycleRunList,
     EventList,
     ProductionOut,
@@ -30,6 +32,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "Admin API disabled (no RELOOP_ADMIN_TOKEN configured)."},
     503: {"description": "Registry database unreachable."},
 }
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=_ERRORS)
 Actor = Annotated[str, Depends(require_admin)]
 
@@ -52,7 +55,11 @@ def list_versions(
     versions, prod = admin.list_versions(
         engine=st.engine, model_name=st.settings.model_name, status=status, limit=limit
     )
-    return {"production_version": prod, "versions": [admin.to_json(v) for v in versions]}
+    return {
+        "production_version": prod.version.version if prod else None,
+        "production": admin.to_json(prod) if prod else None,
+        "versions": [admin.to_json(v) for v in versions],
+    }
 
 
 @router.get(
@@ -61,7 +68,9 @@ def list_versions(
     responses={404: {"description": "No such version."}},
     summary="One version with its lineage",
 )
-def show_version(request: Request, _actor: Actor, version: int) -> dict[str, Any]:
+def show_version(
+    request: Request, _actor: Actor, version: Annotated[int, Path(ge=1, le=MAX_VERSION)]
+) -> dict[str, Any]:
     st = _st(request)
     found, parents, is_prod = admin.show_version(
         engine=st.engine, model_name=st.settings.model_name, version=version
@@ -125,7 +134,9 @@ def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dict[str,
 def events(
     request: Request,
     _actor: Actor,
-    version: Annotated[int | None, Query(description="Events naming this version.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION, description="Events naming this version.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     st = _st(request)
@@ -168,6 +179,7 @@ async def trigger_cycle(request: Request, actor: Actor, body: TriggerCycleReques
             },
             status_code=501,
         )
+    log.info("cycle %s triggered by %s (force=%s), reason %r", body.date, actor, body.force, body.reason)
     run_id = await run_in_threadpool(
         admin.trigger_cycle, trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
     )
