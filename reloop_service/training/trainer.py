@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -81,7 +81,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        return cls(**dict(data))
+        """Inverse of ``to_dict``; extra keys (a checkpoint's ``run`` notes) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -219,6 +221,7 @@ def train(
     eval_batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]] | None = None,
     progress: bool | None = None,
     dist: DistContext | None = None,
+    on_batch: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``config.epochs`` passes over ``batches()`` (called once per epoch) and checkpoint the result.
 
@@ -228,7 +231,8 @@ def train(
     ``init`` warm-starts weights and both optimizers' states. ``first_day``/``last_day`` set the data
     watermark (a warm start keeps the checkpoint's first day). ``eval_batches`` are scored after
     training and their metrics stored in the checkpoint. ``progress=None`` shows a bar only when
-    stderr is a terminal.
+    stderr is a terminal. ``on_batch(step, rows, loss)`` is called after every optimizer step
+    (heartbeats, benchmarks).
     """
     if spec is None:
         if init is None:
@@ -291,6 +295,8 @@ def train(
                     epoch_rows += n
                     epoch_covered += int(item.mask.sum())
                     bar.advance(epoch, n, value)
+                    if on_batch is not None:
+                        on_batch(len(losses), n, value)
                 if epoch == 0:
                     rows, covered = epoch_rows, epoch_covered
                 elif epoch_rows != rows:
