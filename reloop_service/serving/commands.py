@@ -30,8 +30,13 @@ def serve(
     settings = load_settings(data_dir, api_host=host, api_port=port)
     # Serving batches are small: one intra-op thread per process beats oversubscribing the cores.
     torch.set_num_threads(settings.threads or 1)
+    app_ = create_app(settings)
+    # The admin API's cycle trigger (POST /v1/admin/cycles) runs the daily cycle in a background thread.
+    from reloop_service.cycle.run import make_cycle_trigger
+
+    app_.state.cycle_trigger = make_cycle_trigger(settings)
     uvicorn.run(
-        create_app(settings),
+        app_,
         host=settings.api_host,
         port=settings.api_port,
         access_log=False,
