@@ -56,8 +56,16 @@ class RowSparseEmbedding(nn.Module):
         hook a data-parallel wrapper uses: all-gather these pairs across ranks, then hand the merged
         pairs to ``RowSparseAdam.apply_rows``.
         """
+        return [(ids, grads) for ids, _, grads in self.collect_rows()]
+
+    def collect_rows(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Like ``collect_grads`` but with the gathered rows too: ``(ids [U], rows [U, D], grads [U, D])``.
+
+        ``rows`` are the table's values at those ids as of the forward (the optimizer updates them
+        in place and writes them back, saving a second gather from the table).
+        """
         pending, self._pending = self._pending, []
-        return [(ids, rows.grad) for ids, rows in pending if rows.grad is not None]
+        return [(ids, rows.detach(), rows.grad) for ids, rows in pending if rows.grad is not None]
 
     def clear_pending(self) -> None:
         """Forget gathered rows (``zero_grad`` of the row-sparse optimizer calls this)."""

@@ -38,8 +38,11 @@ def coalesce_rows(ids: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
 class RowSparseAdam(torch.optim.Optimizer):
     """Lazy Adam over ``RowSparseEmbedding`` tables with per-row step counts.
 
-    State per table (same shape as the table unless noted): ``exp_avg``, ``exp_avg_sq`` and
-    ``row_step`` ([num_rows], float32, exact below 2^24 updates of one row). ``state_dict`` /
+    State per table: one packed tensor ``moments`` [num_rows, 2·D + 1] holding, per row, the first
+    moment (columns 0..D-1), the second moment (D..2D-1) and the row's step count (last column,
+    float32: exact below 2^24 updates of one row). Packing makes a step read and write each touched
+    row's state as one contiguous 132-byte record instead of three scattered ones: on tables far
+    larger than the caches every step is bound by those random memory accesses. ``state_dict`` /
     ``load_state_dict`` are torch's, so checkpoints store it like any optimizer.
     """
 
@@ -62,13 +65,18 @@ class RowSparseAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self._table_of = {id(t.weight): t for t in self._tables}
 
-    def _state_for(self, weight: Tensor) -> dict[str, Tensor]:
+    def moments(self, table: RowSparseEmbedding) -> tuple[Tensor, Tensor, Tensor]:
+        """Views of ``table``'s state: first moment [N, D], second moment [N, D], row steps [N]."""
+        packed = self._packed(table.weight)
+        d = table.weight.shape[1]
+        return packed[:, :d], packed[:, d : 2 * d], packed[:, 2 * d]
+
+    def _packed(self, weight: Tensor) -> Tensor:
         state = self.state[weight]
-        if not state:
-            state["exp_avg"] = torch.zeros_like(weight)
-            state["exp_avg_sq"] = torch.zeros_like(weight)
-            state["row_step"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
-        return state  # type: ignore[return-value]
+        if "moments" not in state:
+            n, d = weight.shape
+            state["moments"] = torch.zeros((n, 2 * d + 1), dtype=weight.dtype, device=weight.device)
+        return state["moments"]  # type: ignore[no-any-return]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gathered rows that were never stepped (the tables hold no dense gradient)."""
@@ -84,16 +92,17 @@ class RowSparseAdam(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             for weight in group["params"]:
-                pairs = self._table_of[id(weight)].collect_grads()
-                if not pairs:
+                found = self._table_of[id(weight)].collect_rows()
+                if not found:
                     continue
-                if len(pairs) == 1:
-                    ids, grads = pairs[0]
-                else:
+                if len(found) == 1:
+                    ids, rows, grads = found[0]
+                    self._apply(weight, ids, grads, group, rows=rows)
+                else:  # several forwards since the last step: sum their gradients per id
                     ids, grads = coalesce_rows(
-                        torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+                        torch.cat([f[0] for f in found]), torch.cat([f[2] for f in found])
                     )
-                self._apply(weight, ids, grads, group)
+                    self._apply(weight, ids, grads, group)
         return loss
 
     @torch.no_grad()
@@ -112,16 +121,24 @@ class RowSparseAdam(torch.optim.Optimizer):
             ids, grads = coalesce_rows(ids, grads)
         self._apply(table.weight, ids, grads, group)
 
-    def _apply(self, weight: Tensor, ids: Tensor, grads: Tensor, group: dict[str, Any]) -> None:
-        """One Adam step on unique rows ``ids`` of ``weight``, in place, in torch.optim.Adam's arithmetic."""
+    def _apply(
+        self, weight: Tensor, ids: Tensor, grads: Tensor, group: dict[str, Any], *, rows: Tensor | None = None
+    ) -> None:
+        """One Adam step on unique rows ``ids`` of ``weight``, in place, in torch.optim.Adam's arithmetic.
+
+        ``rows`` [U, D], when given, are ``weight[ids]`` already gathered (by the forward); they are
+        updated in place and written back.
+        """
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
-        state = self._state_for(weight)
-        exp_avg, exp_avg_sq, row_step = state["exp_avg"], state["exp_avg_sq"], state["row_step"]
+        d = weight.shape[1]
+        packed = self._packed(weight)
 
-        step = row_step.index_select(0, ids) + 1.0  # [U]
-        m = exp_avg.index_select(0, ids).lerp_(grads, 1.0 - beta1)  # [U, D]
-        v = exp_avg_sq.index_select(0, ids).mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
+        block = packed.index_select(0, ids)  # [U, 2D + 1]
+        m, v, step = block[:, :d], block[:, d : 2 * d], block[:, 2 * d]
+        step.add_(1.0)
+        m.lerp_(grads, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
         # Bias corrections in float64 (as torch.optim.Adam does with Python floats): 1 - 0.999^t
         # loses most of its digits in float32 for small t.
         step64 = step.double()
@@ -129,9 +146,9 @@ class RowSparseAdam(torch.optim.Optimizer):
         bias_correction2_sqrt = (1.0 - torch.pow(beta2, step64)).sqrt_()
         step_size = (lr / bias_correction1).to(weight.dtype).unsqueeze(1)  # [U, 1]
         denom = (v.sqrt() / bias_correction2_sqrt.to(weight.dtype).unsqueeze(1)).add_(eps)
-        rows = weight.index_select(0, ids).addcdiv_(m * step_size, denom, value=-1.0)
+        if rows is None:
+            rows = weight.index_select(0, ids)
+        rows.addcdiv_(m * step_size, denom, value=-1.0)
 
         weight.index_copy_(0, ids, rows)
-        exp_avg.index_copy_(0, ids, m)
-        exp_avg_sq.index_copy_(0, ids, v)
-        row_step.index_copy_(0, ids, step)
+        packed.index_copy_(0, ids, block)

@@ -46,10 +46,11 @@ def test_only_batch_rows_change_and_match_dense_adam() -> None:
     assert torch.equal(table.weight[untouched], before[untouched])  # bit-unchanged
     assert not torch.equal(table.weight[touched], before[touched])
     torch.testing.assert_close(table.weight[touched], dense.detach()[touched], rtol=0, atol=1e-6)
-    state = opt.state[table.weight]
-    assert torch.equal(state["exp_avg"][untouched], torch.zeros(46, 4))
-    assert state["row_step"][touched].tolist() == [3.0, 3.0, 3.0, 3.0]
-    assert state["row_step"][untouched].sum() == 0
+    exp_avg, exp_avg_sq, row_step = opt.moments(table)
+    assert torch.equal(exp_avg[untouched], torch.zeros(46, 4))
+    assert torch.equal(exp_avg_sq[untouched], torch.zeros(46, 4))
+    assert row_step[touched].tolist() == [3.0, 3.0, 3.0, 3.0]
+    assert row_step[untouched].sum() == 0
 
 
 def test_a_new_row_gets_a_first_step_update_whenever_it_appears() -> None:
@@ -105,3 +106,18 @@ def test_eval_and_frozen_lookups_record_nothing() -> None:
         table.track_rows = True
         table(ids)
     assert len(table.collect_grads()) == 0  # the one tracked forward above never got a gradient
+
+
+def test_two_forwards_before_a_step_sum_their_gradients() -> None:
+    """Gradient accumulation: two lookups, one step, equals one lookup of both batches."""
+    a, b = make_table(), make_table()
+    opt_a, opt_b = RowSparseAdam([a], lr=0.05), RowSparseAdam([b], lr=0.05)
+    first, second = torch.tensor([1, 2, 3]), torch.tensor([3, 4])
+    opt_a.zero_grad()
+    (loss_of(a(first)) + loss_of(a(second))).backward()
+    opt_a.step()
+    opt_b.zero_grad()
+    out = b(torch.cat([first, second]))
+    (loss_of(out[:3]) + loss_of(out[3:])).backward()
+    opt_b.step()
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-7)

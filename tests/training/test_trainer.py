@@ -102,8 +102,8 @@ def test_warm_start_continues_instead_of_starting_over(
     assert warm.checkpoint.last_day == D2
     assert warm.checkpoint.metrics["auc"] >= day1.checkpoint.metrics["auc"] - 0.02
     # The sparse optimizer state was restored, not restarted: row step counts keep growing.
-    steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["row_step"]
-    steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["row_step"]
+    steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["moments"][:, -1]
+    steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["moments"][:, -1]
     assert torch.all(steps_after >= steps_before)
     assert steps_after.max() > steps_before.max()
 
