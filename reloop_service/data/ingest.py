@@ -4,8 +4,10 @@ Opening a day range checks every file's schema (footer only) and then makes one 
 the three columns needed for row checks (impression id, label, event time). Bad rows are written once,
 per open, to ``<root>/_quarantine/dt=YYYY-MM-DD/part-NNNNN.parquet`` with a ``reason`` column, and their
 positions are remembered so every later ``iter_batches()`` (one per epoch) yields exactly the same valid
-rows without re-validating or rewriting anything. Memory is bounded by the batch size, plus 16 bytes
-per row of a day for the duplicate-id check (a 64-bit stable hash and a row position).
+rows without re-validating or rewriting anything. Memory is bounded by the batch size and the files'
+row-group size (Arrow decodes one row group at a time; this project's writers use 64k-row groups, and
+a file with row groups over 1M rows is logged as a warning), plus 16 bytes per row of a day for the
+duplicate-id check (a 64-bit stable hash and a row position).
 
 Event time may be a Parquet timestamp (naive means UTC), an ISO-8601 string (``2024-05-01T12:00:00Z``,
 with or without offset; without means UTC) or a number of seconds since the Unix epoch. Anything else,
@@ -58,6 +60,7 @@ REASONS = ("null_impression_id", "null_label", "bad_label", "bad_event_time", "d
 _EPOCH_MIN_S = 0
 _EPOCH_MAX_S = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp())
 _TS = pa.timestamp("us", tz="UTC")
+_LARGE_ROW_GROUP = 1 << 20
 
 
 class IngestError(Exception):
@@ -331,7 +334,17 @@ class DayLog:
     def _scan(self, f: _File, columns: list[str]) -> Iterator[pa.RecordBatch]:
         try:
             dataset = ds.dataset(f.path, format="parquet", filesystem=self._afs)
-            yield from dataset.to_batches(columns=columns, batch_size=self.batch_size, use_threads=True)
+            # Arrow decodes a row group at a time. Without threads and with one batch of read-ahead,
+            # memory stays a row group or two; threaded scans read ahead a large part of the file.
+            # Pre-buffering (coalesced range reads) only pays on object stores.
+            yield from dataset.to_batches(
+                columns=columns,
+                batch_size=self.batch_size,
+                batch_readahead=1,
+                fragment_readahead=1,
+                use_threads=False,
+                fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=not is_local(self._fs)),
+            )
         except (pa.ArrowException, OSError) as exc:
             raise IngestError(f"{f.uri}: cannot read Parquet data: {exc}") from exc
 
@@ -438,9 +451,15 @@ def open_days(
                     pf = pq.ParquetFile(fh)
                     schema = pf.schema_arrow
                     rows = pf.metadata.num_rows
+                    largest = max(
+                        (pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)),
+                        default=0,
+                    )
             except Exception as exc:  # corrupt footer, permission, truncated file: all name the file
                 raise IngestError(f"{uri}: cannot read Parquet file: {exc}") from exc
             _check_schema(schema, spec, uri)
+            if largest > _LARGE_ROW_GROUP:
+                log.warning("%s: row groups of %d rows; reading holds one in memory", uri, largest)
             files.append(_File(day=day, path=path, uri=uri, rows=rows))
             day_rows += rows
         if day_rows == 0:

@@ -328,7 +328,7 @@ class ClickSimulator:
         folder = day_dir(root, day)
         path = join(folder, "part-00000.parquet")
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", row_group_size=65_536)
         write_atomic(fs, path, buf.getvalue())
         return path if is_local(fs) else fs.unstrip_protocol(path)
 

@@ -298,7 +298,7 @@ def labels_of(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> torch.Tens
             f"field {spec.label!r}: null labels in a training batch (ingest quarantines these)"
         )
     y = pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False)
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return torch.from_numpy(np.array(y, dtype=np.float32))
 
 
 def fit_numeric(spec: FeatureSpec, batches: Iterable[pa.RecordBatch]) -> FeatureSpec:
