@@ -1,0 +1,335 @@
+"""``reloop bench serve``: a real server with a demo model, loaded from a separate process.
+
+Measures, on this machine: single-item latency at a fixed request rate, batch-100 throughput
+with a few concurrent connections, each with the archive on and off, and the bare model on the
+same batches (forward alone, and transform + forward) as the ceiling. Load generation uses
+``http.client`` with keep-alive (cheap per request) in its own process, sharing the cores.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import random
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reloop_service.clitools import console
+
+
+# --- demo model -------------------------------------------------------------------------------------
+def _demo_spec() -> Any:
+    from reloop_service.data.spec import default_spec
+
+    spec = default_spec()
+    return spec.with_numeric_stats({f.name: (1.0, 1.0) for f in spec.numeric})
+
+
+def demo_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Feature dicts shaped like the demo spec's (every field present)."""
+    spec = _demo_spec()
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        rec: dict[str, Any] = {f.name: f"{f.name}-{rng.randrange(5000)}" for f in spec.categorical}
+        rec.update({f.name: round(rng.random() * 100, 3) for f in spec.numeric})
+        rec.update(
+            {
+                m.name: [f"t{rng.randrange(500)}" for _ in range(rng.randrange(1, m.max_len + 1))]
+                for m in spec.multi
+            }
+        )
+        out.append(rec)
+    return out
+
+
+def _setup_registry(data_dir: Path) -> None:
+    import torch
+
+    from reloop_service.config import Settings
+    from reloop_service.registry import store
+    from reloop_service.registry.artifacts import ArtifactStore
+    from reloop_service.registry.db import make_engine, run_transaction, upgrade
+    from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
+    from reloop_service.training.models import build_model
+
+    settings = Settings(data_dir=data_dir)
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    spec = _demo_spec()
+    torch.manual_seed(0)
+    model = build_model(
+        settings.model, spec, embedding_dim=settings.embedding_dim, hidden=list(settings.mlp_hidden)
+    )
+    ckpt = Checkpoint(
+        model_name=settings.model,
+        model_args=model.model_args,
+        state_dict=model.state_dict(),
+        spec=spec.to_dict(),
+        loss="bce",
+        loss_params={},
+        seed=0,
+        first_day=date(2024, 1, 1),
+        last_day=date(2024, 1, 1),
+    )
+    ref = ArtifactStore(settings.resolved_artifacts_uri).put(checkpoint_to_bytes(ckpt), "bench.pt")
+    mv = store.register_version_with_retry(engine, artifact=ref, actor="bench", reason="bench demo model")
+    run_transaction(
+        engine,
+        lambda s: store.promote(s, version=mv.version, actor="bench", reason="bench", expected_current=None),
+    )
+    engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(data_dir: Path, archive: bool) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RELOOP_DATA_DIR": str(data_dir),
+        "RELOOP_ARCHIVE_ENABLED": "true" if archive else "false",
+        "RELOOP_THREADS": "1",
+        "RELOOP_ARCHIVE_URI": str(data_dir / f"archive-{port}"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reloop_service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("bench server did not become ready")
+
+
+# --- load generator (runs in its own process) -----------------------------------------------------
+def _post(conn: http.client.HTTPConnection, body: bytes) -> float:
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}")
+    return time.perf_counter() - t0
+
+
+def _summary(lat: list[float], items: int, wall: float) -> dict[str, float]:
+    a = np.asarray(lat) * 1000
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "req_per_s": len(lat) / wall,
+        "pred_per_s": items / wall,
+    }
+
+
+def load_main(port: int, requests: int, rate: float, concurrency: int, mode: str) -> dict[str, Any]:
+    """One run against a server: ``single`` items at ``rate`` req/s, or ``batch100`` at full speed."""
+    singles = [json.dumps({"items": [{"features": r}]}).encode() for r in demo_records(200, seed=1)]
+    batches = [
+        json.dumps({"items": [{"features": r} for r in demo_records(100, seed=s)]}).encode() for s in range(8)
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for b in singles[:50]:  # warm up
+        _post(conn, b)
+    if mode == "batch100":
+        return _batch_run(port, batches, requests, concurrency)
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(requests):
+        due = t0 + i / rate
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        lat.append(_post(conn, singles[i % len(singles)]))
+    return _summary(lat, requests, time.perf_counter() - t0)
+
+
+def _batch_run(port: int, batches: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
+    per_thread = max(1, requests // (2 * concurrency))
+    lats: list[list[float]] = [[] for _ in range(concurrency)]
+
+    def worker(k: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        _post(c, batches[k % len(batches)])
+        for i in range(per_thread):
+            lats[k].append(_post(c, batches[(i + k) % len(batches)]))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    flat = [x for part in lats for x in part]
+    return _summary(flat, len(flat) * 100, wall)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux); contention-proof cost of the work it did."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+# --- bare model --------------------------------------------------------------------------------------
+def _bare(data_dir: Path) -> dict[str, dict[str, float]]:
+    import torch
+
+    from reloop_service.data.transforms import records_to_batch, transform
+    from reloop_service.registry.artifacts import ArtifactStore
+    from reloop_service.training.checkpoint import checkpoint_from_bytes
+    from reloop_service.training.predict import Predictor
+
+    torch.set_num_threads(1)
+    path = next((data_dir / "artifacts").rglob("bench.pt"))
+    predictor = Predictor(checkpoint_from_bytes(path.read_bytes()))
+    _ = ArtifactStore  # the server loads through the store; here the file is read directly
+    out: dict[str, dict[str, float]] = {}
+    for size in (1, 100):
+        recs = demo_records(size, seed=3)
+        fb = transform(predictor.spec, records_to_batch(predictor.spec, recs))
+        reps = 2000 if size == 1 else 400
+        with torch.inference_mode():
+            for _ in range(20):
+                predictor.model(fb)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                predictor.model(fb)
+            fwd = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(reps // 2):
+            predictor.predict_records(recs)
+        full = time.perf_counter() - t0
+        out[f"batch{size}"] = {
+            "forward_pred_per_s": size * reps / fwd,
+            "transform_forward_pred_per_s": size * (reps // 2) / full,
+        }
+    return out
+
+
+def run_bench(
+    *, requests: int, rate: float, concurrency: int, output: str | None, data_dir: Path | None
+) -> None:
+    """Run every configuration and print (and optionally append) the figures."""
+    with tempfile.TemporaryDirectory(prefix="reloop-bench-") as tmp:
+        root = Path(data_dir) if data_dir else Path(tmp)
+        _setup_registry(root)
+        results: dict[str, Any] = {"bare": _bare(root)}
+        for archive in (False, True):
+            proc, port = _start(root, archive)
+            try:
+                runs: dict[str, Any] = {}
+                for mode in ("single", "batch100"):
+                    cpu0 = _cpu_seconds(proc.pid)
+                    loader = subprocess.run(
+                        [
+                            sys.executable,
+                            "-c",
+                            "import json; from reloop_service.serving.bench import load_main; "
+                            f"args = ({port}, {requests}, {rate}, {concurrency}, {mode!r}); "
+                            "print(json.dumps(load_main(*args)))",
+                        ],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                    run = json.loads(loader.stdout.strip().splitlines()[-1])
+                    per_thread = max(1, requests // (2 * concurrency))
+                    preds = requests if mode == "single" else (per_thread + 1) * concurrency * 100
+                    # server CPU per prediction (+ the 50 single-item warm-up requests)
+                    run["server_cpu_us_per_pred"] = (_cpu_seconds(proc.pid) - cpu0) * 1e6 / (preds + 50)
+                    runs[mode] = run
+                results["archive_on" if archive else "archive_off"] = runs
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+    text = _render(results, requests=requests, rate=rate, concurrency=concurrency)
+    console.print(text, markup=False, highlight=False)
+    if output:
+        path = Path(output)
+        existing = path.read_text() if path.exists() else "# Benchmarks\n"
+        path.write_text(existing.rstrip() + "\n\n" + text)
+
+
+def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cmd = f"reloop bench serve --requests {requests} --rate {rate:g} --concurrency {concurrency}"
+    lines = [
+        "## Serving",
+        "",
+        f"Command: `{cmd}` ({datetime.now(UTC):%Y-%m-%d}). Machine: {cpu}, {os.cpu_count()} cores "
+        f"(server, load generator and everything else share them), Python {platform.python_version()}, "
+        "one uvicorn process (httptools, uvloop), torch 1 thread, default DNN on the demo spec.",
+        "",
+        f"Single item: one keep-alive connection paced at {rate:g} req/s. "
+        f"Batch of 100: {concurrency} connections back to back.",
+        "",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the same cores inflates "
+        "wall-clock figures; server CPU time per prediction does not depend on it).",
+        "",
+        "| run | archive | p50 ms | p95 ms | p99 ms | req/s | predictions/s | server CPU µs/prediction |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label in (("archive_off", "off"), ("archive_on", "on")):
+        for run, name in (("single", "1 item"), ("batch100", "100 items")):
+            s = r[key][run]
+            lines.append(
+                f"| {name} | {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} "
+                f"| {s['req_per_s']:.0f} | {s['pred_per_s']:.0f} | {s['server_cpu_us_per_pred']:.1f} |"
+            )
+    off, on = r["archive_off"]["batch100"]["pred_per_s"], r["archive_on"]["batch100"]["pred_per_s"]
+    lines += [
+        "",
+        f"Archive cost on batch-100 throughput: {100 * (1 - on / off):.1f}%.",
+        "",
+        "Ceiling, same batches in-process (1 thread): ",
+        "",
+        "| batch | forward only, predictions/s | transform + forward, predictions/s |",
+        "| --- | ---: | ---: |",
+    ]
+    for size in (1, 100):
+        b = r["bare"][f"batch{size}"]
+        lines.append(f"| {size} | {b['forward_pred_per_s']:.0f} | {b['transform_forward_pred_per_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(shlex.join(sys.argv))
