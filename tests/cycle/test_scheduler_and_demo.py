@@ -188,3 +188,58 @@ def test_reloop_demo_three_days_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     assert (folder / "reports" / "history.png").exists()
     archived_versions = {p.name for p in (folder / "archive").rglob("version=*")}
     assert archived_versions and "version=1" in archived_versions
+
+
+# ------------------------------------------------------------------------------ SIGTERM, for real
+@pytest.mark.slow
+def test_reloop_scheduler_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """A real ``reloop scheduler`` process: start-up catch-up, then SIGTERM exits 0, nothing left claimed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cycle_data import make_settings
+
+    from reloop_service.registry.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    settings = make_settings(tmp_path, url)
+    yesterday = target_day(settings)
+    write_day(Path(settings.resolved_logs_uri), yesterday, ROWS)
+    env = {
+        **os.environ,
+        "RELOOP_DATA_DIR": str(settings.data_dir),
+        "RELOOP_DATABASE_URL": url,
+        "RELOOP_SPEC_PATH": str(settings.spec_path),
+        "RELOOP_EMBEDDING_DIM": "8",
+        "RELOOP_MLP_HIDDEN": "[32, 16]",
+        "RELOOP_BATCH_SIZE": "256",
+        "RELOOP_THREADS": "1",
+        "RELOOP_HEARTBEAT_S": "0.5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reloop_service.cli", "scheduler"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = _runs(settings).get(yesterday)
+            if run is not None and run.status != CycleStatus.RUNNING:
+                break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "catch-up to" in output and "scheduler stopped" in output
+    run = _runs(settings)[yesterday]
+    assert run.status == CycleStatus.SUCCEEDED and run.produced_version == 1
