@@ -161,14 +161,25 @@ class LocalServer:
         self.thread.join(timeout=30)
 
     def wait(self) -> None:
-        """Block until Ctrl-C (uvicorn's own handler is not installed in a thread, so catch it here)."""
+        """Serve until Ctrl-C or SIGTERM, then stop gracefully (the app's shutdown flushes the archive).
+
+        uvicorn installs no signal handlers when it runs in a thread, so this does it.
+        """
+        import signal
+
+        stop = threading.Event()
+
+        def _on_signal(_signum: int, _frame: Any) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.thread.is_alive():
-                self.thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
+            while self.thread.is_alive() and not stop.wait(0.5):
+                pass
         finally:
             self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _port_free(port: int) -> bool:
