@@ -54,8 +54,11 @@ def cycle_run(
     date_: DateOption,
     force: Annotated[bool, typer.Option("--force", help="Re-run a date that already succeeded.")] = False,
     nproc: Annotated[
-        int, typer.Option("--nproc", min=1, help="Training processes (reserved for scale-out; 1 today).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
+        ),
+    ] = None,
     json_out: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -64,9 +67,28 @@ def cycle_run(
     from reloop_service.registry.errors import RegistryError
 
     day = _parse_date(date_, "--date")
-    if nproc > 1:
-        raise fail("--nproc > 1: multi-process training is not wired into the cycle yet; use --nproc 1")
     settings = load_settings(data_dir)
+    nproc = nproc or settings.nproc
+    if nproc > 1:
+        from reloop_service.training.distributed import launch_cycle
+
+        code, summary = launch_cycle(
+            nproc=nproc,
+            cycle_date=day,
+            force=force,
+            data_dir=None if data_dir is None else str(data_dir),
+            actor="cli",
+        )
+        if json_out:
+            print_json(summary or {"status": "failed", "error": f"torchrun exited with {code}"})
+        elif summary is not None:
+            console.print(
+                f"{day}: {summary.get('status')} on {nproc} ranks: version {summary.get('version')} "
+                f"{summary.get('decision') or ''} {summary.get('error') or ''}".rstrip()
+            )
+        if code != 0:
+            raise typer.Exit(1)
+        return
     try:
         outcome = run_cycle(settings=settings, cycle_date=day, force=force, actor="cli")
     except RegistryError as exc:

@@ -433,7 +433,7 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     checkpoint's spec, so a feature keeps its meaning across versions.
     """
     from reloop_service.data.transforms import fit_numeric
-    from reloop_service.training.trainer import train as train_model
+    from reloop_service.training.distributed import StagedDay, train_staged_day
 
     settings = ctx.settings
     cold = parent.checkpoint is None
@@ -444,14 +444,23 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     loss = "bce" if cold else settings.loss
     config = train_config(settings, loss=loss)
     started = time.perf_counter()
-    result = train_model(
+    # One process normally; under torchrun (``reloop cycle run --nproc N``) every rank trains its
+    # shard of the staged day's row groups and this rank (0) gets the common result.
+    result = train_staged_day(
         config=config,
         spec=spec,
+        day=StagedDay(
+            uri=str(prepared.path),
+            time_column=spec.event_time,
+            cutoff_us=prepared.cutoff_us,
+            batch_size=prepared.batch_size,
+        ),
         batches=prepared.train_batches,
         init=parent.checkpoint,
         first_day=ctx.cycle_date if cold else None,
         last_day=ctx.cycle_date,
         progress=False,
+        storage_options=settings.storage_options(),
     )
     seconds = time.perf_counter() - started
     ctx.log.info("trained %s on %d rows in %.1fs (loss %s)", settings.model, result.rows, seconds, loss)

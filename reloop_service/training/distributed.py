@@ -549,7 +549,7 @@ def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | 
         len(groups),
         sum(g.num_rows for g in mine),
     )
-    return train(
+    result = train(
         config=TrainConfig.from_dict(job.config),
         spec=FeatureSpec.from_dict(job.spec),
         batches=lambda: iter_shard(job.day, mine, storage_options=storage_options),
@@ -559,6 +559,20 @@ def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | 
         progress=False,
         dist=ctx,
     )
+    # Every rank's final state, gathered on rank 0 for the outcome: equal hashes prove the ranks agree.
+    mine_info = {
+        "rank": ctx.rank,
+        "state_sha256": state_hash(result.checkpoint.state_dict),
+        "row_groups": [[g.path, g.index] for g in mine],
+        "steps": result.steps,
+    }
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, mine_info)
+    _LAST_RANKS[:] = gathered
+    return result
+
+
+_LAST_RANKS: list[Any] = []
 
 
 def follow(ctx: DistContext, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -568,12 +582,7 @@ def follow(ctx: DistContext, storage_options: dict[str, Any] | None = None) -> d
         kind, payload = message
         if kind == "train":
             result = _run_job(payload, ctx, storage_options)
-            log.info(
-                "rank %d finished its shard: %d steps (state %s)",
-                ctx.rank,
-                result.steps,
-                state_hash(result.checkpoint.state_dict),
-            )
+            log.info("rank %d finished its shard: %d steps", ctx.rank, result.steps)
         elif kind == "done":
             return dict(payload)
         else:  # pragma: no cover - a protocol bug
@@ -615,6 +624,7 @@ def run_cycle_distributed(
                 "error": outcome.error,
                 "candidate": gate.get("candidate"),
                 "world_size": ctx.world_size,
+                "ranks": list(_LAST_RANKS),
             }
         except BaseException as exc:
             summary = {
@@ -710,4 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's ``main``, not this ``__main__`` copy: the cycle imports
+    # ``reloop_service.training.distributed`` and must see the context set up here.
+    from reloop_service.training.distributed import main as _main
+
+    raise SystemExit(_main())
