@@ -56,11 +56,11 @@ def test_clean_day_streams_every_row_with_a_fixed_schema(
 def test_streaming_memory_is_bounded_by_the_batch_size(
     spec: FeatureSpec, write_day: WriteDay, logs_root: str
 ) -> None:
-    n = 200_000
+    n = 100_000
     table = pa.table(good_rows(n))
-    whole = table.nbytes  # about 15 MB in Arrow
+    whole = table.nbytes  # about 7 MB in Arrow
     path = write_day(pa.table({}))
-    pq.write_table(table, path, row_group_size=5_000)  # memory follows row groups, see ingest's docstring
+    pq.write_table(table, path, row_group_size=2_500)  # memory follows row groups, see ingest's docstring
     del table
     day_log = open_days(logs_root, [DAY], spec, batch_size=1000)
     pool = pa.default_memory_pool()

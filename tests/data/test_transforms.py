@@ -42,7 +42,7 @@ def test_stable_hash_matches_golden_values() -> None:
     assert [int(h) for h in stable_hash(pa.array(GOLDEN_VALUES))] == GOLDEN_HASHES
 
 
-@pytest.mark.parametrize("hash_seed", ["0", "4242"])
+@pytest.mark.parametrize("hash_seed", ["4242"])  # the parent runs with a random seed
 def test_stable_hash_is_the_same_in_another_process(hash_seed: str) -> None:
     code = (
         "import json, sys\n"
