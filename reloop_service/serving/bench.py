@@ -303,7 +303,7 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
         f"Batch of 100: {concurrency} connections back to back.",
         "",
         f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the same cores inflates "
-        "wall-clock figures; server CPU time per prediction does not depend on it).",
+        "wall-clock figures; server CPU time per prediction less so, but it is inflated too).",
         "",
         "| run | archive | p50 ms | p95 ms | p99 ms | req/s | predictions/s | server CPU µs/prediction |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
