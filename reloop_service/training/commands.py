@@ -54,8 +54,8 @@ def train_command(
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 4096,
-    lr: Annotated[float, typer.Option("--lr", help="Dense (MLP) learning rate.")] = 1e-3,
-    sparse_lr: Annotated[float, typer.Option("--sparse-lr", help="Embedding-table learning rate.")] = 1e-2,
+    lr: Annotated[float, typer.Option("--lr", help="Dense (MLP) learning rate.")] = 3e-3,
+    sparse_lr: Annotated[float, typer.Option("--sparse-lr", help="Embedding-table learning rate.")] = 5e-2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")] = None,
     holdout: Annotated[
