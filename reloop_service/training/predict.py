@@ -49,7 +49,8 @@ class Predictor:
         """Predicted CTR per row, float64 [N]."""
         out = np.empty(batch.num_rows, dtype=np.float64)
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # only a model shared with a trainer; mode switches walk every module
+            self.model.eval()
         try:
             with torch.inference_mode():
                 for start in range(0, batch.num_rows, self.batch_size):
@@ -57,7 +58,8 @@ class Predictor:
                     logits = self.model(transform(self.spec, part))
                     out[start : start + part.num_rows] = torch.sigmoid(logits).double().numpy()
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return out
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
