@@ -21,7 +21,7 @@ def _as_arrays(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[np.ndarray, np.ndarr
     pa_ = np.asarray(p, dtype=np.float64).reshape(-1)
     if ya.shape != pa_.shape:
         raise ValueError(f"labels ({ya.shape[0]}) and predictions ({pa_.shape[0]}) differ in length")
-    if ya.size and not np.isin(ya, (0.0, 1.0)).all():
+    if ya.size and not ((ya == 0.0) | (ya == 1.0)).all():
         raise ValueError("labels must be 0 or 1")
     if np.isnan(pa_).any():
         raise ValueError("predictions contain NaN")
@@ -30,7 +30,10 @@ def _as_arrays(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[np.ndarray, np.ndarr
 
 def auc(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
     """Exact ROC AUC (Mann-Whitney U); tied scores count one half. NaN if only one class is present."""
-    ya, pa_ = _as_arrays(y, p)
+    return _auc(*_as_arrays(y, p))
+
+
+def _auc(ya: np.ndarray, pa_: np.ndarray) -> float:
     n_pos = float(ya.sum())
     n_neg = float(ya.size - n_pos)
     if n_pos == 0 or n_neg == 0:
@@ -48,7 +51,10 @@ def auc(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
 
 def logloss(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
     """Mean binary cross-entropy with predictions clipped to [1e-7, 1 - 1e-7]."""
-    ya, pa_ = _as_arrays(y, p)
+    return _logloss(*_as_arrays(y, p))
+
+
+def _logloss(ya: np.ndarray, pa_: np.ndarray) -> float:
     if ya.size == 0:
         return float("nan")
     pc = np.clip(pa_, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
@@ -57,7 +63,10 @@ def logloss(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
 
 def calibration(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
     """Mean predicted CTR over observed CTR (1.0 is perfect; NaN when there are no clicks)."""
-    ya, pa_ = _as_arrays(y, p)
+    return _calibration(*_as_arrays(y, p))
+
+
+def _calibration(ya: np.ndarray, pa_: np.ndarray) -> float:
     observed = float(ya.mean()) if ya.size else 0.0
     if observed == 0.0:
         return float("nan")
@@ -68,9 +77,9 @@ def evaluate(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, Any]:
     """All offline metrics at once: auc, logloss, calibration, mean_pred, ctr, rows."""
     ya, pa_ = _as_arrays(y, p)
     return {
-        "auc": auc(ya, pa_),
-        "logloss": logloss(ya, pa_),
-        "calibration": calibration(ya, pa_),
+        "auc": _auc(ya, pa_),
+        "logloss": _logloss(ya, pa_),
+        "calibration": _calibration(ya, pa_),
         "mean_pred": float(pa_.mean()) if pa_.size else float("nan"),
         "ctr": float(ya.mean()) if ya.size else float("nan"),
         "rows": int(ya.size),
