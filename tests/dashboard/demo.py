@@ -1,0 +1,346 @@
+"""Demo registry for the dashboard tests, built with the real code paths.
+
+Real tiny DNN checkpoints (training code) go through the real artifact store and are registered,
+promoted and rejected through the registry store verbs; their holdout metrics are computed with the
+real ``Predictor`` and ``evaluate`` on a small simulated holdout whose labels come from a hidden
+"true" model. Cycle runs are claimed and finished through the store with details shaped exactly as
+``cycle.steps.register`` records them (gate verdict with candidate and production metrics, decision,
+prior coverage, timings), including a rejected day and a failed day that needed a second attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Engine
+
+from reloop_service.config import Settings
+from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
+from reloop_service.registry import store
+from reloop_service.registry.artifacts import ArtifactStore
+from reloop_service.registry.db import make_engine, run_transaction, upgrade
+from reloop_service.registry.entities import ArtifactRef, CycleRun
+from reloop_service.registry.events import CycleStatus
+from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
+from reloop_service.training.metrics import evaluate
+from reloop_service.training.models import build_model
+from reloop_service.training.predict import Predictor
+
+SPEC = FeatureSpec(
+    label="label",
+    impression_id="impression_id",
+    event_time="event_time",
+    categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
+    numeric=(NumericField("price", 1.0, 0.5),),
+    multi=(MultiCategoricalField("tags", 51, 4),),
+)
+FIRST_DAY = date(2024, 5, 1)
+GATE = {"max_auc_drop": 0.01, "max_logloss_rise": 0.01}
+TRUTH_SEED = 1000
+
+
+@dataclass
+class Demo:
+    """What was built: version numbers by role, and the production version."""
+
+    production: int
+    previous: int
+    rejected: int
+    versions: list[int]
+    failed_day: date
+
+
+def checkpoint(seed: int, day: date, noise: float = 0.0) -> Checkpoint:
+    """A tiny real DNN: the hidden "true" model's weights plus ``noise`` (seeded); 0 is the truth."""
+    torch.manual_seed(TRUTH_SEED)
+    model = build_model("dnn", SPEC, embedding_dim=4, hidden=[8])
+    gen = torch.Generator().manual_seed(seed % 2)  # one direction per parity: noise shrinks along it
+    state = {
+        k: (v + noise * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+    return Checkpoint(
+        model_name="dnn",
+        model_args=model.model_args,
+        state_dict=state,
+        spec=SPEC.to_dict(),
+        loss="reloop",
+        loss_params={"alpha": 0.5},
+        seed=seed,
+        first_day=FIRST_DAY,
+        last_day=day,
+        metrics={},
+    )
+
+
+def holdout(n: int = 400) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Random impressions labelled by a hidden "true" model, so candidate metrics differ for real."""
+    rng = np.random.default_rng(7)
+    records = [
+        {
+            "site": f"s{rng.integers(0, 40)}",
+            "device": f"d{rng.integers(0, 5)}",
+            "price": float(rng.gamma(2.0, 3.0)),
+            "tags": [f"t{t}" for t in rng.integers(0, 30, size=rng.integers(0, 4))],
+        }
+        for _ in range(n)
+    ]
+    truth = Predictor(checkpoint(0, FIRST_DAY)).predict_records(records)
+    logit = np.log(truth / (1 - truth))
+    z = (logit - logit.mean()) / (logit.std() + 1e-12)  # standardized: a strong, known signal
+    sharpened = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.5)))
+    labels = (rng.random(n) < sharpened).astype(np.float64)
+    return records, labels
+
+
+def verdict(
+    cand: dict[str, Any], prod: dict[str, Any] | None, parent: int | None, rows: int
+) -> dict[str, Any]:
+    """The gate's verdict, the same shape ``cycle.steps.gate`` returns."""
+    rules: list[dict[str, Any]] = []
+    if prod is not None:
+        drop = prod["auc"] - cand["auc"]
+        rise = cand["logloss"] - prod["logloss"]
+        rules.append(
+            {
+                "name": "max_auc_drop",
+                "threshold": GATE["max_auc_drop"],
+                "value": drop,
+                "passed": drop <= GATE["max_auc_drop"],
+            }
+        )
+        rules.append(
+            {
+                "name": "max_logloss_rise",
+                "threshold": GATE["max_logloss_rise"],
+                "value": rise,
+                "passed": rise <= GATE["max_logloss_rise"],
+            }
+        )
+    failed = [r["name"] for r in rules if not r["passed"]]
+    return {
+        "passed": not failed,
+        "failed_rules": failed,
+        "rules": rules,
+        "candidate": cand,
+        "production": prod,
+        "production_version": parent,
+        "holdout_rows": rows,
+    }
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in d.items()}
+
+
+def build_demo(settings: Settings) -> Demo:
+    """Six cycle days: cold start, promote, reject, fail (2 attempts), promote, promote."""
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        return _build(settings, engine)
+    finally:
+        engine.dispose()
+
+
+def _claim(engine: Engine, day: date, owner: str, at: datetime) -> CycleRun:
+    claim = run_transaction(
+        engine, lambda s: store.claim_cycle(s, cycle_date=day, owner=owner, stale_after_s=120, now=at)
+    )
+    assert claim.acquired, claim
+    return claim.run
+
+
+def _fail(engine: Engine, run: CycleRun, error: str, at: datetime, seconds: float) -> None:
+    """Close ``run`` as failed at ingest, the way ``cycle.run`` records a failed attempt."""
+    end = at + timedelta(seconds=seconds)
+    details = {
+        "actor": "scheduler",
+        "started_at": at.isoformat(),
+        "failed_step": "ingest",
+        "finished_at": end.isoformat(),
+    }
+    run_transaction(
+        engine,
+        lambda s: store.finish_cycle(
+            s, run=run, status=CycleStatus.FAILED, error=error, details=details, now=end
+        ),
+    )
+
+
+def _succeed(
+    engine: Engine,
+    *,
+    run: CycleRun,
+    ref: ArtifactRef,
+    parent: int | None,
+    seed: int,
+    gate: dict[str, Any],
+    coverage: dict[str, Any],
+    started: datetime,
+    seconds: float,
+) -> int:
+    """Register + promote/reject + finish the run in one transaction, as ``cycle.steps.register``."""
+    day = run.cycle_date
+    cand = gate["candidate"]
+    decision = "promoted" if gate["passed"] else "rejected"
+    finished = started + timedelta(seconds=seconds)
+    metrics = {
+        "auc": cand["auc"],
+        "logloss": cand["logloss"],
+        "calibration": cand["calibration"],
+        "rows": coverage["rows"],
+        "holdout_rows": gate["holdout_rows"],
+        "prior_coverage": coverage,
+        "production_on_holdout": gate["production"],
+    }
+    train_config = {
+        "model": "dnn",
+        "model_args": {"embedding_dim": 4, "hidden": [8]},
+        "loss": "reloop",
+        "loss_params": {"alpha": 0.5},
+        "seed": seed,
+        "cold_start": parent is None,
+        "lr": 0.001,
+        "epochs": 1,
+        "batch_size": 1024,
+    }
+
+    def tx(s: Any) -> int:
+        mv = store.register_version(
+            s,
+            artifact=ref,
+            actor="scheduler",
+            reason=f"cycle {day}",
+            parent_version=parent,
+            feature_spec_hash=SPEC.fingerprint(),
+            train_config=train_config,
+            data_first_day=FIRST_DAY,
+            data_last_day=day,
+            metrics=metrics,
+            gate_verdict=gate,
+            cycle_date=day,
+        )
+        if decision == "promoted":
+            store.promote(
+                s,
+                version=mv.version,
+                actor="scheduler",
+                reason=f"cycle {day}: gate passed",
+                expected_current=parent,
+            )
+        else:
+            store.reject_version(
+                s,
+                version=mv.version,
+                actor="scheduler",
+                reason=f"cycle {day}: gate rejected ({', '.join(gate['failed_rules'])})",
+                details={"verdict": gate},
+            )
+        details = {
+            "run_id": run.id,
+            "cycle_date": day.isoformat(),
+            "attempt": run.attempt,
+            "actor": "scheduler",
+            "owner": run.owner,
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "parent_version": parent,
+            "coverage": coverage,
+            "gate": gate,
+            "train": {"seconds": seconds - 8.0, "cold_start": parent is None},
+            "version": mv.version,
+            "decision": decision,
+        }
+        store.finish_cycle(
+            s,
+            run=run,
+            status=CycleStatus.SUCCEEDED,
+            produced_version=mv.version,
+            details=details,
+            now=finished,
+        )
+        return mv.version
+
+    number: int = run_transaction(engine, tx)
+    return number
+
+
+BAD_PRICE = "step ingest: IngestError: dt=2024-05-04/part-0.parquet: column 'price' is string"
+
+
+def _build(settings: Settings, engine: Engine) -> Demo:
+    artifacts = ArtifactStore(settings.resolved_artifacts_uri, {})
+    records, labels = holdout()
+    base = datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
+    plan: list[tuple[int, float, str]] = [
+        (11, 0.45, "ok"),
+        (13, 0.3, "ok"),
+        (12, 0.9, "reject"),
+        (0, 0.0, "fail"),
+        (15, 0.2, "ok"),
+        (17, 0.12, "ok"),
+    ]
+    prod: int | None = None
+    prod_ckpt: Checkpoint | None = None
+    previous = rejected = 0
+    versions: list[int] = []
+    failed_day = FIRST_DAY
+    for i, (seed, noise, kind) in enumerate(plan):
+        day = FIRST_DAY + timedelta(days=i)
+        started = base + timedelta(days=i)
+        owner = f"demo-host:1:scheduler:{i:08x}"
+        run = _claim(engine, day, owner, started)
+        if kind == "fail":  # two attempts, both fail on a bad file: no version, production unchanged
+            failed_day = day
+            _fail(engine, run, BAD_PRICE, started, 4.0)
+            retry_at = started + timedelta(seconds=10)
+            _fail(
+                engine,
+                _claim(engine, day, owner, retry_at),
+                BAD_PRICE + " (expected a number)",
+                retry_at,
+                3.5,
+            )
+            continue
+        ckpt = checkpoint(seed, day, noise)
+        cand = _clean(evaluate(labels, Predictor(ckpt).predict_records(records)))
+        prod_m = (
+            _clean(evaluate(labels, Predictor(prod_ckpt).predict_records(records))) if prod_ckpt else None
+        )
+        gate = verdict(cand, prod_m, prod, len(labels))
+        if gate["passed"] != (kind != "reject"):
+            raise AssertionError(f"demo day {day}: the gate said {gate['passed']}, the plan {kind}: {gate}")
+        coverage = {
+            "source": "archive",
+            "rows": 5000,
+            "archived": 4700 if prod else 0,
+            "recomputed": 0,
+            "missing": 300 if prod else 5000,
+            "parent_version": prod,
+        }
+        ref = artifacts.put(checkpoint_to_bytes(ckpt), f"ctr/cycle-{day}-run{run.id}.ckpt")
+        number = _succeed(
+            engine,
+            run=run,
+            ref=ref,
+            parent=prod,
+            seed=seed,
+            gate=gate,
+            coverage=coverage,
+            started=started,
+            seconds=40.0 + 7 * i,
+        )
+        versions.append(number)
+        if gate["passed"]:
+            previous, prod, prod_ckpt = prod or 0, number, ckpt
+        else:
+            rejected = number
+    assert prod is not None
+    return Demo(
+        production=prod, previous=previous, rejected=rejected, versions=versions, failed_day=failed_day
+    )
