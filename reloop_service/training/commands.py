@@ -149,8 +149,13 @@ def bench_train_command(
     rows: Annotated[int, typer.Option("--rows", help="Generated rows.")] = 300_000,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 4096,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's).")
-    ] = None,
+        int,
+        typer.Option(
+            "--threads",
+            help="Torch CPU threads for the model (the data path runs on its own thread). Default 1: on 2 "
+            "shared cores 2 OpenMP threads collapse under contention (see docs/benchmarks.md).",
+        ),
+    ] = 1,
     compare_stock: Annotated[
         bool, typer.Option("--compare-stock", help="Also time nn.Embedding(sparse=True) + SparseAdam.")
     ] = False,
