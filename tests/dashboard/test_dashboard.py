@@ -41,6 +41,7 @@ def test_page_loads_clean_and_shows_what_the_api_reports(page: PageWatch, server
     assert f"{auc:.4f}" in p.inner_text("#prod-body")
     assert p.is_hidden("#banner")
     assert p.inner_text("#token-state") == "token accepted"
+    page.shot("00-first-screen", full_page=False)  # what a laptop shows first (docs/img/dashboard.png)
 
     # versions table: one row per version, production highlighted; filter and sort work
     assert p.locator("#versions-table tbody tr").count() == len(api["versions"]) == 5

@@ -63,7 +63,7 @@ function path(points, key, x, y) {
 export function metricChart(runs, metric, title) {
   const W = 560;
   const H = 230;
-  const m = { l: 52, r: 14, t: 12, b: 38 };
+  const m = { l: 52, r: 24, t: 12, b: 38 };
   const points = chartPoints(runs, metric);
   const id = `chart-${metric}`;
   const svg = el("svg", {
