@@ -135,9 +135,14 @@ def test_rollback_from_the_page_moves_production(page: PageWatch, server: Server
     p.wait_for_selector("#action-result.bad")
     assert "Cancelled" in p.inner_text("#action-result")
     assert server.production() == server.demo.previous
-    p.click("#promote-form button[type=submit]")
+    # this time by keyboard only: Enter submits, the dialog focuses Cancel, Tab reaches Confirm
+    p.focus("#promote-reason")
+    p.keyboard.press("Enter")
     p.wait_for_selector("#confirm[open]")
-    p.click("#confirm-ok")
+    assert p.evaluate("document.activeElement.id") == "confirm-cancel"
+    p.keyboard.press("Tab")
+    assert p.evaluate("document.activeElement.id") == "confirm-ok"
+    p.keyboard.press("Enter")
     p.wait_for_selector(f"#prod-version[data-version='{server.demo.production}']")
     assert server.production() == server.demo.production
     assert page.console_errors == [] and page.page_errors == []
