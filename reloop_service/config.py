@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # --- model and training ----------------------------------------------------------------------
     model_name: str = "ctr"
-    model: Literal["dnn", "deepfm", "dcnv2"] = "dnn"
+    model: Literal["dnn", "deepfm", "dcnv2", "lr"] = "dnn"
     loss: Literal["bce", "label_smoothing", "distill", "reloop"] = "reloop"
     loss_params: dict[str, float] = Field(default_factory=dict)
     embedding_dim: int = 16
@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=10.0, gt=0.0)
     stale_after_s: float = Field(default=120.0, gt=0.0)
     nproc: int = Field(default=1, ge=1)
+    report_history_plot: bool = Field(
+        default=True, description="Redraw reports/history.png after every cycle (the replay turns it off)."
+    )
+    warm_start: bool = Field(
+        default=True, description="False: each cycle trains from scratch (BCE), as the replay's full_retrain."
+    )
 
     # --- scheduler -------------------------------------------------------------------------------
     schedule_time: time = time(2, 0)

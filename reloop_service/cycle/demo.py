@@ -193,9 +193,17 @@ def _port_free(port: int) -> bool:
 
 
 def score_day(
-    client: Any, impressions: list[dict[str, Any]], *, features: tuple[str, ...], max_batch: int
+    client: Any,
+    impressions: list[dict[str, Any]],
+    *,
+    features: tuple[str, ...],
+    max_batch: int,
+    collect: list[dict[str, Any]] | None = None,
 ) -> tuple[int, int | None]:
-    """Score impressions through ``POST /v1/predict`` in batches; returns (rows scored, version)."""
+    """Score impressions through ``POST /v1/predict`` in batches; returns (rows scored, version).
+
+    ``collect`` receives every answered ``{"impression_id", "ctr"}`` in order (the replay keeps them).
+    """
     version = None
     scored = 0
     for start in range(0, len(impressions), max_batch):
@@ -211,6 +219,8 @@ def score_day(
             raise DemoError(f"POST /v1/predict answered {resp.status_code}: {resp.text[:300]}")
         payload = resp.json()
         version = payload["model_version"]
+        if collect is not None:
+            collect.extend(payload["predictions"])
         scored += len(payload["predictions"]) if "predictions" in payload else len(chunk)
     return scored, version
 

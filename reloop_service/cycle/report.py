@@ -204,7 +204,7 @@ def write_report(*, settings: Settings, record: Mapping[str, Any]) -> ReportPath
     write_atomic(fs, json_path, json.dumps(clean, indent=2, sort_keys=True, default=str).encode())
     write_atomic(fs, md_path, markdown.encode())
     write_atomic(fs, join(root, "latest.md"), markdown.encode())
-    png = plot_history(load_history(settings))
+    png = plot_history(load_history(settings)) if settings.report_history_plot else None
     plot_path = None
     if png is not None:
         plot_path = join(root, HISTORY_PNG)

@@ -436,7 +436,9 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     from reloop_service.training.distributed import StagedDay, train_staged_day
 
     settings = ctx.settings
-    cold = parent.checkpoint is None
+    # ``warm_start=False`` (the replay's full_retrain) trains from scratch on whatever the day holds.
+    init = parent.checkpoint if settings.warm_start else None
+    cold = init is None
     spec = prepared.spec
     if cold and not spec.is_fitted:
         spec = fit_numeric(spec, prepared.train_batches())
@@ -456,7 +458,7 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
             batch_size=prepared.batch_size,
         ),
         batches=prepared.train_batches,
-        init=parent.checkpoint,
+        init=init,
         first_day=ctx.cycle_date if cold else None,
         last_day=ctx.cycle_date,
         progress=False,

@@ -1,4 +1,4 @@
-"""CTR models: DNN, DeepFM and DCNv2 over one shared feature-embedding layer.
+"""CTR models: DNN, DeepFM, DCNv2 and a logistic-regression baseline over one shared feature-embedding layer.
 
 Every model maps a ``FeatureBatch`` to logits [B], is sized from keyword arguments (kept in
 ``model_args`` so a checkpoint can rebuild it without any config), and lists its row-sparse
@@ -187,7 +187,35 @@ class DCNv2(CTRModel):
         return self.out(torch.cat([self.cross(x0), self.mlp(x0)], dim=1)).squeeze(-1)
 
 
-MODELS: dict[str, type[CTRModel]] = {"dnn": DNN, "deepfm": DeepFM, "dcnv2": DCNv2}
+class LogisticRegression(CTRModel):
+    """Logistic regression: one weight per hashed value (a 1-wide embedding), summed, plus numerics.
+
+    [B, F, 1] + [B, n_num] -> bias + Σ_F w + Linear(num) -> [B]. The baseline every CTR model must
+    beat. ``embedding_dim`` and ``hidden`` are accepted and ignored so that the one model config a
+    cycle builds (``{"embedding_dim", "hidden"}``) works for every model.
+    """
+
+    name = "lr"
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        embedding_dim: int = 1,
+        hidden: Sequence[int] = (),
+    ) -> None:
+        super().__init__(spec, embedding_dim=1)
+        self.num_linear = nn.Linear(self.n_num, 1) if self.n_num else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def head(self, emb: Tensor, num: Tensor) -> Tensor:
+        logit = emb.sum(dim=(1, 2)) + self.bias
+        if self.num_linear is not None:
+            logit = logit + self.num_linear(num).squeeze(-1)
+        return logit
+
+
+MODELS: dict[str, type[CTRModel]] = {"dnn": DNN, "deepfm": DeepFM, "dcnv2": DCNv2, "lr": LogisticRegression}
 
 
 def build_model(name: str, spec: FeatureSpec, **model_args: Any) -> CTRModel:

@@ -1,0 +1,1 @@
+"""Replay benchmarks: historical or simulated logs pushed through the real loop, test-then-train."""

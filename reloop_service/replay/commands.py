@@ -1,0 +1,374 @@
+"""``reloop replay movielens|parquet|synthetic``: the replay benchmark through the real loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from reloop_service.clitools import console, fail, replay_app
+from reloop_service.replay.runner import (
+    STRATEGIES,
+    Protocol,
+    ReplayConfig,
+    ReplayData,
+    ReplayError,
+    RunSpec,
+    StrategyConfig,
+    run_many,
+)
+
+Strategies = Annotated[
+    str, typer.Option("--strategies", help=f"Comma-separated, any of: {', '.join(STRATEGIES)}.")
+]
+Seeds = Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (0..N-1).")]
+Model = Annotated[str, typer.Option("--model", help="dnn, deepfm or dcnv2 (the lr strategy always uses lr).")]
+Lr = Annotated[float, typer.Option("--lr", help="Dense Adam learning rate.")]
+SparseLr = Annotated[float, typer.Option("--sparse-lr", help="Embedding-table Adam learning rate.")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs per cycle.")]
+EmbDim = Annotated[int, typer.Option("--embedding-dim", min=1)]
+Mlp = Annotated[str, typer.Option("--mlp", help="MLP widths, e.g. 256,128,64.")]
+Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size (bins are ~3k rows).")]
+Alpha = Annotated[float, typer.Option("--alpha", help="reloop's α.")]
+Epsilon = Annotated[float, typer.Option("--epsilon", help="label_smoothing's ε.")]
+Beta = Annotated[float, typer.Option("--beta", help="distill's β.")]
+Tau = Annotated[float, typer.Option("--temperature", help="distill's τ.")]
+Gate = Annotated[bool, typer.Option("--gate", help="Apply the quality gate (default: every cycle promotes).")]
+Out = Annotated[
+    Path, typer.Option("--out", help="Output folder (results.json, results.md, PNGs, predictions).")
+]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="Runs in parallel (one process each).")]
+Keep = Annotated[bool, typer.Option("--keep-data", help="Keep each run's registry/logs/archive folder.")]
+Select = Annotated[
+    bool,
+    typer.Option("--select", help="Choose hyper-parameters on the selection bins (writes selection.json)."),
+]
+Params = Annotated[Path | None, typer.Option("--params", help="selection.json whose chosen values to use.")]
+Warmup = Annotated[int, typer.Option("--warmup-bins", min=1, help="Bins trained on as the first cycle.")]
+SelectBins = Annotated[str, typer.Option("--select-bins", help="Selection bins, FROM..TO.")]
+ReportFrom = Annotated[int, typer.Option("--report-from", min=0, help="First reported bin.")]
+LastBin = Annotated[int | None, typer.Option("--last-bin", help="Stop after this bin.")]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every replay command shares."""
+
+    strategies: list[str]
+    seeds: list[int]
+    config: ReplayConfig
+    protocol: Protocol
+    out: Path
+    workers: int
+    keep: bool
+    select: bool
+
+
+def _options(**kw: Any) -> Options:
+    strategies = [s.strip() for s in kw["strategies"].split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise fail(f"--strategies: unknown {unknown or 'none given'}; choose from {', '.join(STRATEGIES)}")
+    try:
+        mlp = tuple(int(x) for x in kw["mlp"].split(",") if x.strip())
+        lo, hi = (int(x) for x in kw["select_bins"].split(".."))
+    except ValueError:
+        raise fail(f"--mlp {kw['mlp']!r} or --select-bins {kw['select_bins']!r} is malformed") from None
+    loss_params = {
+        "label_smoothing": {"epsilon": kw["epsilon"]},
+        "distill": {"beta": kw["beta"], "temperature": kw["temperature"]},
+        "reloop": {"alpha": kw["alpha"]},
+    }
+    base = StrategyConfig(lr=kw["lr"], sparse_lr=kw["sparse_lr"], epochs=kw["epochs"])
+    per = {
+        s: StrategyConfig(
+            loss_params=loss_params.get(s, {}), lr=base.lr, sparse_lr=base.sparse_lr, epochs=base.epochs
+        )
+        for s in STRATEGIES
+    }
+    if kw["params"] is not None:
+        from reloop_service.replay.selection import load_params
+
+        try:
+            per.update(load_params(kw["params"]))
+        except (OSError, ValueError, TypeError) as exc:
+            raise fail(f"--params {kw['params']}: {exc}") from None
+    config = ReplayConfig(
+        model=kw["model"],
+        embedding_dim=kw["embedding_dim"],
+        mlp_hidden=mlp,
+        batch_size=kw["batch_size"],
+        default=base,
+        strategies=per,
+        gate=kw["gate"],
+    )
+    protocol = Protocol(
+        warmup_bins=kw["warmup_bins"],
+        select_from=lo,
+        select_to=hi,
+        report_from=kw["report_from"],
+        last_bin=kw["last_bin"],
+    )
+    return Options(
+        strategies=strategies,
+        seeds=list(range(kw["seeds"])),
+        config=config,
+        protocol=protocol,
+        out=kw["out"],
+        workers=kw["workers"],
+        keep=kw["keep_data"],
+        select=kw["select"],
+    )
+
+
+def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dict[str, Any]:
+    """Run the replay (or the selection) and write its outputs; returns the summary."""
+    import time
+
+    from reloop_service.replay.report import summarize, write_outputs
+
+    if opts.select:
+        from reloop_service.replay.selection import select
+
+        result = select(
+            data,
+            strategies=opts.strategies,
+            config=opts.config,
+            protocol=opts.protocol,
+            seeds=opts.seeds,
+            out_dir=opts.out,
+            workers=opts.workers,
+        )
+        from reloop_service.replay.selection import selection_markdown
+
+        console.print(selection_markdown(result), markup=False, highlight=False)
+        console.print(f"chosen values: {opts.out / 'selection.json'} (pass it with --params)")
+        return result
+    runs = [
+        RunSpec(
+            strategy=s,
+            seed=seed,
+            config=opts.config,
+            workdir=opts.out / "work" / f"{s}-s{seed}",
+            predictions_path=opts.out / "predictions" / f"{s}-s{seed}.parquet",
+            label=s,
+        )
+        for s in opts.strategies
+        for seed in opts.seeds
+    ]
+    # unique labels for progress; the summary groups by strategy
+    runs = [RunSpec(**{**r.__dict__, "label": f"{r.strategy}#s{r.seed}"}) for r in runs]
+    started = time.perf_counter()
+    results = run_many(data, runs, protocol=opts.protocol, workers=opts.workers, keep_data=opts.keep)
+    total = time.perf_counter() - started
+    for r in results:
+        r["label"] = r["strategy"]
+    summary = summarize(results, bins_from=opts.protocol.report_from)
+    paths = write_outputs(
+        opts.out,
+        title=title,
+        runs=results,
+        summary=summary,
+        order=STRATEGIES,
+        meta={
+            "data": data.name,
+            "command": command,
+            "protocol": opts.protocol.__dict__,
+            "config": opts.config.to_dict(),
+            "strategies": opts.strategies,
+            "seeds": opts.seeds,
+            "workers": opts.workers,
+            "total_wall_seconds": round(total, 1),
+        },
+    )
+    console.print((opts.out / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"total wall time {total:.0f} s with {opts.workers} worker(s)")
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+    return summary
+
+
+def _command(ctx: typer.Context) -> str:
+    import sys
+
+    return "reloop " + " ".join(sys.argv[1:]) if sys.argv else ctx.command_path
+
+
+def _run(data_fn: Any, ctx: typer.Context, title: str, kw: dict[str, Any]) -> None:
+    opts = _options(**kw)
+    try:
+        data = data_fn()
+        execute(data, opts, title=title, command=_command(ctx))
+    except ReplayError as exc:
+        raise fail(str(exc)) from None
+
+
+@replay_app.command("movielens")
+def movielens(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The ml-100k folder (u.data, u.user, u.item).")
+    ],
+    strategies: Strategies = ",".join(STRATEGIES),
+    seeds: Seeds = 5,
+    model: Model = "dnn",
+    lr: Lr = 1e-3,
+    sparse_lr: SparseLr = 5e-2,
+    epochs: Epochs = 1,
+    embedding_dim: EmbDim = 16,
+    mlp: Mlp = "256,128,64",
+    batch_size: Batch = 256,
+    alpha: Alpha = 0.5,
+    epsilon: Epsilon = 0.1,
+    beta: Beta = 0.5,
+    temperature: Tau = 2.0,
+    gate: Gate = False,
+    out: Out = Path("replay-ml100k"),
+    workers: Workers = 2,
+    keep_data: Keep = False,
+    select: Select = False,
+    params: Params = None,
+    warmup_bins: Warmup = 4,
+    select_bins: SelectBins = "4..10",
+    report_from: ReportFrom = 11,
+    last_bin: LastBin = None,
+) -> None:
+    """Replay MovieLens 100K with the protocol ml100k-weekly (docs/replay.md)."""
+    from reloop_service.replay.movielens import MovieLensError
+    from reloop_service.replay.sources import movielens_data
+
+    kw = {
+        k: v for k, v in locals().items() if k not in ("ctx", "data_dir", "MovieLensError", "movielens_data")
+    }
+
+    def load() -> ReplayData:
+        try:
+            return movielens_data(data_dir)
+        except MovieLensError as exc:
+            raise ReplayError(str(exc)) from None
+
+    _run(load, ctx, "ml100k-weekly", kw)
+
+
+@replay_app.command("synthetic")
+def synthetic(
+    ctx: typer.Context,
+    bins: Annotated[int, typer.Option("--bins", min=2, help="Simulated days (one bin each).")] = 31,
+    impressions: Annotated[int, typer.Option("--impressions", min=10, help="Impressions per day.")] = 3000,
+    data_seed: Annotated[
+        int, typer.Option("--data-seed", help="Simulator seed (the same data for every run).")
+    ] = 0,
+    strategies: Strategies = ",".join(STRATEGIES),
+    seeds: Seeds = 5,
+    model: Model = "dnn",
+    lr: Lr = 1e-3,
+    sparse_lr: SparseLr = 5e-2,
+    epochs: Epochs = 1,
+    embedding_dim: EmbDim = 16,
+    mlp: Mlp = "256,128,64",
+    batch_size: Batch = 256,
+    alpha: Alpha = 0.5,
+    epsilon: Epsilon = 0.1,
+    beta: Beta = 0.5,
+    temperature: Tau = 2.0,
+    gate: Gate = False,
+    out: Out = Path("replay-synthetic"),
+    workers: Workers = 2,
+    keep_data: Keep = False,
+    select: Select = False,
+    params: Params = None,
+    warmup_bins: Warmup = 4,
+    select_bins: SelectBins = "4..10",
+    report_from: ReportFrom = 11,
+    last_bin: LastBin = None,
+) -> None:
+    """Replay the click simulator (known true CTR: the table shows the gap to the Bayes-optimal logloss)."""
+    from reloop_service.replay.sources import synthetic_data
+
+    kw = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("ctx", "bins", "impressions", "data_seed", "synthetic_data")
+    }
+    _run(
+        lambda: synthetic_data(bins=bins, impressions=impressions, data_seed=data_seed),
+        ctx,
+        f"synthetic ({bins} days x {impressions} impressions)",
+        kw,
+    )
+
+
+@replay_app.command("parquet")
+def parquet(
+    ctx: typer.Context,
+    logs: Annotated[str, typer.Option("--logs", help="Click-log root (dt=YYYY-MM-DD partitions).")],
+    spec: Annotated[Path, typer.Option("--spec", help="Feature spec TOML.")],
+    start: Annotated[str, typer.Option("--start", help="First day (bin 0), YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last day, YYYY-MM-DD.")],
+    strategies: Strategies = ",".join(STRATEGIES),
+    seeds: Seeds = 5,
+    model: Model = "dnn",
+    lr: Lr = 1e-3,
+    sparse_lr: SparseLr = 5e-2,
+    epochs: Epochs = 1,
+    embedding_dim: EmbDim = 16,
+    mlp: Mlp = "256,128,64",
+    batch_size: Batch = 256,
+    alpha: Alpha = 0.5,
+    epsilon: Epsilon = 0.1,
+    beta: Beta = 0.5,
+    temperature: Tau = 2.0,
+    gate: Gate = False,
+    out: Out = Path("replay-parquet"),
+    workers: Workers = 2,
+    keep_data: Keep = False,
+    select: Select = False,
+    params: Params = None,
+    warmup_bins: Warmup = 1,
+    select_bins: SelectBins = "1..1",
+    report_from: ReportFrom = 2,
+    last_bin: LastBin = None,
+) -> None:
+    """Replay your own click logs, one bin per day from --start to --end."""
+    from reloop_service.data.spec import SpecError, load_spec
+    from reloop_service.replay.sources import parquet_data
+
+    try:
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+    except ValueError as exc:
+        raise fail(f"--start/--end: {exc}") from None
+    try:
+        feature_spec = load_spec(spec)
+    except (SpecError, OSError) as exc:
+        raise fail(f"--spec {spec}: {exc}") from None
+    kw = {
+        k: v
+        for k, v in locals().items()
+        if k
+        not in (
+            "ctx",
+            "logs",
+            "spec",
+            "start",
+            "end",
+            "first",
+            "last",
+            "feature_spec",
+            "SpecError",
+            "load_spec",
+            "parquet_data",
+        )
+    }
+
+    def load() -> ReplayData:
+        from reloop_service.data.ingest import IngestError
+
+        try:
+            return parquet_data(logs_uri=logs, spec=feature_spec, start=first, end=last)
+        except IngestError as exc:
+            raise ReplayError(str(exc)) from None
+
+    _run(load, ctx, f"parquet replay {start}..{end}", kw)

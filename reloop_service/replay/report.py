@@ -1,0 +1,248 @@
+"""Replay results: figures recomputed from the per-row predictions, JSON, markdown and PNG plots.
+
+Every summary figure is computed from the predictions Parquet of each run (what the predict path
+answered), never copied from elsewhere, so anyone can recompute it from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from reloop_service.training.metrics import auc, logloss
+
+BASELINE = "bce"
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def run_figures(predictions: str | Path, *, bins_from: int, bins_to: int | None = None) -> dict[str, Any]:
+    """Pooled AUC/logloss over the rows of bins ``bins_from..bins_to`` and the mean per-bin AUC."""
+    table = pq.read_table(predictions)
+    b = table.column("bin").to_numpy()
+    keep = b >= bins_from
+    if bins_to is not None:
+        keep &= b <= bins_to
+    y = table.column("label").to_numpy().astype(np.float64)[keep]
+    p = table.column("ctr").to_numpy()[keep]
+    bb = b[keep]
+    if y.size == 0:
+        raise ValueError(f"{predictions}: no rows in bins {bins_from}..{bins_to}")
+    per_bin = [auc(y[bb == k], p[bb == k]) for k in np.unique(bb)]
+    out: dict[str, Any] = {
+        "rows": int(y.size),
+        "pooled_auc": auc(y, p),
+        "pooled_logloss": logloss(y, p),
+        "mean_bin_auc": float(np.nanmean(per_bin)),
+    }
+    if "true_ctr" in table.column_names:
+        t = table.column("true_ctr").to_numpy()[keep]
+        out["bayes_logloss"] = logloss(y, t)
+        out["gap_to_bayes"] = out["pooled_logloss"] / out["bayes_logloss"] - 1.0
+        out["bayes_auc"] = auc(y, t)
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "n": int(arr.size),
+    }
+
+
+FIGURES = ("pooled_auc", "pooled_logloss", "mean_bin_auc", "wall_seconds", "gap_to_bayes", "bayes_logloss")
+
+
+def summarize(
+    runs: Sequence[dict[str, Any]], *, bins_from: int, bins_to: int | None = None, baseline: str = BASELINE
+) -> dict[str, Any]:
+    """Per strategy: every seed's figures, mean and std across seeds, paired difference vs ``baseline``."""
+    per: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        figs = run_figures(run["predictions"], bins_from=bins_from, bins_to=bins_to)
+        figs["wall_seconds"] = float(run["wall_seconds"])
+        per.setdefault(run.get("label") or run["strategy"], {})[int(run["seed"])] = figs
+    out: dict[str, Any] = {"bins_from": bins_from, "bins_to": bins_to, "baseline": baseline, "strategies": {}}
+    base = per.get(baseline, {})
+    for name, seeds in per.items():
+        entry: dict[str, Any] = {"seeds": {str(s): f for s, f in sorted(seeds.items())}}
+        for fig in FIGURES:
+            vals = [f[fig] for f in seeds.values() if fig in f]
+            if vals:
+                entry[fig] = _mean_std(vals)
+        if base and name != baseline:
+            common = sorted(set(seeds) & set(base))
+            entry["paired_vs_" + baseline] = {
+                fig: {**_mean_std([seeds[s][fig] - base[s][fig] for s in common]), "seeds": common}
+                for fig in ("pooled_auc", "pooled_logloss", "mean_bin_auc")
+            }
+        out["strategies"][name] = entry
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured (wall times mean nothing without it)."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores_visible": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 4, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    sign = "+" if signed else ""
+    return f"{stat['mean']:{sign}.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown(summary: dict[str, Any], *, title: str, order: Sequence[str] | None = None) -> str:
+    """The results table: mean ± std across seeds, and the paired per-seed difference vs the baseline."""
+    strategies = summary["strategies"]
+    names = [n for n in (order or []) if n in strategies] + [n for n in strategies if n not in (order or [])]
+    synthetic = any("gap_to_bayes" in strategies[n] for n in names)
+    base = summary["baseline"]
+    rng = f"{summary['bins_from']}..{summary['bins_to'] if summary['bins_to'] is not None else 'end'}"
+    head = ["strategy", "seeds", f"pooled AUC ({rng})", "pooled logloss", "mean per-bin AUC"]
+    if synthetic:
+        head += ["gap to Bayes logloss"]
+    head += [f"Δ AUC vs {base} (paired)", f"Δ logloss vs {base} (paired)", "wall s / run"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        e = strategies[n]
+        paired = e.get("paired_vs_" + base) or {}
+        row = [
+            n,
+            str(e["pooled_auc"]["n"]),
+            _fmt(e.get("pooled_auc")),
+            _fmt(e.get("pooled_logloss")),
+            _fmt(e.get("mean_bin_auc")),
+        ]
+        if synthetic:
+            gap = e.get("gap_to_bayes")
+            row.append(
+                f"{gap['mean']:.2%} ± {gap['std']:.2%}" if gap and gap.get("mean") is not None else "-"
+            )
+        row += [
+            _fmt(paired.get("pooled_auc"), signed=True),
+            _fmt(paired.get("pooled_logloss"), signed=True),
+            _fmt(e.get("wall_seconds"), digits=1),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    if synthetic:
+        any_e = strategies[names[0]]
+        lines += ["", f"Bayes-optimal logloss on the same rows: {_fmt(any_e.get('bayes_logloss'))}."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(runs: Sequence[dict[str, Any]], out_dir: Path, *, baseline: str = BASELINE) -> list[Path]:
+    """``auc_per_bin.png`` (mean over seeds per strategy) and ``gain_over_<baseline>.png`` (band = ±1 std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, dict[int, float]]] = {}
+    for run in runs:
+        name = run.get("label") or run["strategy"]
+        for b in run["bins"]:
+            series.setdefault(name, {}).setdefault(int(b["bin"]), {})[int(run["seed"])] = float(b["auc"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, bins in series.items():
+        ks = sorted(bins)
+        ax.plot(ks, [np.nanmean(list(bins[k].values())) for k in ks], marker=".", label=name)
+    ax.set_xlabel("bin")
+    ax.set_ylabel("AUC (mean over seeds)")
+    ax.set_title("Per-bin AUC, test-then-train")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "auc_per_bin.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    if baseline in series:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        base = series[baseline]
+        for name, bins in series.items():
+            if name == baseline:
+                continue
+            ks = [k for k in sorted(bins) if k in base]
+            diffs = [[bins[k][s] - base[k][s] for s in bins[k] if s in base[k]] for k in ks]
+            mean = np.array([np.mean(d) if d else np.nan for d in diffs])
+            std = np.array([np.std(d, ddof=1) if len(d) > 1 else 0.0 for d in diffs])
+            (line,) = ax.plot(ks, mean, marker=".", label=name)
+            ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("bin")
+        ax.set_ylabel(f"AUC − AUC({baseline}), paired by seed")
+        ax.set_title(f"Gain over {baseline} (band: ±1 std across seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"gain_over_{baseline}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_outputs(
+    out_dir: Path,
+    *,
+    title: str,
+    runs: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    meta: dict[str, Any],
+    order: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """``results.json`` (every per-bin figure + summary + meta), ``results.md`` and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": {**meta, "machine": machine()}, "summary": summary, "runs": list(runs)}
+    json_path = out_dir / "results.json"
+    json_path.write_text(json.dumps(_clean(payload), indent=2, sort_keys=True, default=str))
+    md = markdown(summary, title=title, order=order)
+    md_path = out_dir / "results.md"
+    md_path.write_text(md)
+    pngs = plots(runs, out_dir)
+    return {"json": json_path, "markdown": md_path, **{p.stem: p for p in pngs}}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value

@@ -1,0 +1,507 @@
+"""Drive the real loop over binned logs: score through the predict path, archive, run the cycle.
+
+One run = one strategy x one seed in its own data folder (SQLite registry, logs, artifacts,
+archive, reports). Bin k is mapped onto a cycle date (``ReplayData.dates[k]``) so the cycle
+machinery runs unchanged:
+
+1. warm-up: bins ``0 .. warmup_bins-1`` are written as ONE partition, the date of the last warm-up
+   bin, and one (cold-start, BCE) cycle trains on them;
+2. for every later bin k: the serving app (``create_app``, in-process through Starlette's
+   TestClient: real ASGI requests, no socket) is told to reload production, scores bin k through
+   ``POST /v1/predict`` (which archives what it served), the archive is flushed, bin k's click log
+   is written, and ``run_cycle`` ingests it, joins the archived priors, trains, gates, registers and
+   promotes. With the gate off (the default) every rule is off, so every cycle promotes.
+
+Strategies: ``bce``, ``label_smoothing``, ``distill``, ``reloop`` (warm-started, that loss),
+``full_retrain`` (``warm_start=False``: bin k's partition holds every bin up to k and the cycle
+trains BCE from scratch on it) and ``lr`` (the logistic-regression model, warm-started BCE).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reloop_service.config import Settings
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.training.metrics import auc, logloss
+
+log = logging.getLogger(__name__)
+
+BASE_DATE = date(2000, 1, 1)
+STRATEGIES = ("bce", "label_smoothing", "distill", "reloop", "full_retrain", "lr")
+LOSS_OF = {
+    "bce": "bce",
+    "label_smoothing": "label_smoothing",
+    "distill": "distill",
+    "reloop": "reloop",
+    "full_retrain": "bce",
+    "lr": "bce",
+}
+EXTRA_COLUMNS = ("bin", "true_ctr")
+QUIET_LOGGERS = (
+    "reloop_service",
+    "httpx",
+    "alembic",
+    "apscheduler",
+)
+
+Progress = Callable[[str, int, int], None]
+"""``(strategy, seed, bin)``: called after every bin of a run (warm-up included)."""
+
+
+class ReplayError(RuntimeError):
+    """A replay cannot run or a cycle inside it failed (the message says which bin and why)."""
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    """Rows with a ``bin`` column (and ``true_ctr`` for the simulator), their spec and bin dates."""
+
+    name: str
+    table: pa.Table
+    spec: FeatureSpec
+    dates: tuple[date, ...]
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.dates)
+
+    def bin_rows(self, k: int, *, upto: bool = False) -> pa.Table:
+        """Rows of bin ``k`` (or of every bin up to ``k``) in file order."""
+        col = self.table.column("bin")
+        mask = pc.less_equal(col, k) if upto else pc.equal(col, k)
+        return self.table.filter(mask)
+
+
+def dates_from(n_bins: int, start: date = BASE_DATE) -> tuple[date, ...]:
+    """Bin k -> ``start + k`` days (synthetic dates for weekly bins: the cycle needs one date per bin)."""
+    return tuple(start + timedelta(days=k) for k in range(n_bins))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which bins warm up, which choose hyper-parameters and which are reported."""
+
+    warmup_bins: int = 4
+    select_from: int = 4
+    select_to: int = 10
+    report_from: int = 11
+    last_bin: int | None = None  # None: the data's last bin
+
+    def end(self, data: ReplayData) -> int:
+        last = data.n_bins - 1 if self.last_bin is None else min(self.last_bin, data.n_bins - 1)
+        if last < self.warmup_bins:
+            raise ReplayError(
+                f"{data.name}: {data.n_bins} bins leave nothing to evaluate "
+                f"after {self.warmup_bins} warm-up bins"
+            )
+        return last
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Per-strategy training knobs (the ones the selection sweeps)."""
+
+    loss_params: dict[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    sparse_lr: float = 5e-2
+    epochs: int = 1
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Model size and training knobs shared by every run; ``strategies`` overrides per strategy."""
+
+    model: str = "dnn"
+    embedding_dim: int = 16
+    mlp_hidden: tuple[int, ...] = (256, 128, 64)
+    batch_size: int = 256
+    default: StrategyConfig = field(default_factory=StrategyConfig)
+    strategies: dict[str, StrategyConfig] = field(default_factory=dict)
+    gate: bool = False
+    holdout_fraction: float | None = None  # None: 0.1 with the gate, else only the bin's last instant
+    threads: int = 1
+    max_batch: int = 1000
+
+    def for_strategy(self, strategy: str) -> StrategyConfig:
+        return self.strategies.get(strategy, self.default)
+
+    def with_strategy(self, strategy: str, cfg: StrategyConfig) -> ReplayConfig:
+        return replace(self, strategies={**self.strategies, strategy: cfg})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mlp_hidden"] = list(self.mlp_hidden)
+        return d
+
+
+def spec_toml(spec: FeatureSpec) -> str:
+    """The spec as the TOML ``load_spec`` reads (the cycle loads its first spec from a file)."""
+    d = spec.to_dict()
+    lines = [
+        f"version = {d['version']}",
+        f'label = "{d["label"]}"',
+        f'impression_id = "{d["impression_id"]}"',
+        f'event_time = "{d["event_time"]}"',
+    ]
+    for f in d["categorical"]:
+        lines += ["", "[[categorical]]", f'name = "{f["name"]}"', f"buckets = {f['buckets']}"]
+    for f in d["numeric"]:
+        lines += ["", "[[numeric]]", f'name = "{f["name"]}"']
+        if f["mean"] is not None and f["std"] is not None:
+            lines += [f"mean = {f['mean']!r}", f"std = {f['std']!r}"]
+    for f in d["multi"]:
+        lines += [
+            "",
+            "[[multi]]",
+            f'name = "{f["name"]}"',
+            f"buckets = {f['buckets']}",
+            f"max_len = {f['max_len']}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfig) -> Settings:
+    """Embedded settings under ``workdir`` for one run (gate rules off unless ``config.gate``)."""
+    sc = config.for_strategy(strategy)
+    loss = LOSS_OF[strategy]
+    holdout = config.holdout_fraction
+    if holdout is None:
+        holdout = 0.1 if config.gate else 1e-9
+    gate: dict[str, Any] = (
+        {}
+        if config.gate
+        else {"gate_auc_floor": None, "gate_max_auc_drop": None, "gate_max_logloss_rise": None}
+    )
+    return Settings(
+        data_dir=workdir,
+        database_url=f"sqlite:///{workdir / 'registry.db'}",
+        logs_uri=str(workdir / "logs"),
+        artifacts_uri=str(workdir / "artifacts"),
+        archive_uri=str(workdir / "archive"),
+        reports_uri=str(workdir / "reports"),
+        spec_path=workdir / "spec.toml",
+        model="lr" if strategy == "lr" else config.model,  # type: ignore[arg-type]
+        loss=loss,  # type: ignore[arg-type]
+        loss_params=dict(sc.loss_params) if loss != "bce" else {},
+        embedding_dim=config.embedding_dim,
+        mlp_hidden=config.mlp_hidden,
+        learning_rate=sc.lr,
+        sparse_learning_rate=sc.sparse_lr,
+        epochs=sc.epochs,
+        batch_size=config.batch_size,
+        threads=config.threads,
+        seed=seed,
+        warm_start=strategy != "full_retrain",
+        prior_source="archive",
+        holdout_fraction=holdout,
+        auto_promote=True,
+        report_history_plot=False,  # redrawn from every run JSON each cycle: the largest overhead
+        cycle_attempts=1,
+        heartbeat_s=600.0,
+        stale_after_s=3600.0,
+        admin_token=secrets.token_urlsafe(16),
+        max_batch=config.max_batch,
+        watch_interval_s=3600.0,  # the replay reloads explicitly after each cycle
+        archive_flush_rows=10_000_000,
+        archive_flush_seconds=3600.0,
+        archive_buffer_rows=10_000_000,
+        **gate,
+    )
+
+
+def _write_log(settings: Settings, day: date, rows: pa.Table) -> None:
+    """One partition of click logs in the project's layout (``dt=YYYY-MM-DD/part-00000.parquet``)."""
+    folder = Path(settings.resolved_logs_uri) / f"dt={day.isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in rows.column_names if c not in EXTRA_COLUMNS]
+    pq.write_table(rows.select(keep), folder / "part-00000.parquet")
+
+
+def _quiet() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _production(engine: Any, settings: Settings) -> Any:
+    from reloop_service.registry import store
+    from reloop_service.registry.db import session_scope
+
+    with session_scope(engine, readonly=True) as session:
+        prod = store.get_production(session, model_name=settings.model_name)
+    if prod is None:
+        raise ReplayError("no production version after the warm-up cycle")
+    return prod.version
+
+
+def _cycle(settings: Settings, engine: Any, day: date, k: int, gate: bool) -> Any:
+    from reloop_service.cycle.run import run_cycle
+
+    outcome = run_cycle(settings=settings, cycle_date=day, actor="replay", engine=engine)
+    if outcome.status != "succeeded":
+        raise ReplayError(f"bin {k} ({day}): cycle {outcome.status}: {outcome.error or outcome.reason}")
+    if not gate and outcome.decision != "promoted":
+        raise ReplayError(f"bin {k} ({day}): the gate is off but the cycle ended {outcome.decision}")
+    return outcome
+
+
+def run_one(
+    data: ReplayData,
+    *,
+    strategy: str,
+    seed: int,
+    config: ReplayConfig,
+    protocol: Protocol,
+    workdir: Path,
+    predictions_path: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """One strategy x seed through the real loop; returns its per-bin figures (see the module doc).
+
+    The per-row predictions (impression id, bin, label, served ctr, version[, true ctr]) are written
+    to ``predictions_path`` so every figure can be recomputed.
+    """
+    import torch
+    from fastapi.testclient import TestClient
+
+    from reloop_service.cycle.demo import score_day
+    from reloop_service.registry.db import upgrade
+    from reloop_service.registry.service import open_registry
+    from reloop_service.serving.app import create_app
+
+    if strategy not in LOSS_OF:
+        raise ReplayError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    _quiet()
+    torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    last = protocol.end(data)
+    warm = protocol.warmup_bins - 1
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "spec.toml").write_text(spec_toml(data.spec))
+    settings = run_settings(workdir=workdir, strategy=strategy, seed=seed, config=config)
+    upgrade(settings.resolved_database_url)
+    engine = open_registry(settings)
+    features = data.spec.feature_names
+    has_truth = "true_ctr" in data.table.column_names
+    bins: list[dict[str, Any]] = []
+    frames: list[pa.Table] = []
+    cycle_seconds = score_seconds = 0.0
+    try:
+        t0 = time.perf_counter()
+        _write_log(settings, data.dates[warm], data.bin_rows(warm, upto=True))
+        _cycle(settings, engine, data.dates[warm], warm, config.gate)
+        cycle_seconds += time.perf_counter() - t0
+        if progress is not None:
+            progress(strategy, seed, warm)
+        app = create_app(settings)
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        auth = {"Authorization": f"Bearer {token}"}
+        with TestClient(app) as client:
+            archive = app.state.serving.archive
+            for k in range(protocol.warmup_bins, last + 1):
+                day = data.dates[k]
+                rows = data.bin_rows(k)
+                t0 = time.perf_counter()
+                reload = client.post("/v1/admin/reload", headers=auth)
+                if reload.status_code != 200 or reload.json().get("error"):
+                    raise ReplayError(f"bin {k}: reload failed: {reload.status_code} {reload.text[:300]}")
+                prod = _production(engine, settings)
+                if reload.json()["model_version"] != prod.version:
+                    raise ReplayError(
+                        f"bin {k}: serving version {reload.json()['model_version']}, "
+                        f"production {prod.version}"
+                    )
+                impressions = rows.select([data.spec.impression_id, *features]).to_pylist()
+                answered: list[dict[str, Any]] = []
+                scored, served_by = score_day(
+                    client, impressions, features=features, max_batch=config.max_batch, collect=answered
+                )
+                before = archive.counters.written_rows if archive is not None else 0
+                if archive is not None:
+                    archive.flush()
+                archived = (archive.counters.written_rows if archive is not None else 0) - before
+                if served_by != prod.version or archived != rows.num_rows:
+                    raise ReplayError(
+                        f"bin {k}: {scored} rows scored by version {served_by} (production {prod.version}), "
+                        f"{archived} archived"
+                    )
+                ids = rows.column(data.spec.impression_id).to_pylist()
+                if [a["impression_id"] for a in answered] != ids:
+                    raise ReplayError(f"bin {k}: the predict path answered other impression ids than sent")
+                ctr = np.array([a["ctr"] for a in answered], dtype=np.float64)
+                y = np.asarray(rows.column(data.spec.label).to_numpy(zero_copy_only=False), dtype=np.float64)
+                score_seconds += time.perf_counter() - t0
+
+                t0 = time.perf_counter()
+                logged = data.bin_rows(k, upto=True) if strategy == "full_retrain" else rows
+                _write_log(settings, day, logged)
+                outcome = _cycle(settings, engine, day, k, config.gate)
+                cycle_s = time.perf_counter() - t0
+                cycle_seconds += cycle_s
+                cov = outcome.record.get("coverage") or {}
+                entry: dict[str, Any] = {
+                    "bin": k,
+                    "date": day.isoformat(),
+                    "rows": int(rows.num_rows),
+                    "clicks": int(y.sum()),
+                    "auc": auc(y, ctr),
+                    "logloss": logloss(y, ctr),
+                    "mean_ctr": float(ctr.mean()),
+                    "model_version": int(prod.version),
+                    "model_data_last_day": prod.data_last_day.isoformat() if prod.data_last_day else None,
+                    "trained_version": outcome.version,
+                    "decision": outcome.decision,
+                    "prior_archived": int(cov.get("archived", 0)),
+                    "train_rows": int((outcome.record.get("train") or {}).get("train_rows") or 0),
+                    "cycle_seconds": round(cycle_s, 3),
+                }
+                frame = {
+                    "impression_id": pa.array(ids, pa.string()),
+                    "bin": pa.array(np.full(len(ids), k, dtype=np.int64)),
+                    "label": pa.array(y.astype(np.int8)),
+                    "ctr": pa.array(ctr),
+                    "model_version": pa.array(np.full(len(ids), prod.version, dtype=np.int64)),
+                }
+                if has_truth:
+                    truth = np.asarray(
+                        rows.column("true_ctr").to_numpy(zero_copy_only=False), dtype=np.float64
+                    )
+                    frame["true_ctr"] = pa.array(truth)
+                    entry["bayes_logloss"] = logloss(y, truth)
+                frames.append(pa.table(frame))
+                bins.append(entry)
+                if progress is not None:
+                    progress(strategy, seed, k)
+    finally:
+        engine.dispose()
+    predictions_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(frames), predictions_path)
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "model": settings.model,
+        "loss": settings.loss,
+        "loss_params": dict(settings.loss_params),
+        "lr": settings.learning_rate,
+        "sparse_lr": settings.sparse_learning_rate,
+        "epochs": settings.epochs,
+        "warm_start": settings.warm_start,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "score_seconds": round(score_seconds, 3),
+        "cycle_seconds": round(cycle_seconds, 3),
+        "predictions": str(predictions_path),
+        "bins": bins,
+    }
+
+
+# ------------------------------------------------------------------------------------- many runs
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a batch: strategy, seed, its config and where it writes."""
+
+    strategy: str
+    seed: int
+    config: ReplayConfig
+    workdir: Path
+    predictions_path: Path
+    label: str = ""
+
+
+def _execute(
+    data: ReplayData, run: RunSpec, protocol: Protocol, keep: bool, progress: Progress | None
+) -> dict[str, Any]:
+    try:
+        result = run_one(
+            data,
+            strategy=run.strategy,
+            seed=run.seed,
+            config=run.config,
+            protocol=protocol,
+            workdir=run.workdir,
+            predictions_path=run.predictions_path,
+            progress=progress,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+    result["label"] = run.label
+    return result
+
+
+def _worker(data: ReplayData, run: RunSpec, protocol: Protocol, keep: bool, queue: Any) -> dict[str, Any]:
+    """A pool worker: one run, reporting each finished bin through the manager queue."""
+    return _execute(data, run, protocol, keep, lambda _s, _seed, k: queue.put((run.label, k)))
+
+
+def run_many(
+    data: ReplayData,
+    runs: Sequence[RunSpec],
+    *,
+    protocol: Protocol,
+    workers: int = 1,
+    keep_data: bool = False,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every ``RunSpec`` (in a spawn process pool of ``workers``), with rich progress bars."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bins_per_run = protocol.end(data) - protocol.warmup_bins + 2
+    results: list[dict[str, Any]] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    ) as bar:
+        total = bar.add_task("[bold]replay[/] cycles", total=bins_per_run * len(runs))
+        tasks = {r.label: bar.add_task(f"  {r.label}", total=bins_per_run, visible=False) for r in runs}
+
+        def tick(label: str) -> None:
+            bar.update(tasks[label], advance=1, visible=True)
+            bar.advance(total)
+
+        if workers <= 1:
+            for r in runs:
+
+                def inline(_strategy: str, _seed: int, _k: int, label: str = r.label) -> None:
+                    tick(label)
+
+                results.append(_execute(data, r, protocol, keep_data, inline))
+            return results
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            queue = manager.Queue()
+            pending = {pool.submit(_worker, data, r, protocol, keep_data, queue) for r in runs}
+            done_all: list[Any] = []
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                done_all.extend(done)
+                while not queue.empty():
+                    label, _k = queue.get()
+                    tick(label)
+            while not queue.empty():
+                label, _k = queue.get()
+                tick(label)
+            by_label = {}
+            for fut in done_all:
+                res = fut.result()  # re-raises a run's error here
+                by_label[res["label"]] = res
+            results = [by_label[r.label] for r in runs]
+    return results
