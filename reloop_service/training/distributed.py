@@ -12,6 +12,8 @@ How a cycle trains on N processes (one host with ``reloop cycle run --nproc N``,
   (``agree_steps``, an all-reduce MAX) and a rank that runs out of data pads with zero-weight
   copies of its last batch. The zero weight makes those steps add
   nothing to any gradient while keeping every collective matched.
+* The configured batch size is the global one: each rank steps on ``ceil(batch_size / N)`` rows,
+  so a step sees as many rows as in one process and the metrics match a single-process run.
 * Dense parameters (MLP, cross network, numeric embeddings) are wrapped by DDP, which averages
   their gradients with an all-reduce during ``backward``.
 * Embedding tables are *not* DDP parameters: they are row-sparse (``layers.RowSparseEmbedding``,
@@ -28,8 +30,10 @@ How a cycle trains on N processes (one host with ``reloop cycle run --nproc N``,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -479,8 +483,11 @@ def train_staged_day(
         )
     if not ctx.is_main:
         raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
+    # The configured batch is the global one: each rank takes its share, so a step sees about as
+    # many rows as in one process and ``--nproc`` changes speed, not the optimisation.
+    per_rank = dataclasses.replace(config, batch_size=max(1, math.ceil(config.batch_size / ctx.world_size)))
     job = TrainJob(
-        config=config.to_dict(),
+        config=per_rank.to_dict(),
         spec=spec.to_dict(),
         init=checkpoint_to_bytes(init) if init is not None else None,
         day=_shared_day(day, ctx, storage_options),

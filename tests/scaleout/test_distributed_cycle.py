@@ -144,6 +144,12 @@ def test_two_rank_cycle_matches_one_process(tmp_path: Path, monkeypatch: pytest.
 
     # Metrics close to the single-process run on the same data (same holdout, same parent).
     ddp_metrics = summary["candidate"]
-    assert abs(ddp_metrics["auc"] - single_metrics["auc"]) < 0.03, (ddp_metrics, single_metrics)
-    assert abs(ddp_metrics["logloss"] - single_metrics["logloss"]) < 0.03, (ddp_metrics, single_metrics)
+    # RELOOP_BATCH_SIZE is the global batch (each rank takes its share), so the optimisation is
+    # nearly the same as in one process; only the summation order and shard boundaries differ.
+    assert abs(ddp_metrics["auc"] - single_metrics["auc"]) < 0.02, (ddp_metrics, single_metrics)
+    assert abs(ddp_metrics["logloss"] - single_metrics["logloss"]) < 0.01, (ddp_metrics, single_metrics)
+    assert abs(ddp_metrics["calibration"] - single_metrics["calibration"]) < 0.1, (
+        ddp_metrics,
+        single_metrics,
+    )
     assert ddp_metrics["auc"] > 0.55 and single_metrics["auc"] > 0.55  # both learned something
