@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -164,6 +165,8 @@ def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dic
     started = time.perf_counter()
     results = run_many(data, runs, protocol=opts.protocol, workers=opts.workers, keep_data=opts.keep)
     total = time.perf_counter() - started
+    if not opts.keep:
+        shutil.rmtree(opts.out / "work", ignore_errors=True)
     for r in results:
         r["label"] = r["strategy"]
     summary = summarize(results, bins_from=opts.protocol.report_from)
