@@ -91,18 +91,18 @@ class RowSparseAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            updates: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
             for weight in group["params"]:
                 found = self._table_of[id(weight)].collect_rows()
-                if not found:
-                    continue
                 if len(found) == 1:
                     ids, rows, grads = found[0]
-                    self._apply(weight, ids, grads, group, rows=rows)
-                else:  # several forwards since the last step: sum their gradients per id
+                    updates.append((weight, ids, grads, rows))
+                elif found:  # several forwards since the last step: sum their gradients per id
                     ids, grads = coalesce_rows(
                         torch.cat([f[0] for f in found]), torch.cat([f[2] for f in found])
                     )
-                    self._apply(weight, ids, grads, group)
+                    updates.append((weight, ids, grads, None))
+            self._apply_many(updates, group)
         return loss
 
     @torch.no_grad()
@@ -121,20 +121,43 @@ class RowSparseAdam(torch.optim.Optimizer):
             ids, grads = coalesce_rows(ids, grads)
         self._apply(table.weight, ids, grads, group)
 
-    def _apply(
-        self, weight: Tensor, ids: Tensor, grads: Tensor, group: dict[str, Any], *, rows: Tensor | None = None
-    ) -> None:
-        """One Adam step on unique rows ``ids`` of ``weight``, in place, in torch.optim.Adam's arithmetic.
+    def _apply(self, weight: Tensor, ids: Tensor, grads: Tensor, group: dict[str, Any]) -> None:
+        """One Adam step on unique rows ``ids`` of one table."""
+        self._apply_many([(weight, ids, grads, None)], group)
 
-        ``rows`` [U, D], when given, are ``weight[ids]`` already gathered (by the forward); they are
-        updated in place and written back.
+    def _apply_many(
+        self, updates: Sequence[tuple[Tensor, Tensor, Tensor, Tensor | None]], group: dict[str, Any]
+    ) -> None:
+        """One Adam step on the unique rows of several tables, in place, in torch.optim.Adam's arithmetic.
+
+        ``updates`` holds ``(weight [N, D], ids [U], grads [U, D], rows [U, D] | None)`` per table;
+        ``rows``, when given, are ``weight[ids]`` already gathered by the forward (updated in place
+        and written back). The Adam arithmetic runs once over the rows of all tables of the same
+        width concatenated: a dozen elementwise ops per step instead of a dozen per table.
         """
+        by_dim: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor | None]]] = {}
+        for update in updates:
+            by_dim.setdefault(update[0].shape[1], []).append(update)
+        for d, members in by_dim.items():
+            packed = [self._packed(w) for w, _, _, _ in members]
+            blocks = [p.index_select(0, ids) for p, (_, ids, _, _) in zip(packed, members, strict=True)]
+            rows = [r if r is not None else w.index_select(0, ids) for w, ids, _, r in members]
+            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # [U, 2D + 1]
+            row = rows[0] if len(rows) == 1 else torch.cat(rows)  # [U, D]
+            grad = members[0][2] if len(members) == 1 else torch.cat([g for _, _, g, _ in members])
+            self._adam(block, row, grad, d, group)
+            sizes = [ids.shape[0] for _, ids, _, _ in members]
+            for (weight, ids, _, _), p, b, r in zip(
+                members, packed, block.split(sizes), row.split(sizes), strict=True
+            ):
+                weight.index_copy_(0, ids, r)
+                p.index_copy_(0, ids, b)
+
+    @staticmethod
+    def _adam(block: Tensor, rows: Tensor, grads: Tensor, d: int, group: dict[str, Any]) -> None:
+        """Adam on gathered state ``block`` [U, 2D + 1] and ``rows`` [U, D], both in place."""
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
-        d = weight.shape[1]
-        packed = self._packed(weight)
-
-        block = packed.index_select(0, ids)  # [U, 2D + 1]
         m, v, step = block[:, :d], block[:, d : 2 * d], block[:, 2 * d]
         step.add_(1.0)
         m.lerp_(grads, 1.0 - beta1)
@@ -144,11 +167,6 @@ class RowSparseAdam(torch.optim.Optimizer):
         step64 = step.double()
         bias_correction1 = 1.0 - torch.pow(beta1, step64)
         bias_correction2_sqrt = (1.0 - torch.pow(beta2, step64)).sqrt_()
-        step_size = (lr / bias_correction1).to(weight.dtype).unsqueeze(1)  # [U, 1]
-        denom = (v.sqrt() / bias_correction2_sqrt.to(weight.dtype).unsqueeze(1)).add_(eps)
-        if rows is None:
-            rows = weight.index_select(0, ids)
+        step_size = (lr / bias_correction1).to(rows.dtype).unsqueeze(1)  # [U, 1]
+        denom = (v.sqrt() / bias_correction2_sqrt.to(rows.dtype).unsqueeze(1)).add_(eps)
         rows.addcdiv_(m * step_size, denom, value=-1.0)
-
-        weight.index_copy_(0, ids, rows)
-        packed.index_copy_(0, ids, block)
