@@ -510,7 +510,7 @@ def _shared_day(day: StagedDay, ctx: DistContext, storage_options: dict[str, Any
     protocol = fsspec.utils.get_protocol(day.uri)
     if local_world == ctx.world_size or protocol not in ("file", "local"):
         return day
-    staging = os.environ.get("RELOOP_STAGING_URI") or _settings_staging_uri()
+    staging = _settings_staging_uri()
     import uuid
 
     from reloop_service.storage import filesystem, join, write_atomic

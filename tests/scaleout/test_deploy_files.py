@@ -410,3 +410,40 @@ def test_compose_startup_order() -> None:
         order.extend(sorted(ready))
         pending -= ready
     assert order.index("postgres") < order.index("migrate") < order.index("api")
+
+
+# --- tests: the guides -----------------------------------------------------------------------------
+def guide_commands(path: Path) -> list[list[str]]:
+    """``reloop …`` invocations in the bash blocks of a guide (also via ``docker compose run``)."""
+    commands: list[list[str]] = []
+    in_block = False
+    text = path.read_text().replace("\\\n", " ")  # join continuation lines
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            in_block = not in_block and line.strip() in ("```bash", "```sh")
+            continue
+        if not in_block:
+            continue
+        tokens = shlex.split(line, comments=True)
+        while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", tokens[0]):
+            tokens = tokens[1:]  # leading VAR=value assignments
+        if tokens[:1] == ["reloop"]:
+            commands.append(tokens[1:])
+        elif tokens[:4] == ["docker", "compose", "run", "--rm"] and len(tokens) > 5:
+            commands.append(tokens[5:])
+    return commands
+
+
+@pytest.mark.parametrize("guide", ["deploy/README.md", "docs/scaling-out.md"])
+def test_guide_commands_exist_in_cli(guide: str) -> None:
+    commands = guide_commands(ROOT / guide)
+    assert commands, f"{guide} shows no reloop command"
+    for argv in commands:
+        resolve_cli(argv)
+
+
+def test_guide_settings_are_real() -> None:
+    fields = set(Settings.model_fields)
+    for guide in ("deploy/README.md", "docs/scaling-out.md"):
+        for var in set(re.findall(r"\bRELOOP_[A-Z0-9_]+", (ROOT / guide).read_text())):
+            assert setting_field(var) in fields, f"{guide}: {var} is not a setting"
