@@ -127,13 +127,30 @@ def catch_up(
     return outcomes
 
 
+def torchrun_runner(nproc: int) -> CycleFn:
+    """A cycle function that trains on ``nproc`` local DDP ranks (``RELOOP_NPROC`` > 1)."""
+
+    def run(*, settings: Settings, cycle_date: date, actor: str, stop: threading.Event | None = None) -> Any:
+        from types import SimpleNamespace
+
+        from reloop_service.training.distributed import launch_cycle
+
+        code, summary = launch_cycle(
+            nproc=nproc, cycle_date=cycle_date, data_dir=str(settings.data_dir), actor=actor
+        )
+        status = (summary or {}).get("status") or ("failed" if code else "unknown")
+        return SimpleNamespace(status=status, summary=summary, exit_code=code)
+
+    return run
+
+
 class CycleScheduler:
     """The daily trigger plus catch-up, on a one-thread executor so ticks never overlap."""
 
     def __init__(self, settings: Settings, *, run: CycleFn | None = None) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self._run = run
+        self._run = run if run is not None or settings.nproc <= 1 else torchrun_runner(settings.nproc)
         tz = ZoneInfo(settings.timezone)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
