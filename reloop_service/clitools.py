@@ -50,6 +50,9 @@ def _main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # Alembic announces its dialect on every schema check; only migrations are news.
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
 def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:

@@ -434,7 +434,7 @@ def guide_commands(path: Path) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("guide", ["deploy/README.md", "docs/scaling-out.md"])
+@pytest.mark.parametrize("guide", ["deploy/README.md", "docs/scaling-out.md", "README.md"])
 def test_guide_commands_exist_in_cli(guide: str) -> None:
     commands = guide_commands(ROOT / guide)
     assert commands, f"{guide} shows no reloop command"
@@ -444,6 +444,6 @@ def test_guide_commands_exist_in_cli(guide: str) -> None:
 
 def test_guide_settings_are_real() -> None:
     fields = set(Settings.model_fields)
-    for guide in ("deploy/README.md", "docs/scaling-out.md"):
+    for guide in ("deploy/README.md", "docs/scaling-out.md", "README.md"):
         for var in set(re.findall(r"\bRELOOP_[A-Z0-9_]+", (ROOT / guide).read_text())):
             assert setting_field(var) in fields, f"{guide}: {var} is not a setting"
