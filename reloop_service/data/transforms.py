@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "records_to_batch",
     "stable_hash",
     "transform",
+    "transform_records",
     "unknown_keys",
 ]
 
@@ -219,14 +221,45 @@ def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBat
         pieces.append(values)
         piece_buckets.append((len(values), m.buckets))
         multi_meta.append((rows, pos, m.max_len))
-
-    cat = np.zeros((n, len(spec.categorical)), dtype=np.int64)
-    width = max((m.max_len for m in spec.multi), default=0)
-    multi = np.zeros((n, len(spec.multi), width), dtype=np.int64)
     if pieces:
         joined = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
         hashes = _hash_strings(joined)
         valid = joined.is_valid().to_numpy(zero_copy_only=False)
+    else:
+        hashes, valid = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+    _require_fitted(spec)
+    numeric = [_numeric_values(_column(batch, nf.name), nf.name) for nf in spec.numeric]
+    return _encode(spec, n, hashes, valid, piece_buckets, multi_meta, numeric)
+
+
+def _require_fitted(spec: FeatureSpec) -> None:
+    for nf in spec.numeric:
+        if nf.mean is None or nf.std is None:
+            raise FeatureError(
+                f"field {nf.name!r}: numeric statistics are not fitted; call fit_numeric on training data"
+            )
+
+
+def _encode(
+    spec: FeatureSpec,
+    n: int,
+    hashes: np.ndarray,
+    valid: np.ndarray,
+    piece_buckets: Sequence[tuple[int, int]],
+    multi_meta: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    numeric: Sequence[np.ndarray],
+) -> FeatureBatch:
+    """The shared core of ``transform`` and ``transform_records``: hashes and values -> tensors.
+
+    ``hashes``/``valid`` [K]: every categorical value (field by field, ``n`` each) then every
+    multi-valued element (field by field), with ``piece_buckets`` giving (length, buckets) per field;
+    ``multi_meta`` the (row, position, max_len) of each multi field's elements; ``numeric`` the
+    ``log1p(max(x, 0))`` float64 [n] of each numeric field (NaN for missing).
+    """
+    cat = np.zeros((n, len(spec.categorical)), dtype=np.int64)
+    width = max((m.max_len for m in spec.multi), default=0)
+    multi = np.zeros((n, len(spec.multi), width), dtype=np.int64)
+    if piece_buckets:
         bucket_per_value = np.repeat(
             np.array([b for _, b in piece_buckets], dtype=np.uint64),
             np.array([k for k, _ in piece_buckets], dtype=np.int64),
@@ -244,13 +277,8 @@ def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBat
             multi[rows[keep], j, pos[keep]] = part[keep]
 
     num = np.zeros((n, len(spec.numeric)), dtype=np.float32)
-    for j, nf in enumerate(spec.numeric):
-        if nf.mean is None or nf.std is None:
-            raise FeatureError(
-                f"field {nf.name!r}: numeric statistics are not fitted; call fit_numeric on training data"
-            )
-        x = _numeric_values(_column(batch, nf.name), nf.name)
-        z = (x - nf.mean) / nf.std
+    for j, (nf, x) in enumerate(zip(spec.numeric, numeric, strict=True)):
+        z = (x - nf.mean) / nf.std  # type: ignore[operator]  # _require_fitted checked both
         z[np.isnan(z)] = 0.0
         num[:, j] = z
     return FeatureBatch(cat=torch.from_numpy(cat), multi=torch.from_numpy(multi), num=torch.from_numpy(num))
@@ -259,15 +287,20 @@ def transform(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> FeatureBat
 def _list_positions(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Row index and position inside its list of every flattened element (nulls are empty lists)."""
     if pa.types.is_fixed_size_list(col.type):
-        rows = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
-        lengths = np.bincount(rows, minlength=len(col)).astype(np.int64)
+        parents = pc.list_parent_indices(col).to_numpy().astype(np.int64, copy=False)
+        lengths = np.bincount(parents, minlength=len(col)).astype(np.int64)
     else:
         offsets = col.offsets.to_numpy().astype(np.int64, copy=False)
         lengths = np.diff(offsets)
         if col.null_count:
             # A null list may still own a (non-flattened) offset range; list_flatten skips it.
             lengths = np.where(col.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
-        rows = np.repeat(np.arange(len(col), dtype=np.int64), lengths)
+    return _positions(lengths)
+
+
+def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row index and position inside its row of every element, from per-row lengths int64 [n]."""
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     starts = np.cumsum(lengths) - lengths
     pos = np.arange(len(rows), dtype=np.int64) - starts[rows]
     return rows, pos
@@ -284,7 +317,11 @@ def _numeric_values(col: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
         col = col.combine_chunks()
     if t != pa.float64():
         col = pc.cast(col, pa.float64())
-    x = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return _log1p_nonneg(np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64))
+
+
+def _log1p_nonneg(x: np.ndarray) -> np.ndarray:
+    """``log1p(max(x, 0))`` of float64 [n] in place; NaN where x is NaN or not finite."""
     x[~np.isfinite(x)] = np.nan
     with np.errstate(invalid="ignore"):
         return np.log1p(np.maximum(x, 0.0))
@@ -336,38 +373,221 @@ def fit_numeric(spec: FeatureSpec, batches: Iterable[pa.RecordBatch]) -> Feature
 
 
 # --- serving input -----------------------------------------------------------------------------------
+# Request records are read column by column into Python lists of canonical strings (the same rules as
+# ``canonical_strings``: ``_canonical_py``), hashed with the same SipHash (``_siphash``) and encoded by
+# the same ``_encode`` as ``transform``. ``records_to_batch`` builds Arrow columns from the very same
+# lists, so ``transform(records_to_batch(r)) == transform_records(r)`` by construction.
+
+HASH_CACHE_SIZE = 1 << 17
+"""Distinct canonical strings whose hash is remembered (hot ids repeat across requests)."""
+
+_hash_cache: dict[str | None, int] = {None: 0}
+_hash_cache_lock = threading.Lock()
+_NONE = type(None)
+_STR_OR_NONE = frozenset({str, _NONE})
+_NUMBER_KINDS = frozenset({float, int, bool, _NONE})
+
+
+def _cached_hashes(strings: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hashes, valid) of canonical strings; nulls hash to 0 and are invalid.
+
+    A bounded memo in front of ``_siphash``: hashes are pure functions of the string, so a hit
+    returns exactly what hashing again would. Misses are hashed in one vectorized call. When the
+    memo is full it is emptied (bounded memory; hot values return within a few requests).
+    """
+    get = _hash_cache.get
+    found = list(map(get, strings))
+    if None in found:
+        missing = list(dict.fromkeys(s for s, h in zip(strings, found, strict=True) if h is None))
+        hashed = _siphash(np.array(missing, dtype=object)).tolist()
+        with _hash_cache_lock:
+            if len(_hash_cache) + len(missing) > HASH_CACHE_SIZE:
+                _hash_cache.clear()
+                _hash_cache[None] = 0
+            _hash_cache.update(zip(missing, hashed, strict=True))
+        local = dict(zip(missing, hashed, strict=True))
+        found = [local[s] if h is None else h for s, h in zip(strings, found, strict=True)]
+    hashes = np.array(found, dtype=np.uint64)
+    valid: np.ndarray = np.array(strings, dtype=object) != None  # noqa: E711  (elementwise)
+    return hashes, valid
+
+
+def _canonical_list(values: list[Any], name: str, record_of: Any = None) -> list[str | None]:
+    """Canonical strings (or None) of one field's values; errors name the record and field."""
+    kinds = set(map(type, values))
+    if kinds <= _STR_OR_NONE:
+        return values
+    out: list[str | None] = []
+    for i, v in enumerate(values):
+        kind = type(v)
+        if kind is str or v is None:
+            out.append(v)
+        elif kind is int:
+            out.append(str(v))
+        else:
+            try:
+                out.append(_canonical_py(v, name))
+            except FeatureError as exc:
+                record = i if record_of is None else record_of(i)
+                raise FeatureError(f"record {record}: {exc}") from None
+    return out
+
+
+def _float_list(values: list[Any], name: str) -> np.ndarray:
+    """float64 [n] of one numeric field's values (None -> NaN; booleans 1/0, as in Arrow)."""
+    kinds = set(map(type, values))
+    if kinds <= _NUMBER_KINDS:
+        if _NONE in kinds:
+            values = [math.nan if v is None else v for v in values]
+        try:
+            return np.array(values, dtype=np.float64)
+        except OverflowError:
+            pass
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = math.nan
+        elif isinstance(v, int | float | np.number):
+            try:
+                out[i] = float(v)
+            except OverflowError:
+                raise FeatureError(f"record {i}: field {name!r}: number out of range: {v!r}") from None
+        else:
+            raise FeatureError(f"record {i}: field {name!r}: expected a number, got {v!r}")
+    return out
+
+
+def _multi_lists(values: list[Any], name: str) -> tuple[list[str | None], np.ndarray]:
+    """Flattened canonical elements and per-row lengths int64 [n] of one multi-valued field.
+
+    A list (or other sequence) gives its elements; a scalar gives a one-element list; None none.
+    """
+    flat: list[Any] = []
+    lengths: list[int] = []
+    for i, v in enumerate(values):
+        kind = type(v)
+        if kind is list:
+            flat.extend(v)
+            lengths.append(len(v))
+        elif v is None:
+            lengths.append(0)
+        elif isinstance(v, str | int | float | bool | bytes | np.generic):
+            flat.append(v)
+            lengths.append(1)
+        elif isinstance(v, Sequence | np.ndarray):
+            flat.extend(list(v))
+            lengths.append(len(v))
+        else:
+            raise FeatureError(
+                f"record {i}: field {name!r}: expected a list of strings, got {type(v).__name__}"
+            )
+    lens = np.array(lengths, dtype=np.int64)
+    if flat:
+
+        def record_of(k: int) -> int:  # only on errors
+            return int(np.searchsorted(np.cumsum(lens), k, side="right"))
+
+        return _canonical_list(flat, name, record_of), lens
+    return [], lens
+
+
+_known_by_spec: dict[int, tuple[FeatureSpec, frozenset[str]]] = {}
+
+
+def _known_keys(spec: FeatureSpec) -> frozenset[str]:
+    """Record keys that are not unknown. Memo by identity: hashing a spec walks all its fields."""
+    entry = _known_by_spec.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        if len(_known_by_spec) > 64:
+            _known_by_spec.clear()
+        known = frozenset(spec.feature_names) | {spec.label, spec.impression_id, spec.event_time}
+        entry = _known_by_spec[id(spec)] = (spec, known)
+    return entry[1]
+
+
+def _unknown(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    if not records:
+        return ()
+    return tuple(sorted(set().union(*records) - _known_keys(spec)))
+
+
+@dataclass
+class _RecordColumns:
+    """One request's feature columns as Python lists of canonical values (see ``_record_columns``)."""
+
+    n: int
+    cat: list[list[str | None]]
+    multi: list[tuple[list[str | None], np.ndarray]]  # (flat elements, lengths [n])
+    numeric: list[np.ndarray]  # float64 [n], NaN for missing
+
+
+def _record_columns(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> _RecordColumns:
+    """Read and canonicalize every feature column of the records (missing key or None: null)."""
+    cat = [_canonical_list([r.get(f.name) for r in records], f.name) for f in spec.categorical]
+    multi = [_multi_lists([r.get(m.name) for r in records], m.name) for m in spec.multi]
+    numeric = [_float_list([r.get(nf.name) for r in records], nf.name) for nf in spec.numeric]
+    return _RecordColumns(n=len(records), cat=cat, multi=multi, numeric=numeric)
+
+
+def transform_records(
+    spec: FeatureSpec, records: Sequence[Mapping[str, Any]]
+) -> tuple[FeatureBatch, tuple[str, ...]]:
+    """Encode request records like ``transform(spec, records_to_batch(spec, records))``, without Arrow.
+
+    Serving's hot path: the same canonicalization, hashing (through a bounded memo of hot values) and
+    ``_encode`` as ``transform``. Returns the batch and the distinct record keys that are not
+    features (ignored; serving counts them). Raises ``FeatureError`` naming record and field.
+    """
+    cols = _record_columns(spec, records)
+    n = cols.n
+    strings: list[str | None] = []
+    piece_buckets: list[tuple[int, int]] = []
+    multi_meta: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for f, values in zip(spec.categorical, cols.cat, strict=True):
+        strings += values
+        piece_buckets.append((n, f.buckets))
+    for m, (flat, lengths) in zip(spec.multi, cols.multi, strict=True):
+        strings += flat
+        piece_buckets.append((len(flat), m.buckets))
+        rows, pos = _positions(lengths)
+        multi_meta.append((rows, pos, m.max_len))
+    hashes, valid = _cached_hashes(strings)
+    _require_fitted(spec)
+    numeric = [_log1p_nonneg(x.copy()) for x in cols.numeric]
+    return _encode(spec, n, hashes, valid, piece_buckets, multi_meta, numeric), _unknown(spec, records)
+
+
 def records_to_batch(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
-    """Build the spec's feature columns from request records (serving's input to ``transform``).
+    """Build the spec's feature columns from request records (an Arrow input for ``transform``).
 
     Missing keys and ``None`` become nulls (bucket 0 / numeric 0). Keys that are neither features nor
     the label/id/time columns are ignored; their distinct names are kept in the schema metadata
     (read them with ``unknown_keys``). Output types are fixed: categorical ``string``, numeric
     ``float64``, multi ``list<string>``. Raises ``FeatureError`` naming record and field on bad values.
     """
-    schema, known = _record_schema(spec)
-    unknown = set().union(*records) - known if records else set()
-    arrays: list[pa.Array] = []
-    for f in spec.categorical:
-        arrays.append(_cat_array([r.get(f.name) for r in records], f.name))
-    for nf in spec.numeric:
-        arrays.append(_num_array([r.get(nf.name) for r in records], nf.name))
-    for m in spec.multi:
-        arrays.append(_multi_array([r.get(m.name) for r in records], m.name))
+    schema = _record_schema(spec)
+    cols = _record_columns(spec, records)
+    arrays: list[pa.Array] = [pa.array(values, type=pa.string()) for values in cols.cat]
+    arrays += [pa.array(x, type=pa.float64(), mask=np.isnan(x)) for x in cols.numeric]
+    for flat, lengths in cols.multi:
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.string())))
+    unknown = _unknown(spec, records)
     if unknown:
-        schema = schema.with_metadata({_UNKNOWN_KEYS_META: json.dumps(sorted(unknown)).encode()})
+        schema = schema.with_metadata({_UNKNOWN_KEYS_META: json.dumps(list(unknown)).encode()})
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 @functools.lru_cache(maxsize=64)
-def _record_schema(spec: FeatureSpec) -> tuple[pa.Schema, frozenset[str]]:
-    """Output schema of ``records_to_batch`` and the keys it accepts (cached: specs are frozen)."""
+def _record_schema(spec: FeatureSpec) -> pa.Schema:
+    """Output schema of ``records_to_batch`` (cached: specs are frozen)."""
     fields = (
         [pa.field(f.name, pa.string()) for f in spec.categorical]
         + [pa.field(f.name, pa.float64()) for f in spec.numeric]
         + [pa.field(f.name, pa.list_(pa.string())) for f in spec.multi]
     )
-    known = frozenset(spec.feature_names) | {spec.label, spec.impression_id, spec.event_time}
-    return pa.schema(fields), known
+    return pa.schema(fields)
 
 
 def unknown_keys(batch: pa.RecordBatch) -> tuple[str, ...]:
@@ -375,55 +595,3 @@ def unknown_keys(batch: pa.RecordBatch) -> tuple[str, ...]:
     meta = batch.schema.metadata or {}
     raw = meta.get(_UNKNOWN_KEYS_META)
     return tuple(json.loads(raw)) if raw else ()
-
-
-def _cat_array(values: list[Any], name: str) -> pa.Array:
-    # Fast paths in C: all strings (or None), then all integers; mixed values fall back to Python.
-    try:
-        return pa.array(values, type=pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        pass
-    if all(type(v) is int or v is None for v in values):  # pa.array would truncate floats
-        try:
-            return pc.cast(pa.array(values, type=pa.int64()), pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            pass
-    out: list[str | None] = []
-    for i, v in enumerate(values):
-        try:
-            out.append(v if type(v) is str else _canonical_py(v, name))
-        except FeatureError as exc:
-            raise FeatureError(f"record {i}: {exc}") from None
-    return pa.array(out, type=pa.string())
-
-
-def _num_array(values: list[Any], name: str) -> pa.Array:
-    try:
-        return pa.array(values, type=pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-        pass
-    for i, v in enumerate(values):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float | np.number)):
-            raise FeatureError(f"record {i}: field {name!r}: expected a number, got {v!r}")
-    return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
-
-
-def _multi_array(values: list[Any], name: str) -> pa.Array:
-    try:
-        return pa.array(values, type=pa.list_(pa.string()))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        pass
-    out: list[list[str | None] | None] = []
-    for i, v in enumerate(values):
-        try:
-            if v is None:
-                out.append(None)
-            elif isinstance(v, str | int | float | bool | bytes | np.generic):
-                out.append([_canonical_py(v, name)])
-            elif isinstance(v, Sequence | np.ndarray):
-                out.append([_canonical_py(x, name) for x in v])
-            else:
-                raise FeatureError(f"field {name!r}: expected a list of strings, got {type(v).__name__}")
-        except FeatureError as exc:
-            raise FeatureError(f"record {i}: {exc}") from None
-    return pa.array(out, type=pa.list_(pa.string()))

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from reloop_service.data.transforms import labels_of, records_to_batch, transform
+from reloop_service.data.transforms import FeatureBatch, labels_of, transform, transform_records
 from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.metrics import evaluate
 from reloop_service.training.models import CTRModel
@@ -66,7 +66,28 @@ class Predictor:
         """Predicted CTR for feature dicts (serving's request rows), float64 [N]."""
         if not records:
             return np.empty(0, dtype=np.float64)
-        return self.predict_batch(records_to_batch(self.spec, records))
+        if len(records) <= self.batch_size:
+            return self.predict_features(transform_records(self.spec, records)[0])
+        parts = [
+            self.predict_features(transform_records(self.spec, records[start : start + self.batch_size])[0])
+            for start in range(0, len(records), self.batch_size)
+        ]
+        return np.concatenate(parts)
+
+    def predict_features(self, features: FeatureBatch) -> np.ndarray:
+        """Predicted CTR for an encoded batch (``transform`` / ``transform_records`` output), float64 [N].
+
+        Serving's path: requests are at most a few thousand rows, so one forward, no slicing.
+        """
+        was_training = self.model.training
+        if was_training:  # only a model shared with a trainer; mode switches walk every module
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                return torch.sigmoid(self.model(features)).double().numpy()
+        finally:
+            if was_training:
+                self.model.train()
 
 
 def evaluate_checkpoint(

@@ -1,0 +1,170 @@
+"""Serving's records fast path (``transform_records``) against the Arrow/Parquet path of training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reloop_service.data.transforms as transforms
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.transforms import (
+    FeatureBatch,
+    FeatureError,
+    records_to_batch,
+    transform,
+    transform_records,
+    unknown_keys,
+)
+
+
+def _fitted(spec: FeatureSpec) -> FeatureSpec:
+    return spec.with_numeric_stats({"price": (1.0, 2.0)})
+
+
+def _equal(a: FeatureBatch, b: FeatureBatch) -> bool:
+    return torch.equal(a.cat, b.cat) and torch.equal(a.multi, b.multi) and torch.equal(a.num, b.num)
+
+
+def _clear_cache() -> None:
+    with transforms._hash_cache_lock:
+        transforms._hash_cache.clear()
+        transforms._hash_cache[None] = 0
+
+
+def test_records_fast_path_equals_parquet_cold_and_hot(tmp_path: Path, spec: FeatureSpec) -> None:
+    spec = _fitted(spec)
+    records: list[dict[str, Any]] = [
+        {"user_id": 12, "device": "ios", "price": 3.5, "tags": ["a", "b"], "impression_id": "x", "junk": 1},
+        {"user_id": "12", "device": None, "tags": None, "zzz": 2},
+        {"price": 0, "tags": [1, 2, 3, 4]},
+        {"user_id": 7.0, "device": "web", "price": None, "tags": []},
+    ]
+    table = pa.table(
+        {
+            "user_id": pa.array([12, 12, None, 7], pa.int64()),
+            "device": pa.array(["ios", None, None, "web"]).dictionary_encode(),
+            "price": pa.array([3.5, None, 0, None], pa.float32()),
+            "tags": pa.array([["a", "b"], None, ["1", "2", "3", "4"], []], pa.large_list(pa.string())),
+        }
+    )
+    pq.write_table(table, tmp_path / "x.parquet")
+    expected = transform(spec, next(iter(pq.ParquetFile(tmp_path / "x.parquet").iter_batches())))
+    _clear_cache()
+    cold, unknown = transform_records(spec, records)
+    hot, _ = transform_records(spec, records)  # every value now comes from the hash memo
+    assert unknown == ("junk", "zzz") == unknown_keys(records_to_batch(spec, records))
+    assert _equal(cold, expected) and _equal(hot, expected)
+    assert _equal(transform(spec, records_to_batch(spec, records)), expected)
+
+
+def test_hash_memo_bound_clears_and_stays_exact(spec: FeatureSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _fitted(spec)
+    records = [{"user_id": f"u{i}", "device": f"d{i % 7}", "tags": [f"t{i}"]} for i in range(50)]
+    _clear_cache()
+    monkeypatch.setattr(transforms, "HASH_CACHE_SIZE", 16)
+    a, _ = transform_records(spec, records)
+    assert len(transforms._hash_cache) <= 16 + 2 * len(records) + 7
+    b, _ = transform_records(spec, records[::-1])
+    assert torch.equal(b.cat, a.cat.flip(0)) and torch.equal(b.multi, a.multi.flip(0))
+    assert _equal(
+        a,
+        transform(
+            spec,
+            pa.table(
+                {
+                    "user_id": [r["user_id"] for r in records],
+                    "device": [r["device"] for r in records],
+                    "price": pa.nulls(50, pa.float64()),
+                    "tags": [r["tags"] for r in records],
+                }
+            ),
+        ),
+    )
+
+
+def test_scalar_in_a_multi_field_is_one_element_and_bools_are_numbers(spec: FeatureSpec) -> None:
+    spec = _fitted(spec)
+    fb, _ = transform_records(spec, [{"tags": "abc", "price": True}, {"tags": ["abc"], "price": 1.0}])
+    assert torch.equal(fb.multi[0], fb.multi[1]) and int((fb.multi[0] != 0).sum()) == 1
+    assert fb.num[0, 0] == fb.num[1, 0]
+    via_arrow = transform(spec, records_to_batch(spec, [{"tags": "abc", "price": True}]))
+    assert torch.equal(via_arrow.multi[0], fb.multi[0]) and via_arrow.num[0, 0] == fb.num[0, 0]
+
+
+def test_bad_values_name_record_and_field(spec: FeatureSpec) -> None:
+    spec = _fitted(spec)
+    with pytest.raises(FeatureError, match=r"record 1: field 'user_id'"):
+        transform_records(spec, [{"user_id": 1}, {"user_id": {"nested": 1}}])
+    with pytest.raises(FeatureError, match=r"record 0: field 'price'"):
+        transform_records(spec, [{"price": "cheap"}])
+    with pytest.raises(FeatureError, match=r"record 2: field 'tags'"):
+        transform_records(spec, [{"tags": ["a"]}, {"tags": []}, {"tags": ["b", {"x": 1}]}])
+    with pytest.raises(FeatureError, match=r"record 0: field 'tags'"):
+        transform_records(spec, [{"tags": {"x": 1}}])
+    with pytest.raises(FeatureError, match=r"record 0: field 'price'.*out of range"):
+        transform_records(spec, [{"price": 10**400}])
+
+
+_cat_value = st.one_of(
+    st.none(),
+    st.text(max_size=6),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(["42", "007", "ünï", "a b"]),
+)
+_num_value = st.one_of(
+    st.none(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
+_multi_value = st.one_of(st.none(), st.lists(st.one_of(st.none(), st.text(max_size=3)), max_size=5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={"user_id": _cat_value, "device": _cat_value, "price": _num_value, "tags": _multi_value},
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_records_match_arrow_columns_of_the_same_values(rows: list[dict[str, Any]]) -> None:
+    """Property: request records and Arrow columns of the same values encode to identical tensors."""
+    from reloop_service.data.spec import CategoricalField, MultiCategoricalField, NumericField
+
+    spec = FeatureSpec(
+        label="label",
+        impression_id="impression_id",
+        event_time="event_time",
+        categorical=(CategoricalField("user_id", 1000), CategoricalField("device", 16)),
+        numeric=(NumericField("price", 1.0, 2.0),),
+        multi=(MultiCategoricalField("tags", 64, 3),),
+    )
+
+    def cat(name: str) -> pa.Array:  # what a Parquet string column of these ids holds
+        return pa.array([None if r.get(name) is None else str(r[name]) for r in rows], pa.string())
+
+    price = [r.get("price") for r in rows]
+    table = pa.table(
+        {
+            "user_id": cat("user_id"),
+            "device": cat("device"),
+            "price": pa.array([None if v is None else float(v) for v in price], pa.float64()),
+            "tags": pa.array([r.get("tags") for r in rows], pa.list_(pa.string())),
+        }
+    )
+    fast, _ = transform_records(spec, rows)
+    assert _equal(fast, transform(spec, table))
+    assert all(math.isfinite(x) for x in fast.num.flatten().tolist())
+    assert np.array_equal(fast.cat.numpy(), transform(spec, records_to_batch(spec, rows)).cat.numpy())
