@@ -203,22 +203,62 @@ def _cpu_seconds(pid: int) -> float:
 
 
 # --- bare model --------------------------------------------------------------------------------------
+def _cpu_us(fn: Any, reps: int) -> float:
+    """Best of 3 mean thread CPU time of ``fn`` in µs (contention inflates wall time, much less CPU)."""
+    for _ in range(max(3, reps // 20)):
+        fn()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.thread_time()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.thread_time() - t0) / reps)
+    return best * 1e6
+
+
+def _cpu_breakdown(
+    predictor: Any, recs: list[dict[str, Any]], body: bytes, fb: Any, k: int
+) -> dict[str, float]:
+    """Thread CPU µs per request of each serving step on one batch."""
+    from reloop_service.data import transforms
+    from reloop_service.serving.schemas import parse_predict_body
+
+    spec = predictor.spec
+
+    def cold() -> None:
+        with transforms._hash_cache_lock:
+            transforms._hash_cache.clear()
+            transforms._hash_cache[None] = 0
+        transforms.transform_records(spec, recs)
+
+    return {
+        "cpu_parse_us": _cpu_us(lambda: parse_predict_body(body, max_batch=1000), k),
+        "cpu_arrow_path_us": _cpu_us(
+            lambda: transforms.transform(spec, transforms.records_to_batch(spec, recs)), k
+        ),
+        "cpu_records_hot_us": _cpu_us(lambda: transforms.transform_records(spec, recs), k),
+        "cpu_records_cold_us": _cpu_us(cold, k),
+        "cpu_forward_us": _cpu_us(lambda: predictor.predict_features(fb), k),
+    }
+
+
 def _bare(data_dir: Path) -> dict[str, dict[str, float]]:
     import torch
 
-    from reloop_service.data.transforms import records_to_batch, transform
-    from reloop_service.registry.artifacts import ArtifactStore
+    from reloop_service.data import transforms
     from reloop_service.training.checkpoint import checkpoint_from_bytes
     from reloop_service.training.predict import Predictor
 
     torch.set_num_threads(1)
-    path = next((data_dir / "artifacts").rglob("bench.pt"))
+    path = next((data_dir / "artifacts").rglob("bench.pt"))  # the server loads it through the store
     predictor = Predictor(checkpoint_from_bytes(path.read_bytes()))
-    _ = ArtifactStore  # the server loads through the store; here the file is read directly
+    spec = predictor.spec
+
     out: dict[str, dict[str, float]] = {}
     for size in (1, 100):
         recs = demo_records(size, seed=3)
-        fb = transform(predictor.spec, records_to_batch(predictor.spec, recs))
+        body = json.dumps({"items": [{"features": r} for r in recs]}).encode()
+        fb = transforms.transform(spec, transforms.records_to_batch(spec, recs))
         reps = 2000 if size == 1 else 400
         with torch.inference_mode():
             for _ in range(20):
@@ -231,9 +271,11 @@ def _bare(data_dir: Path) -> dict[str, dict[str, float]]:
         for _ in range(reps // 2):
             predictor.predict_records(recs)
         full = time.perf_counter() - t0
+        k = reps // 4
         out[f"batch{size}"] = {
             "forward_pred_per_s": size * reps / fwd,
             "transform_forward_pred_per_s": size * (reps // 2) / full,
+            **_cpu_breakdown(predictor, recs, body, fb, k),
         }
     return out
 
@@ -242,6 +284,7 @@ def run_bench(
     *, requests: int, rate: float, concurrency: int, output: str | None, data_dir: Path | None
 ) -> None:
     """Run every configuration and print (and optionally append) the figures."""
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="reloop-bench-") as tmp:
         root = Path(data_dir) if data_dir else Path(tmp)
         _setup_registry(root)
@@ -274,6 +317,7 @@ def run_bench(
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
+    results["load_start"] = load_start
     text = _render(results, requests=requests, rate=rate, concurrency=concurrency)
     console.print(text, markup=False, highlight=False)
     if output:
@@ -302,7 +346,8 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
         f"Single item: one keep-alive connection paced at {rate:g} req/s. "
         f"Batch of 100: {concurrency} connections back to back.",
         "",
-        f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the same cores inflates "
+        f"Load average (1 min) at the start: {r['load_start']:.1f}, at the end: "
+        f"{os.getloadavg()[0]:.1f} (other work on the same cores inflates "
         "wall-clock figures; server CPU time per prediction less so, but it is inflated too).",
         "",
         "| run | archive | p50 ms | p95 ms | p99 ms | req/s | predictions/s | server CPU µs/prediction |",
@@ -320,14 +365,22 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
         "",
         f"Archive cost on batch-100 throughput: {100 * (1 - on / off):.1f}%.",
         "",
-        "Ceiling, same batches in-process (1 thread): ",
+        "Ceiling, same batches in-process (1 thread): wall-clock predictions/s of the bare forward",
+        "and of `Predictor.predict_records` (records -> tensors via `transform_records`, then forward);",
+        "thread CPU µs per request of each step (best of 3; hash memo hot, as for repeated ids, and cold).",
         "",
-        "| batch | forward only, predictions/s | transform + forward, predictions/s |",
-        "| --- | ---: | ---: |",
+        "| batch | forward only, predictions/s | transform + forward, predictions/s "
+        "| CPU µs: parse | Arrow path (records_to_batch + transform) | transform_records hot | cold "
+        "| forward |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size in (1, 100):
         b = r["bare"][f"batch{size}"]
-        lines.append(f"| {size} | {b['forward_pred_per_s']:.0f} | {b['transform_forward_pred_per_s']:.0f} |")
+        lines.append(
+            f"| {size} | {b['forward_pred_per_s']:.0f} | {b['transform_forward_pred_per_s']:.0f} "
+            f"| {b['cpu_parse_us']:.0f} | {b['cpu_arrow_path_us']:.0f} | {b['cpu_records_hot_us']:.0f} "
+            f"| {b['cpu_records_cold_us']:.0f} | {b['cpu_forward_us']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -12,10 +12,17 @@ import os
 import threading
 import time
 
+import numpy as np
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 _COUNTER_MAX = 0xFFF
+
+
+_SMALL = 8  # below this many ids, Python ints beat numpy's per-call overhead
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_DIGIT_COLUMNS = np.array([c for c in range(36) if c not in (8, 13, 18, 23)])
 
 
 def _fmt(value: int) -> str:
@@ -24,7 +31,11 @@ def _fmt(value: int) -> str:
 
 
 def uuid7_batch(n: int) -> list[str]:
-    """``n`` new UUIDv7 strings, strictly increasing (in string order too)."""
+    """``n`` new UUIDv7 strings, strictly increasing (in string order too).
+
+    The k-th id of a call takes counter value ``c = counter + 1 + k``: millisecond
+    ``last_ms + c // 4096`` and counter ``c % 4096`` (the overflow rule above, without a loop).
+    """
     global _last_ms, _counter
     if n <= 0:
         return []
@@ -33,18 +44,35 @@ def uuid7_batch(n: int) -> list[str]:
         ms = time.time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms, _counter = ms, -1
-        stamps: list[tuple[int, int]] = []
-        for _ in range(n):
-            _counter += 1
-            if _counter > _COUNTER_MAX:
-                _last_ms, _counter = _last_ms + 1, 0
-            stamps.append((_last_ms, _counter))
-    out = []
-    for i, (ms_i, ctr) in enumerate(stamps):
-        tail = int.from_bytes(rand[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
-        value = (ms_i << 80) | (0x7 << 76) | (ctr << 64) | (0b10 << 62) | tail
-        out.append(_fmt(value))
-    return out
+        base_ms, first = _last_ms, _counter + 1
+        last = first + n - 1
+        _last_ms, _counter = base_ms + last // (_COUNTER_MAX + 1), last % (_COUNTER_MAX + 1)
+    if n < _SMALL:
+        out = []
+        for k in range(n):
+            c = first + k
+            tail = int.from_bytes(rand[8 * k : 8 * k + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
+            ms_k, ctr = base_ms + c // (_COUNTER_MAX + 1), c % (_COUNTER_MAX + 1)
+            out.append(_fmt((ms_k << 80) | (0x7 << 76) | (ctr << 64) | (0b10 << 62) | tail))
+        return out
+    total = first + np.arange(n, dtype=np.uint64)
+    words = np.empty((n, 2), dtype=">u8")
+    words[:, 0] = (
+        ((np.uint64(base_ms) + total // np.uint64(_COUNTER_MAX + 1)) << np.uint64(16))
+        | np.uint64(0x7 << 12)
+        | (total % np.uint64(_COUNTER_MAX + 1))
+    )
+    words[:, 1] = (np.frombuffer(rand, dtype=">u8") & np.uint64(0x3FFF_FFFF_FFFF_FFFF)) | np.uint64(
+        0b10 << 62
+    )
+    raw = words.view(np.uint8).reshape(n, 16)
+    chars = np.full((n, 36), ord("-"), dtype=np.uint8)
+    digits = np.empty((n, 32), dtype=np.uint8)
+    digits[:, 0::2] = _HEX[raw >> 4]
+    digits[:, 1::2] = _HEX[raw & 0x0F]
+    chars[:, _DIGIT_COLUMNS] = digits
+    text = chars.tobytes().decode("ascii")
+    return [text[k : k + 36] for k in range(0, 36 * n, 36)]
 
 
 def uuid7() -> str:

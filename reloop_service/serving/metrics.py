@@ -7,7 +7,7 @@ nothing for them; request counts, latencies and predictions are counted as they 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -109,6 +109,9 @@ class ServingMetrics:
             "Unknown feature names ignored (each distinct name counted once per request).",
             registry=self.registry,
         )
+        # Pre-bound label children: ``labels()`` costs a lock and tuple work on every request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._prediction_children: dict[int, Any] = {}
         self._holder: ModelHolder | None = None
         self._archive: PredictionArchive | None = None
         self.registry.register(_StateCollector(lambda: self._holder, lambda: self._archive))
@@ -119,9 +122,21 @@ class ServingMetrics:
         self._archive = archive
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(route, method, code).inc()
-        self.latency.labels(route, method, code).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = (self.requests.labels(route, method, code), self.latency.labels(route, method, code))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def predictions_of(self, version: int) -> Any:
+        """The predictions counter child of one model version (bound once per version)."""
+        child = self._prediction_children.get(version)
+        if child is None:
+            child = self._prediction_children[version] = self.predictions.labels(str(version))
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from reloop_service.data.archive import PredictionRows
-from reloop_service.data.transforms import FeatureError, records_to_batch, unknown_keys
+from reloop_service.data.transforms import FeatureError, transform_records
 from reloop_service.serving.holder import LoadedModel
 from reloop_service.serving.ids import uuid7_batch
 from reloop_service.serving.schemas import (
@@ -49,16 +49,12 @@ def score(
 ) -> bytes:
     """Transform, predict, assign ids, archive; returns the JSON response body."""
     try:
-        batch = records_to_batch(loaded.spec, features)
+        encoded, unknown = transform_records(loaded.spec, features)
     except FeatureError as exc:
         raise _feature_error(exc) from None
-    unknown = unknown_keys(batch)
     if unknown:
         state.metrics.unknown_features.inc(len(unknown))
-    try:
-        ctr = np.asarray(loaded.predictor.predict_batch(batch), dtype=np.float64)
-    except FeatureError as exc:
-        raise _feature_error(exc) from None
+    ctr = np.asarray(loaded.predictor.predict_features(encoded), dtype=np.float64)
     if None in ids:
         missing = [i for i, v in enumerate(ids) if v is None]
         fresh = uuid7_batch(len(missing))
@@ -77,7 +73,7 @@ def score(
                 features=features,
             )
         )
-    state.metrics.predictions.labels(str(loaded.version)).inc(len(final))
+    state.metrics.predictions_of(loaded.version).inc(len(final))
     return orjson_dumps(
         {
             "model_version": loaded.version,
