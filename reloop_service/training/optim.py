@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from reloop_service.training.layers import RowSparseEmbedding
+from reloop_service.training.layers import RowSparseEmbedding, gather_rows, row_view, scatter_rows
 
 
 def coalesce_rows(ids: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,6 +65,8 @@ class RowSparseAdam(torch.optim.Optimizer):
             raise ValueError("RowSparseAdam needs at least one embedding table")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self._table_of = {id(t.weight): t for t in self._tables}
+        # (lr, beta1, beta2) -> bias-correction tables by step count; not state (rebuilt on demand)
+        self._bias_luts: dict[tuple[float, float, float, str], tuple[Tensor, Tensor]] = {}
 
     def moments(self, table: RowSparseEmbedding) -> tuple[Tensor, Tensor, Tensor]:
         """Views of ``table``'s state: first moment [N, D], second moment [N, D], row steps [N]."""
@@ -133,40 +136,77 @@ class RowSparseAdam(torch.optim.Optimizer):
         ``updates`` holds ``(weight [N, D], ids [U], grads [U, D], rows [U, D] | None)`` per table;
         ``rows``, when given, are ``weight[ids]`` already gathered by the forward (updated in place
         and written back). The Adam arithmetic runs once over the rows of all tables of the same
-        width concatenated: a dozen elementwise ops per step instead of a dozen per table.
+        width concatenated: a dozen elementwise ops per step instead of a dozen per table. Rows and
+        state records move between the tables and the batch through ``layers.gather_rows`` /
+        ``scatter_rows`` (one memcpy per row on CPU).
         """
         by_dim: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor | None]]] = {}
         for update in updates:
             by_dim.setdefault(update[0].shape[1], []).append(update)
         for d, members in by_dim.items():
             packed = [self._packed(w) for w, _, _, _ in members]
-            blocks = [p.index_select(0, ids) for p, (_, ids, _, _) in zip(packed, members, strict=True)]
-            rows = [r if r is not None else w.index_select(0, ids) for w, ids, _, r in members]
-            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # [U, 2D + 1]
+            sizes = [ids.shape[0] for _, ids, _, _ in members]
+            block = self._gather_state(packed, [ids for _, ids, _, _ in members], sum(sizes))  # [U, 2D + 1]
+            rows = [r if r is not None else gather_rows(w, ids) for w, ids, _, r in members]
             row = rows[0] if len(rows) == 1 else torch.cat(rows)  # [U, D]
             grad = members[0][2] if len(members) == 1 else torch.cat([g for _, _, g, _ in members])
             self._adam(block, row, grad, d, group)
-            sizes = [ids.shape[0] for _, ids, _, _ in members]
             for (weight, ids, _, _), p, b, r in zip(
                 members, packed, block.split(sizes), row.split(sizes), strict=True
             ):
-                weight.index_copy_(0, ids, r)
-                p.index_copy_(0, ids, b)
+                scatter_rows(weight, ids, r)
+                scatter_rows(p, ids, b)
 
     @staticmethod
-    def _adam(block: Tensor, rows: Tensor, grads: Tensor, d: int, group: dict[str, Any]) -> None:
+    def _gather_state(packed: Sequence[Tensor], ids: Sequence[Tensor], total: int) -> Tensor:
+        """The state records of rows ``ids[i]`` of ``packed[i]``, concatenated: [sum U_i, 2D + 1]."""
+        if len(packed) == 1:
+            return gather_rows(packed[0], ids[0])
+        out = packed[0].new_empty((total, packed[0].shape[1]))
+        view = row_view(out)
+        start = 0
+        for p, i in zip(packed, ids, strict=True):
+            end = start + i.shape[0]
+            source = row_view(p)
+            if view is not None and source is not None and i.device.type == "cpu":
+                np.take(source, i.numpy(), out=view[start:end])
+            else:
+                out[start:end] = p.index_select(0, i)
+            start = end
+        return out
+
+    def _bias_corrections(
+        self, group: dict[str, Any], max_step: int, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Per step count t: (lr / (1 - beta1^t), sqrt(1 - beta2^t)), float32 tables indexed by t.
+
+        Computed in float64 as torch.optim.Adam does with Python floats (1 - 0.999^t loses most of
+        its digits in float32 for small t) but once per step count instead of once per row and
+        step; extended when a row's count passes the table's end.
+        """
+        beta1, beta2 = group["betas"]
+        key = (float(group["lr"]), float(beta1), float(beta2), str(device))
+        cached = self._bias_luts.get(key)
+        if cached is None or cached[0].shape[0] <= max_step:
+            size = max(1024, 1 << max(max_step, 1).bit_length())
+            t = torch.arange(size, dtype=torch.float64)
+            step_size = (key[0] / (1.0 - torch.pow(beta1, t))).to(torch.float32)
+            bc2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_().to(torch.float32)
+            cached = (step_size.to(device), bc2_sqrt.to(device))
+            self._bias_luts[key] = cached
+        return cached
+
+    def _adam(self, block: Tensor, rows: Tensor, grads: Tensor, d: int, group: dict[str, Any]) -> None:
         """Adam on gathered state ``block`` [U, 2D + 1] and ``rows`` [U, D], both in place."""
         beta1, beta2 = group["betas"]
-        lr, eps = group["lr"], group["eps"]
+        eps = group["eps"]
         m, v, step = block[:, :d], block[:, d : 2 * d], block[:, 2 * d]
         step.add_(1.0)
+        t = step.to(torch.int64)
+        step_lut, bc2_lut = self._bias_corrections(group, int(t.max()) if t.numel() else 0, rows.device)
         m.lerp_(grads, 1.0 - beta1)
         v.mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
-        # Bias corrections in float64 (as torch.optim.Adam does with Python floats): 1 - 0.999^t
-        # loses most of its digits in float32 for small t.
-        step64 = step.double()
-        bias_correction1 = 1.0 - torch.pow(beta1, step64)
-        bias_correction2_sqrt = (1.0 - torch.pow(beta2, step64)).sqrt_()
-        step_size = (lr / bias_correction1).to(rows.dtype).unsqueeze(1)  # [U, 1]
-        denom = (v.sqrt() / bias_correction2_sqrt.to(rows.dtype).unsqueeze(1)).add_(eps)
+        step_size = step_lut.index_select(0, t).to(rows.dtype).unsqueeze(1)  # [U, 1]
+        bc2_sqrt = bc2_lut.index_select(0, t).to(rows.dtype).unsqueeze(1)
+        denom = v.sqrt().div_(bc2_sqrt).add_(eps)
         rows.addcdiv_(m * step_size, denom, value=-1.0)
