@@ -88,10 +88,17 @@ class BenchFigures:
     stock_sparse_adam_rows_per_s: float | None
     ingest_open_s: float
     samples: dict[str, list[float]]
+    measured_rows_per_cpu_s: float = float("nan")  # rows per second of process CPU time
+    ceiling_rows_per_cpu_s: float = float("nan")
 
     @property
     def ratio(self) -> float:
         return self.measured_rows_per_s / self.ceiling_rows_per_s
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The ratio in CPU time of all threads (data preparation included): less load-dependent."""
+        return self.measured_rows_per_cpu_s / self.ceiling_rows_per_cpu_s
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +109,9 @@ class BenchFigures:
             "measured_end_to_end_rows_per_s": round(self.measured_end_to_end_rows_per_s),
             "ceiling_rows_per_s": round(self.ceiling_rows_per_s),
             "ratio": round(self.ratio, 3),
+            "measured_rows_per_cpu_s": round(self.measured_rows_per_cpu_s),
+            "ceiling_rows_per_cpu_s": round(self.ceiling_rows_per_cpu_s),
+            "cpu_ratio": round(self.cpu_ratio, 3),
             "stock_sparse_adam_rows_per_s": (
                 round(self.stock_sparse_adam_rows_per_s) if self.stock_sparse_adam_rows_per_s else None
             ),
@@ -111,20 +121,26 @@ class BenchFigures:
 
 
 class _StepClock:
-    """Times steady state: from the end of the first step to the end of the last."""
+    """Times steady state: from the end of the first step to the end of the last.
+
+    Wall clock, and the process's CPU time (every thread: training and data preparation). On a
+    shared machine the wall-clock figure depends on what else runs; the CPU-time one much less.
+    """
 
     def __init__(self) -> None:
         self.t0: float | None = None
         self.t1 = 0.0
+        self.c0 = 0.0
+        self.c1 = 0.0
         self.rows = 0
 
     def __call__(self, step: int, rows: int, loss: float) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.t0 is None:
-            self.t0 = now
+            self.t0, self.c0 = now, cpu
         else:
             self.rows += rows
-        self.t1 = now
+        self.t1, self.c1 = now, cpu
 
     @property
     def rows_per_s(self) -> float:
@@ -132,8 +148,14 @@ class _StepClock:
             return float("nan")
         return self.rows / (self.t1 - self.t0)
 
+    @property
+    def rows_per_cpu_s(self) -> float:
+        if self.t0 is None or self.c1 <= self.c0:
+            return float("nan")
+        return self.rows / (self.c1 - self.c0)
 
-def _ceiling(spec: FeatureSpec, batches: list[tuple[FeatureBatch, Tensor]], seed: int) -> float:
+
+def _ceiling(spec: FeatureSpec, batches: list[tuple[FeatureBatch, Tensor]], seed: int) -> _StepClock:
     """Bare loop, pre-built tensors, frozen tables: only the MLP trains."""
     torch.manual_seed(seed)
     model = build_model("dnn", spec, embedding_dim=EMBEDDING_DIM, hidden=list(HIDDEN))
@@ -148,7 +170,7 @@ def _ceiling(spec: FeatureSpec, batches: list[tuple[FeatureBatch, Tensor]], seed
         loss.backward()
         opt.step()
         clock(0, len(labels), float(loss.detach()))
-    return clock.rows_per_s
+    return clock
 
 
 class _StockDNN(nn.Module):
@@ -203,7 +225,14 @@ def run_train_bench(
     if threads is not None:
         torch.set_num_threads(threads)
     spec = bench_spec()
-    samples: dict[str, list[float]] = {"measured": [], "end_to_end": [], "ceiling": [], "stock": []}
+    samples: dict[str, list[float]] = {
+        "measured": [],
+        "end_to_end": [],
+        "ceiling": [],
+        "stock": [],
+        "measured_cpu": [],
+        "ceiling_cpu": [],
+    }
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         write_bench_logs(root, rows, seed=seed)
@@ -222,7 +251,9 @@ def run_train_bench(
             threads=threads,
         )
         for _ in range(repeats):
-            samples["ceiling"].append(_ceiling(spec, prebuilt, seed))
+            ceiling = _ceiling(spec, prebuilt, seed)
+            samples["ceiling"].append(ceiling.rows_per_s)
+            samples["ceiling_cpu"].append(ceiling.rows_per_cpu_s)
             gc.collect()
             if compare_stock:
                 samples["stock"].append(_stock(spec, prebuilt, seed))
@@ -234,6 +265,7 @@ def run_train_bench(
             )
             samples["end_to_end"].append(result.rows / (time.perf_counter() - t))
             samples["measured"].append(clock.rows_per_s)
+            samples["measured_cpu"].append(clock.rows_per_cpu_s)
             del result
             gc.collect()
     return BenchFigures(
@@ -246,4 +278,6 @@ def run_train_bench(
         stock_sparse_adam_rows_per_s=max(samples["stock"]) if samples["stock"] else None,
         ingest_open_s=ingest_open_s,
         samples=samples,
+        measured_rows_per_cpu_s=max(samples["measured_cpu"]),
+        ceiling_rows_per_cpu_s=max(samples["ceiling_cpu"]),
     )
