@@ -37,7 +37,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (default: $RELOOP_DATA_DIR or ./reloop-data).")
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $RELOOP_DATA_DIR or ./reloop-data)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
