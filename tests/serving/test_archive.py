@@ -178,3 +178,31 @@ def test_sigkill_during_writes_leaves_only_complete_parts(tmp_path: Path) -> Non
             pq.read_metadata(p)  # a visible part always has a valid footer
         else:
             assert p.name.startswith(".tmp-")  # at most a hidden temporary, never listed
+
+
+def test_features_are_archived_as_served_and_never_fail_the_append(tmp_path: Path) -> None:
+    """Features are encoded at append: a later change to the caller's dict is not archived, and
+    what orjson refuses (an int beyond 64 bits) still lands, losslessly, without raising."""
+    import json
+
+    root = str(tmp_path / "arch")
+    rows = _rows("f", 3)
+    rows.features[2]["big"] = 2**70  # type: ignore[index]
+    pre_encoded = PredictionRows(
+        impression_ids=["f-pre"],
+        ctr=np.array([0.5]),
+        model_version=1,
+        ts_us=rows.ts_us,
+        features=[b'{"site":"pre"}'],
+    )
+    with PredictionArchive(root, start=False) as archive:
+        assert archive.append(rows) and archive.append(pre_encoded)
+        rows.features[0]["site"] = "changed-after-serving"  # type: ignore[index]
+    got = {
+        r["impression_id"]: json.loads(r["features"])
+        for r in _read_all(root, 1, date(2024, 5, 1), date(2024, 5, 1), columns=("impression_id", "features"))
+    }
+    assert got["f-0"]["site"] == "s0"
+    assert got["f-2"]["big"] == 2**70
+    assert got["f-pre"] == {"site": "pre"}
+    assert archive.counters.written_rows == 4 and archive.counters.dropped_rows == 0
