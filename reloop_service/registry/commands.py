@@ -124,6 +124,20 @@ def _events_table(events: list[RegistryEvent], title: str) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------- db
+def _print_revision(url: str, json_out: bool) -> None:
+    """Report the revision a migration left the database at (password masked)."""
+    with _errors():
+        engine = db.make_engine(url)
+        try:
+            current = db.current_revision(engine)
+        finally:
+            engine.dispose()
+    if json_out:
+        print_json({"database": db.safe_url(url), "revision": current})
+    else:
+        console.print(f"registry database {db.safe_url(url)} is at revision [bold]{current or 'base'}[/]")
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Option("--revision", help="Target revision.")] = "head",
@@ -136,15 +150,7 @@ def db_upgrade(
     url = settings.resolved_database_url
     with _errors():
         db.upgrade(url, revision)
-        engine = db.make_engine(url)
-        try:
-            current = db.current_revision(engine)
-        finally:
-            engine.dispose()
-    if json_out:
-        print_json({"database": db.safe_url(url), "revision": current})
-    else:
-        console.print(f"registry database {db.safe_url(url)} is at revision [bold]{current}[/]")
+    _print_revision(url, json_out)
 
 
 @db_app.command("downgrade")
@@ -159,15 +165,7 @@ def db_downgrade(
     url = settings.resolved_database_url
     with _errors():
         db.downgrade(url, revision)
-        engine = db.make_engine(url)
-        try:
-            current = db.current_revision(engine)
-        finally:
-            engine.dispose()
-    if json_out:
-        print_json({"database": db.safe_url(url), "revision": current})
-    else:
-        console.print(f"registry database {db.safe_url(url)} is at revision [bold]{current or 'base'}[/]")
+    _print_revision(url, json_out)
 
 
 @db_app.command("current")
