@@ -191,8 +191,8 @@ class LogisticRegression(CTRModel):
     """Logistic regression: one weight per hashed value (a 1-wide embedding), summed, plus numerics.
 
     [B, F, 1] + [B, n_num] -> bias + Σ_F w + Linear(num) -> [B]. The baseline every CTR model must
-    beat. ``embedding_dim`` and ``hidden`` are accepted and ignored so that the one model config a
-    cycle builds (``{"embedding_dim", "hidden"}``) works for every model.
+    beat. ``embedding_dim``, ``hidden`` and ``dropout`` are accepted and ignored so that the one
+    model config a cycle builds (``{"embedding_dim", "hidden", "dropout"}``) works for every model.
     """
 
     name = "lr"
@@ -203,6 +203,7 @@ class LogisticRegression(CTRModel):
         *,
         embedding_dim: int = 1,
         hidden: Sequence[int] = (),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(spec, embedding_dim=1)
         self.num_linear = nn.Linear(self.n_num, 1) if self.n_num else None

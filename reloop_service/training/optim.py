@@ -6,15 +6,16 @@ than the MLP. Here the embedding layer (``layers.RowSparseEmbedding``) has alrea
 ids with ``torch.unique`` and hands over one gradient row per unique id; the optimizer gathers the
 Adam moments of those rows, updates them and writes rows and moments back with ``index_copy_``.
 
-Bias correction uses a per-row step count (how many times that row was updated), which is exact
-Adam for every row on its own: a row seen for the first time after 10^5 steps gets the same first
-update as on step 1 instead of an uncorrected, tiny one. Untouched rows keep their weights and
-moments bit for bit (lazy Adam). No weight decay: decaying rows only when they appear would be a
+Bias correction uses one step count per table (how many optimizer steps updated the table), as
+``torch.optim.Adam``/``SparseAdam`` and FuxiCTR do: every row of a table is corrected with the
+table's step t, whatever the row's own history. Untouched rows keep their weights and moments bit
+for bit (lazy Adam, as ``SparseAdam``). No weight decay: decaying rows only when they appear would be a
 frequency-dependent penalty nobody asked for.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,14 +38,19 @@ def coalesce_rows(ids: Tensor, grads: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class RowSparseAdam(torch.optim.Optimizer):
-    """Lazy Adam over ``RowSparseEmbedding`` tables with per-row step counts.
+    """Lazy Adam over ``RowSparseEmbedding`` tables with one step count per table.
 
-    State per table: one packed tensor ``moments`` [num_rows, 2·D + 1] holding, per row, the first
-    moment (columns 0..D-1), the second moment (D..2D-1) and the row's step count (last column,
-    float32: exact below 2^24 updates of one row). Packing makes a step read and write each touched
-    row's state as one contiguous 132-byte record instead of three scattered ones: on tables far
-    larger than the caches every step is bound by those random memory accesses. ``state_dict`` /
+    State per table: ``moments`` [num_rows, 2·D] holding, per row, the first moment (columns
+    0..D-1) and the second moment (D..2D-1), and ``step``, a float64 scalar tensor counting the
+    steps that updated the table. Packing the two moments makes a step read and write each touched
+    row's state as one contiguous record instead of two scattered ones: on tables far larger than
+    the caches every step is bound by those random memory accesses. ``state_dict`` /
     ``load_state_dict`` are torch's, so checkpoints store it like any optimizer.
+
+    Older state (before per-table steps) packed a per-row step count as a last column
+    (``moments`` [N, 2·D + 1]); ``load_state_dict`` converts it: the column is dropped and the
+    table's step becomes the largest per-row count (the number of steps the most frequent row saw,
+    a lower bound of the table's true step count).
     """
 
     def __init__(
@@ -65,21 +71,37 @@ class RowSparseAdam(torch.optim.Optimizer):
             raise ValueError("RowSparseAdam needs at least one embedding table")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self._table_of = {id(t.weight): t for t in self._tables}
-        # (lr, beta1, beta2) -> bias-correction tables by step count; not state (rebuilt on demand)
-        self._bias_luts: dict[tuple[float, float, float, str], tuple[Tensor, Tensor]] = {}
 
-    def moments(self, table: RowSparseEmbedding) -> tuple[Tensor, Tensor, Tensor]:
-        """Views of ``table``'s state: first moment [N, D], second moment [N, D], row steps [N]."""
+    def moments(self, table: RowSparseEmbedding) -> tuple[Tensor, Tensor]:
+        """Views of ``table``'s state: first moment [N, D], second moment [N, D]."""
         packed = self._packed(table.weight)
         d = table.weight.shape[1]
-        return packed[:, :d], packed[:, d : 2 * d], packed[:, 2 * d]
+        return packed[:, :d], packed[:, d : 2 * d]
+
+    def table_step(self, table: RowSparseEmbedding) -> int:
+        """How many optimizer steps have updated ``table`` (its Adam t)."""
+        step = self.state[table.weight].get("step")
+        return 0 if step is None else int(step)
 
     def _packed(self, weight: Tensor) -> Tensor:
         state = self.state[weight]
         if "moments" not in state:
             n, d = weight.shape
-            state["moments"] = torch.zeros((n, 2 * d + 1), dtype=weight.dtype, device=weight.device)
+            state["moments"] = torch.zeros((n, 2 * d), dtype=weight.dtype, device=weight.device)
+            state["step"] = torch.zeros((), dtype=torch.float64)
         return state["moments"]  # type: ignore[no-any-return]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader, then the old per-row-step layout converted (see the class docstring)."""
+        super().load_state_dict(state_dict)
+        for weight, state in self.state.items():
+            moments = state.get("moments")
+            d = weight.shape[1]
+            if moments is not None and moments.shape[1] == 2 * d + 1:
+                state["step"] = moments[:, 2 * d].max().to(torch.float64).cpu()
+                state["moments"] = moments[:, : 2 * d].contiguous()
+            elif moments is not None and "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float64)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gathered rows that were never stepped (the tables hold no dense gradient)."""
@@ -116,6 +138,7 @@ class RowSparseAdam(torch.optim.Optimizer):
 
         A distributed trainer calls ``table.collect_grads()``, all-gathers the pairs across ranks,
         averages them and calls this; repeated ids are summed first unless ``unique`` is True.
+        Each call is one step of the table (its step count grows by one).
         """
         group = next((g for g in self.param_groups if any(p is table.weight for p in g["params"])), None)
         if group is None:
@@ -145,12 +168,17 @@ class RowSparseAdam(torch.optim.Optimizer):
             by_dim.setdefault(update[0].shape[1], []).append(update)
         for d, members in by_dim.items():
             packed = [self._packed(w) for w, _, _, _ in members]
+            steps = []
+            for w, _, _, _ in members:
+                step = self.state[w]["step"]
+                step.add_(1.0)
+                steps.append(int(step))
             sizes = [ids.shape[0] for _, ids, _, _ in members]
-            block = self._gather_state(packed, [ids for _, ids, _, _ in members], sum(sizes))  # [U, 2D + 1]
+            block = self._gather_state(packed, [ids for _, ids, _, _ in members], sum(sizes))  # [U, 2D]
             rows = [r if r is not None else gather_rows(w, ids) for w, ids, _, r in members]
             row = rows[0] if len(rows) == 1 else torch.cat(rows)  # [U, D]
             grad = members[0][2] if len(members) == 1 else torch.cat([g for _, _, g, _ in members])
-            self._adam(block, row, grad, d, group)
+            self._adam(block, row, grad, d, steps, sizes, group)
             for (weight, ids, _, _), p, b, r in zip(
                 members, packed, block.split(sizes), row.split(sizes), strict=True
             ):
@@ -159,7 +187,7 @@ class RowSparseAdam(torch.optim.Optimizer):
 
     @staticmethod
     def _gather_state(packed: Sequence[Tensor], ids: Sequence[Tensor], total: int) -> Tensor:
-        """The state records of rows ``ids[i]`` of ``packed[i]``, concatenated: [sum U_i, 2D + 1]."""
+        """The state records of rows ``ids[i]`` of ``packed[i]``, concatenated: [sum U_i, 2D]."""
         if len(packed) == 1:
             return gather_rows(packed[0], ids[0])
         out = packed[0].new_empty((total, packed[0].shape[1]))
@@ -175,38 +203,41 @@ class RowSparseAdam(torch.optim.Optimizer):
             start = end
         return out
 
-    def _bias_corrections(
-        self, group: dict[str, Any], max_step: int, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        """Per step count t: (lr / (1 - beta1^t), sqrt(1 - beta2^t)), float32 tables indexed by t.
+    @staticmethod
+    def _bias_correction(group: dict[str, Any], step: int) -> tuple[float, float]:
+        """(lr / (1 - beta1^t), sqrt(1 - beta2^t)) in float64, as torch.optim.Adam computes them."""
+        beta1, beta2 = group["betas"]
+        return float(group["lr"]) / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step)
 
-        Computed in float64 as torch.optim.Adam does with Python floats (1 - 0.999^t loses most of
-        its digits in float32 for small t) but once per step count instead of once per row and
-        step; extended when a row's count passes the table's end.
+    def _adam(
+        self,
+        block: Tensor,
+        rows: Tensor,
+        grads: Tensor,
+        d: int,
+        steps: Sequence[int],
+        sizes: Sequence[int],
+        group: dict[str, Any],
+    ) -> None:
+        """Adam on gathered state ``block`` [U, 2D] and ``rows`` [U, D], both in place.
+
+        ``steps[i]`` is the step count of the table owning the next ``sizes[i]`` rows.
         """
         beta1, beta2 = group["betas"]
-        key = (float(group["lr"]), float(beta1), float(beta2), str(device))
-        cached = self._bias_luts.get(key)
-        if cached is None or cached[0].shape[0] <= max_step:
-            size = max(1024, 1 << max(max_step, 1).bit_length())
-            t = torch.arange(size, dtype=torch.float64)
-            step_size = (key[0] / (1.0 - torch.pow(beta1, t))).to(torch.float32)
-            bc2_sqrt = (1.0 - torch.pow(beta2, t)).sqrt_().to(torch.float32)
-            cached = (step_size.to(device), bc2_sqrt.to(device))
-            self._bias_luts[key] = cached
-        return cached
-
-    def _adam(self, block: Tensor, rows: Tensor, grads: Tensor, d: int, group: dict[str, Any]) -> None:
-        """Adam on gathered state ``block`` [U, 2D + 1] and ``rows`` [U, D], both in place."""
-        beta1, beta2 = group["betas"]
         eps = group["eps"]
-        m, v, step = block[:, :d], block[:, d : 2 * d], block[:, 2 * d]
-        step.add_(1.0)
-        t = step.to(torch.int64)
-        step_lut, bc2_lut = self._bias_corrections(group, int(t.max()) if t.numel() else 0, rows.device)
+        m, v = block[:, :d], block[:, d : 2 * d]
         m.lerp_(grads, 1.0 - beta1)
         v.mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
-        step_size = step_lut.index_select(0, t).to(rows.dtype).unsqueeze(1)  # [U, 1]
-        bc2_sqrt = bc2_lut.index_select(0, t).to(rows.dtype).unsqueeze(1)
-        denom = v.sqrt().div_(bc2_sqrt).add_(eps)
-        rows.addcdiv_(m * step_size, denom, value=-1.0)
+        corrections = [self._bias_correction(group, t) for t in steps]
+        if len(set(steps)) == 1:
+            step_size, bc2_sqrt = corrections[0]
+            denom = v.sqrt().div_(bc2_sqrt).add_(eps)
+            rows.addcdiv_(m, denom, value=-step_size)
+            return
+        counts = torch.tensor(sizes, device=rows.device)
+        size_t = torch.tensor([c[0] for c in corrections], dtype=rows.dtype, device=rows.device)
+        bc2_t = torch.tensor([c[1] for c in corrections], dtype=rows.dtype, device=rows.device)
+        step_col = size_t.repeat_interleave(counts).unsqueeze(1)  # [U, 1]
+        bc2_col = bc2_t.repeat_interleave(counts).unsqueeze(1)
+        denom = v.sqrt().div_(bc2_col).add_(eps)
+        rows.addcdiv_(m * step_col, denom, value=-1.0)

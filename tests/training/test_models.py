@@ -57,7 +57,7 @@ def test_cross_layer_formula() -> None:
 @pytest.mark.parametrize(("numeric", "multi"), [(True, True), (False, False)])
 def test_models_map_batches_to_logits(name: str, numeric: bool, multi: bool) -> None:
     torch.manual_seed(0)
-    model = build_model(name, spec(numeric, multi), embedding_dim=4, hidden=[8])
+    model = build_model(name, spec(numeric, multi), embedding_dim=4, hidden=[8], dropout=0.1)
     out = model(batch(numeric=numeric, multi=multi))
     assert out.shape == (6,)
     assert len(model.sparse_tables()) == 2 + int(multi)

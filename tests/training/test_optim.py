@@ -46,24 +46,66 @@ def test_only_batch_rows_change_and_match_dense_adam() -> None:
     assert torch.equal(table.weight[untouched], before[untouched])  # bit-unchanged
     assert not torch.equal(table.weight[touched], before[touched])
     torch.testing.assert_close(table.weight[touched], dense.detach()[touched], rtol=0, atol=1e-6)
-    exp_avg, exp_avg_sq, row_step = opt.moments(table)
+    exp_avg, exp_avg_sq = opt.moments(table)
     assert torch.equal(exp_avg[untouched], torch.zeros(46, 4))
     assert torch.equal(exp_avg_sq[untouched], torch.zeros(46, 4))
-    assert row_step[touched].tolist() == [3.0, 3.0, 3.0, 3.0]
-    assert row_step[untouched].sum() == 0
+    assert opt.table_step(table) == 3
 
 
-def test_a_new_row_gets_a_first_step_update_whenever_it_appears() -> None:
+def test_bias_correction_uses_the_table_step_like_torch_sparse_adam() -> None:
+    """Rows first seen late are corrected with the table's step t, as torch.optim.SparseAdam does."""
     table = make_table()
+    reference = torch.nn.Embedding.from_pretrained(table.weight.detach().clone(), freeze=False, sparse=True)
+    torch_opt = torch.optim.SparseAdam(list(reference.parameters()), lr=0.1)
     opt = RowSparseAdam([table], lr=0.1)
-    for _ in range(5):
-        sparse_step(table, opt, torch.tensor([1, 2]))
-    fresh = table.weight.detach()[9].clone()
-    sparse_step(table, opt, torch.tensor([9]))
-    # Adam's first step moves every coordinate by lr (bias-corrected m / sqrt(v) = sign(g)).
-    torch.testing.assert_close(
-        (table.weight.detach()[9] - fresh).abs(), torch.full((4,), 0.1), rtol=1e-4, atol=0
-    )
+    batches = [torch.tensor([1, 2])] * 5 + [torch.tensor([9, 1]), torch.tensor([9, 30, 9])]
+    for ids in batches:
+        sparse_step(table, opt, ids)
+        torch_opt.zero_grad()
+        loss_of(reference(ids)).backward()
+        torch_opt.step()
+    assert opt.table_step(table) == len(batches)
+    torch.testing.assert_close(table.weight, reference.weight.detach(), rtol=0, atol=1e-6)
+    # a row first seen at t = 6 moves by less than lr (no per-row restart of the correction)
+    assert float((table.weight[30] - make_table().weight[30]).abs().max()) < 0.1
+
+
+def test_tables_of_one_width_keep_their_own_step_counts() -> None:
+    """Two tables updated together but a different number of times each use their own t."""
+    torch.manual_seed(0)
+    a, b = RowSparseEmbedding(20, 4), RowSparseEmbedding(20, 4)
+    a_ref, b_ref = copy.deepcopy(a), copy.deepcopy(b)
+    opt = RowSparseAdam([a, b], lr=0.05)
+    opt_a, opt_b = RowSparseAdam([a_ref], lr=0.05), RowSparseAdam([b_ref], lr=0.05)
+    for i in range(4):
+        opt.zero_grad()
+        loss = loss_of(a(torch.tensor([1, 2 + i])))
+        if i >= 2:  # b joins at the third step: its t is 1, then 2
+            loss = loss + loss_of(b(torch.tensor([5, 6])))
+        loss.backward()
+        opt.step()
+        sparse_step(a_ref, opt_a, torch.tensor([1, 2 + i]))
+        if i >= 2:
+            sparse_step(b_ref, opt_b, torch.tensor([5, 6]))
+    assert (opt.table_step(a), opt.table_step(b)) == (4, 2)
+    torch.testing.assert_close(a.weight, a_ref.weight, rtol=0, atol=1e-7)
+    torch.testing.assert_close(b.weight, b_ref.weight, rtol=0, atol=1e-7)
+
+
+def test_state_with_per_row_steps_loads_with_the_largest_count_as_table_step() -> None:
+    """State saved before per-table steps ([N, 2D + 1], last column = row step) still loads."""
+    table = make_table()
+    opt = RowSparseAdam([table], lr=0.05)
+    sparse_step(table, opt, torch.tensor([1, 2, 3]))
+    state = copy.deepcopy(opt.state_dict())
+    moments = state["state"][0]["moments"]
+    row_steps = torch.zeros(moments.shape[0], 1)
+    row_steps[[1, 2, 3]] = torch.tensor([[7.0], [3.0], [1.0]])
+    state["state"][0] = {"moments": torch.cat([moments, row_steps], dim=1)}  # the old layout
+    again = RowSparseAdam([copy.deepcopy(table)], lr=0.05)
+    again.load_state_dict(state)
+    assert again.table_step(again._tables[0]) == 7
+    assert torch.equal(torch.cat(again.moments(again._tables[0]), dim=1), moments)
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

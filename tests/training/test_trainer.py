@@ -101,11 +101,10 @@ def test_warm_start_continues_instead_of_starting_over(
     assert warm.checkpoint.first_day == D1  # the watermark spans both days
     assert warm.checkpoint.last_day == D2
     assert warm.checkpoint.metrics["auc"] >= day1.checkpoint.metrics["auc"] - 0.02
-    # The sparse optimizer state was restored, not restarted: row step counts keep growing.
-    steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["moments"][:, -1]
-    steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["moments"][:, -1]
-    assert torch.all(steps_after >= steps_before)
-    assert steps_after.max() > steps_before.max()
+    # The sparse optimizer state was restored, not restarted: the table's step count keeps growing.
+    steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["step"]
+    steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["step"]
+    assert steps_after > steps_before > 0
 
 
 def test_warm_start_rejects_another_spec_or_model(day1: TrainResult, logs: dict[str, Path]) -> None:
@@ -137,8 +136,10 @@ def test_checkpoint_round_trip_predicts_bit_identically(
     sliced = Predictor(loaded, batch_size=1000).predict_batch(eval_table)
     np.testing.assert_allclose(sliced, before, rtol=0, atol=1e-6)
     assert loaded.describe() == ckpt.describe()
-    records = eval_table.slice(0, 5).to_pylist()
-    assert np.array_equal(Predictor(loaded).predict_records(records), before[:5])
+    # Records and columns give the same values for the same rows (same batch, same matmul blocking).
+    head = eval_table.slice(0, 5)
+    predictor = Predictor(loaded)
+    assert np.array_equal(predictor.predict_records(head.to_pylist()), predictor.predict_batch(head))
 
 
 def test_training_is_deterministic_with_a_seed(spec: FeatureSpec, logs: dict[str, Path]) -> None:
