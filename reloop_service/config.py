@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     misfire_grace_s: int = 6 * 3600
     max_catchup_days: int = 7
+    scheduler_host: str = Field(default="127.0.0.1", description="Bind address of the scheduler's /metrics.")
+    scheduler_port: int = Field(default=9109, ge=0, le=65535, description="/metrics + /healthz; 0: off.")
+
+    # --- alerts ----------------------------------------------------------------------------------
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="POST a JSON event on a failed, rejected or skipped cycle and a rollback."
+    )
+    alert_timeout_s: float = Field(default=5.0, gt=0.0)
+    alert_attempts: int = Field(default=4, ge=1)
 
     # --- serving ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -4,24 +4,43 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from reloop_service.clitools import (
+    DATE_METAVAR,
     DataDirOption,
     JsonOption,
+    LossName,
     app,
     console,
     cycle_app,
+    err_console,
     fail,
+    flush_collapsed,
     load_settings,
     print_json,
+    print_locations,
+    progress_bar,
 )
 
-DateOption = Annotated[str, typer.Option("--date", help="Cycle date, YYYY-MM-DD.")]
+DateOption = Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Cycle date.")]
+LogsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--logs", help="Click-log root, path or fsspec URI (default: $RELOOP_LOGS_URI or <data>/logs)."
+    ),
+]
+StrictSpecOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict-spec",
+        help="Refuse to run when RELOOP_SPEC_PATH differs from the production model's feature spec.",
+    ),
+]
+STEPS = ("parent", "ingest", "priors", "train", "gate", "register", "report")
 
 
 def _parse_date(value: str, flag: str) -> date:
@@ -37,7 +56,8 @@ def _registry_errors(exc: Exception) -> typer.Exit:
 
 def _outcome_line(outcome: Any) -> str:
     if outcome.status == "skipped":
-        return f"{outcome.cycle_date}: skipped ({outcome.reason}; run {outcome.run_id})"
+        why = outcome.reason if not outcome.error else f"{outcome.reason}: {outcome.error}"
+        return f"{outcome.cycle_date}: [yellow]skipped[/] ({why}; run {outcome.run_id})"
     if outcome.status == "failed":
         where = f"run {outcome.run_id} attempt {outcome.attempt}"
         return f"{outcome.cycle_date}: [red]failed[/] ({where}): {outcome.error}"
@@ -47,6 +67,34 @@ def _outcome_line(outcome: Any) -> str:
         f"{outcome.cycle_date}: [green]succeeded[/] version {outcome.version} {outcome.decision} "
         f"(auc {cand.get('auc', float('nan')):.4f}, logloss {cand.get('logloss', float('nan')):.4f})"
     )
+
+
+def _check_spec(settings: Any, *, strict: bool) -> None:
+    """Warn (or, with ``--strict-spec``, stop) when ``RELOOP_SPEC_PATH`` is not what production uses.
+
+    Once a model exists the cycle trains with the production checkpoint's own spec and ignores the
+    configured file, so an edited spec would otherwise be silently ignored.
+    """
+    from reloop_service.cycle.speccheck import SpecMismatch, spec_mismatch
+    from reloop_service.registry.errors import RegistryError
+
+    try:
+        mismatch: SpecMismatch | None = spec_mismatch(settings)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # an unreadable spec file
+        raise fail(f"RELOOP_SPEC_PATH={settings.spec_path}: {exc}") from None
+    if mismatch is None:
+        return
+    if strict:
+        raise fail(mismatch.message() + " (--strict-spec)", code=2)
+    err_console.print(f"[yellow]warning:[/] {mismatch.message()}", highlight=False, soft_wrap=True)
+
+
+def _settings_for(data_dir: Path | None, logs: str | None, **overrides: Any) -> Any:
+    settings = load_settings(data_dir, logs_uri=logs, **overrides)
+    print_locations(settings)
+    return settings
 
 
 @cycle_app.command("run")
@@ -59,19 +107,26 @@ def cycle_run(
             "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
         ),
     ] = None,
+    logs: LogsOption = None,
+    strict_spec: StrictSpecOption = False,
     json_out: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run the daily cycle for one date, exactly once (a date that succeeded is a no-op unless --force)."""
+    day = _parse_date(date_, "--date")
+    settings = _settings_for(data_dir, logs)
     from reloop_service.cycle.run import run_cycle
     from reloop_service.registry.errors import RegistryError
 
-    day = _parse_date(date_, "--date")
-    settings = load_settings(data_dir)
+    _check_spec(settings, strict=strict_spec)
     nproc = nproc or settings.nproc
     if nproc > 1:
+        import os
+
         from reloop_service.training.distributed import launch_cycle
 
+        if logs is not None:  # torchrun's ranks read the settings from the environment
+            os.environ["RELOOP_LOGS_URI"] = logs
         code, summary = launch_cycle(
             nproc=nproc,
             cycle_date=day,
@@ -90,9 +145,23 @@ def cycle_run(
             raise typer.Exit(1)
         return
     try:
-        outcome = run_cycle(settings=settings, cycle_date=day, force=force, actor="cli")
+        with progress_bar(f"cycle {day}", total=len(STEPS), unit="steps") as advance:
+            seen: list[str] = []
+
+            def hook(name: str, _ctx: Any) -> None:
+                if seen:
+                    advance(1)
+                seen.append(name)
+                advance(
+                    0, description=f"{name} ({STEPS.index(name) + 1 if name in STEPS else '?'}/{len(STEPS)})"
+                )
+
+            outcome = run_cycle(settings=settings, cycle_date=day, force=force, actor="cli", hook=hook)
+            if outcome.status == "succeeded":
+                advance(len(STEPS) - len(seen) + 1, description="done")
     except RegistryError as exc:
         raise _registry_errors(exc) from None
+    flush_collapsed()
     if json_out:
         print_json({k: v for k, v in outcome.__dict__.items() if k != "report"} | {"report": outcome.report})
     else:
@@ -103,20 +172,31 @@ def cycle_run(
         raise typer.Exit(1)
 
 
+Reprocess = Literal["none", "failed", "all"]
+
+
 @cycle_app.command("backfill")
 def cycle_backfill(
-    from_: Annotated[str, typer.Option("--from", help="First date, YYYY-MM-DD.")],
-    to: Annotated[str, typer.Option("--to", help="Last date, YYYY-MM-DD (inclusive).")],
+    from_: Annotated[str, typer.Option("--from", metavar=DATE_METAVAR, help="First date.")],
+    to: Annotated[str, typer.Option("--to", metavar=DATE_METAVAR, help="Last date (inclusive).")],
     reprocess: Annotated[
-        str | None,
+        Reprocess,
         typer.Option(
             "--reprocess",
-            help="Also re-run days that 'failed', or 'all' days (forced). Default: only days never run.",
+            help="Which days that already have a run to run again: none, failed or skipped ones "
+            "(default), or all (forced).",
         ),
-    ] = None,
+    ] = "failed",
+    logs: LogsOption = None,
+    strict_spec: StrictSpecOption = False,
+    json_out: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run every date of a range in order, with a progress bar; stops at nothing, reports each day."""
+    """Run every date of a range in order; report each day, list what was not run, exit 1 if any failed."""
+    start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
+    if end < start:
+        raise fail(f"--to {end} is before --from {start}")
+    settings = _settings_for(data_dir, logs)
     from reloop_service.cycle.run import run_cycle
     from reloop_service.cycle.scheduler import daterange
     from reloop_service.registry import store
@@ -124,12 +204,7 @@ def cycle_backfill(
     from reloop_service.registry.errors import RegistryError
     from reloop_service.registry.service import open_registry
 
-    start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
-    if end < start:
-        raise fail(f"--to {end} is before --from {start}")
-    if reprocess not in (None, "failed", "all"):
-        raise fail(f"--reprocess must be 'failed' or 'all', got {reprocess!r}")
-    settings = load_settings(data_dir)
+    _check_spec(settings, strict=strict_spec)
     try:
         engine = open_registry(settings)
         with session_scope(engine, readonly=True) as session:
@@ -139,34 +214,57 @@ def cycle_backfill(
     except RegistryError as exc:
         raise _registry_errors(exc) from None
     status = {r.cycle_date: r.status.value for r in runs}
-    days = daterange(start, end)
     todo: list[date] = []
-    for day in days:
+    not_run: list[tuple[date, str]] = []
+    for day in daterange(start, end):
         known = status.get(day)
-        if reprocess == "all" or known is None or (reprocess == "failed" and known == "failed"):
+        again = reprocess == "all" or (reprocess == "failed" and known not in ("succeeded", "running"))
+        if known is None or again:
             todo.append(day)
         else:
-            console.print(f"{day}: not re-run (status {known}; use --reprocess)")
-    failed = 0
-    with Progress(
-        TextColumn("[bold]backfill[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("", total=len(todo))
+            not_run.append((day, known))
+    results: list[dict[str, Any]] = []
+    with progress_bar("backfill", total=len(todo), unit="days") as advance:
         for day in todo:
-            progress.update(task, description=day.isoformat())
+            advance(0, description=day.isoformat())
             outcome = run_cycle(
                 settings=settings, cycle_date=day, force=reprocess == "all", actor="backfill", engine=engine
             )
-            progress.console.print(_outcome_line(outcome))
-            failed += outcome.status == "failed"
-            progress.advance(task)
+            if not json_out:
+                console.print(_outcome_line(outcome))
+            results.append(
+                {
+                    "date": day.isoformat(),
+                    "status": outcome.status,
+                    "reason": outcome.reason,
+                    "version": outcome.version,
+                    "decision": outcome.decision,
+                    "error": outcome.error,
+                }
+            )
+            advance(1)
     engine.dispose()
-    console.print(f"backfill {start}..{end}: {len(todo)} run, {failed} failed")
-    if failed:
+    flush_collapsed()
+    counts = {s: sum(r["status"] == s for r in results) for s in ("succeeded", "failed", "skipped")}
+    still_failed = [d for d, known in not_run if known == "failed"]
+    payload = {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "ran": results,
+        "not_run": [{"date": d.isoformat(), "status": known} for d, known in not_run],
+        **counts,
+    }
+    if json_out:
+        print_json(payload)
+    else:
+        for day, known in not_run:
+            hint = "" if known == "succeeded" else " (use --reprocess failed)"
+            console.print(f"{day}: not re-run (status {known}){hint}")
+        console.print(
+            f"backfill {start}..{end}: {len(todo)} run ({counts['succeeded']} succeeded, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped), {len(not_run)} not re-run"
+        )
+    if counts["failed"] or still_failed:
         raise typer.Exit(1)
 
 
@@ -218,17 +316,28 @@ def cycle_runs(
 
 
 @app.command("scheduler")
-def scheduler_command(data_dir: DataDirOption = None) -> None:
+def scheduler_command(
+    logs: LogsOption = None,
+    strict_spec: StrictSpecOption = False,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", help="Port of /metrics and /healthz (default RELOOP_SCHEDULER_PORT; 0 turns them off)."
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
     """Run the daily cycle on a clock (catch-up on start, stop cleanly on SIGTERM)."""
+    settings = _settings_for(data_dir, logs, scheduler_port=port)
     from reloop_service.cycle.scheduler import CycleScheduler
     from reloop_service.registry.errors import RegistryError
     from reloop_service.registry.service import open_registry
 
-    settings = load_settings(data_dir)
     try:
         open_registry(settings).dispose()  # refuse to start on an outdated schema
     except RegistryError as exc:
         raise _registry_errors(exc) from None
+    _check_spec(settings, strict=strict_spec)
     CycleScheduler(settings).serve_forever()
 
 
@@ -236,7 +345,7 @@ def scheduler_command(data_dir: DataDirOption = None) -> None:
 def demo_command(
     days: Annotated[int, typer.Option("--days", min=1, help="Simulated days.")] = 7,
     impressions: Annotated[int, typer.Option("--impressions", min=200, help="Impressions per day.")] = 20_000,
-    loss: Annotated[str, typer.Option("--loss", help="bce, label_smoothing, distill or reloop.")] = "reloop",
+    loss: Annotated[LossName, typer.Option("--loss", help="Training loss of every cycle.")] = "reloop",
     seed: Annotated[int, typer.Option("--seed", help="Simulator and training seed.")] = 0,
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="Stop the API at the end instead of leaving it serving.")
@@ -251,8 +360,6 @@ def demo_command(
     """The closed loop on embedded defaults: simulate users, serve, archive, train, gate, promote, repeat."""
     from reloop_service.cycle.demo import DemoError, run_demo
 
-    if loss not in ("bce", "label_smoothing", "distill", "reloop"):
-        raise fail(f"--loss must be bce, label_smoothing, distill or reloop, got {loss!r}")
     try:
         run_demo(
             days=days,

@@ -389,9 +389,14 @@ def run_demo(
     except BaseException:
         server.stop()
         raise
+    serve_again = serve_command(folder)
     if not serve:
         server.stop()
         result.base_url = None
+        out.print("Serve this demo's registry again with:")
+        out.print(
+            f"  RELOOP_ADMIN_TOKEN={token} {serve_again}", soft_wrap=True, highlight=False, markup=False
+        )
         return result
     first = sim.impressions(DEMO_START + timedelta(days=days), 1)[0]
     example = {"items": [{"features": {k: first.get(k) for k in features}}]}
@@ -410,8 +415,17 @@ def run_demo(
         markup=False,
     )
     out.print(f"admin token: {token}", markup=False)
+    out.print("After Ctrl-C, serve this demo's registry again with:")
+    out.print(f"  RELOOP_ADMIN_TOKEN={token} {serve_again}", soft_wrap=True, highlight=False, markup=False)
     server.wait()
     return result
+
+
+def serve_command(folder: Path) -> str:
+    """The exact command that serves the demo's registry (it lives in its own folder, not the default)."""
+    import shlex
+
+    return f"RELOOP_DATA_DIR={shlex.quote(str(folder))} reloop serve"
 
 
 def coverage_of(outcome: Any) -> dict[str, Any]:
@@ -419,4 +433,4 @@ def coverage_of(outcome: Any) -> dict[str, Any]:
     return dict(outcome.record.get("coverage") or {})
 
 
-__all__ = ["DemoError", "DemoResult", "LocalServer", "coverage_of", "day_table", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "LocalServer", "coverage_of", "day_table", "run_demo", "serve_command"]

@@ -139,11 +139,13 @@ def run_cycle(
     stop: threading.Event | None = None,
     engine: Engine | None = None,
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
+    hook: StepHook | None = None,
 ) -> CycleOutcome:
     """Claim ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
 
     ``stop`` cancels at the next step boundary (the run is then marked failed, its claim closed).
     ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
+    ``hook`` is called with each step's name as it starts (the CLI's progress bar).
     """
     own_engine = engine is None
     eng = engine if engine is not None else open_registry(settings)
@@ -153,7 +155,14 @@ def run_cycle(
         if not claim.acquired:
             return _skipped(claim)
         return execute_claimed(
-            settings=settings, engine=eng, claim=claim, owner=owner, actor=actor, stop=stop, extra=extra
+            settings=settings,
+            engine=eng,
+            claim=claim,
+            owner=owner,
+            actor=actor,
+            stop=stop,
+            extra=extra,
+            hook=hook,
         )
     finally:
         if own_engine:
@@ -192,7 +201,38 @@ def execute_claimed(
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
     hook: StepHook | None = None,
 ) -> CycleOutcome:
-    """Run an acquired claim to its end, with retries; the claim is always closed (or lost)."""
+    """Run an acquired claim to its end, with retries; the claim is always closed (or lost).
+
+    The final outcome is counted in the cycle metrics and, when an operator should look (failed,
+    rejected, skipped), posted to ``RELOOP_ALERT_WEBHOOK_URL`` (``observe.cycle_finished``).
+    """
+    from reloop_service.cycle.observe import cycle_finished
+
+    outcome = _execute_claimed(
+        settings=settings,
+        engine=engine,
+        claim=claim,
+        owner=owner,
+        actor=actor,
+        stop=stop,
+        extra=extra,
+        hook=hook,
+    )
+    cycle_finished(settings, outcome)
+    return outcome
+
+
+def _execute_claimed(
+    *,
+    settings: Settings,
+    engine: Engine,
+    claim: CycleClaim,
+    owner: str,
+    actor: str,
+    stop: threading.Event | None,
+    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
+    hook: StepHook | None,
+) -> CycleOutcome:
     run = claim.run
     cycle_date = run.cycle_date
     tries = 0
@@ -411,7 +451,7 @@ def make_cycle_trigger(settings: Settings, engine: Engine | None = None) -> Call
             hint = " (use force to re-run it)" if claim.reason == "succeeded" else ""
             raise CycleBusyError(
                 f"cycle {cycle_date} not started: {claim.reason} (run {claim.run.id}, "
-                f"status {claim.run.status}, owner {claim.run.owner}){hint}"
+                f"status {claim.run.status}){hint}"
             )
 
         def work() -> None:

@@ -16,9 +16,11 @@ exactly one trains.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -96,15 +98,21 @@ def catch_up(
         last_success=last_success,
         max_catchup_days=settings.max_catchup_days,
     )
-    for day in plan.beyond_bound:
+    if plan.beyond_bound:  # one line, not one per day (an old registry has hundreds)
+        first, last = plan.beyond_bound[0], plan.beyond_bound[-1]
         log.warning(
-            "cycle %s is missing but older than max_catchup_days=%d: not run automatically; "
+            "%d missing day(s) %s..%s are older than max_catchup_days=%d: not run automatically; "
             "run `reloop cycle backfill --from %s --to %s`",
-            day,
+            len(plan.beyond_bound),
+            first,
+            last,
             settings.max_catchup_days,
-            plan.beyond_bound[0],
-            plan.beyond_bound[-1],
+            first,
+            last,
         )
+    from reloop_service.cycle.observe import CYCLE_METRICS
+
+    CYCLE_METRICS.catchup_beyond.set(len(plan.beyond_bound))
     if plan.to_run:
         log.info(
             "catch-up to %s (last success %s): %d day(s) to run: %s",
@@ -116,15 +124,28 @@ def catch_up(
     else:
         log.info("catch-up to %s: nothing missing (last success %s)", target, last_success)
     outcomes = []
-    for day in plan.to_run:
+    started = time.monotonic()
+    total = len(plan.to_run)
+    for i, day in enumerate(plan.to_run):
+        CYCLE_METRICS.catchup_pending.set(total - i)
         if stop is not None and stop.is_set():
             log.warning("stopping: cycle %s and later days left for the next start", day)
             break
-        log.info("catch-up: running cycle %s", day)
+        log.info("catch-up: running cycle %s (%d/%d%s)", day, i + 1, total, _eta(started, i, total))
         outcome = runner(settings=settings, cycle_date=day, actor=actor, stop=stop)
         log.info("catch-up: cycle %s -> %s", day, getattr(outcome, "status", outcome))
         outcomes.append(outcome)
+    CYCLE_METRICS.catchup_pending.set(0)
     return outcomes
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    """``, ETA 3m20s`` from the mean time of the days done so far (empty before the first)."""
+    if done == 0:
+        return ""
+    left = (time.monotonic() - started) / done * (total - done)
+    minutes, seconds = divmod(int(left), 60)
+    return f", ETA {minutes}m{seconds:02d}s"
 
 
 def torchrun_runner(nproc: int) -> CycleFn:
@@ -144,12 +165,65 @@ def torchrun_runner(nproc: int) -> CycleFn:
     return run
 
 
+class StatusServer:
+    """``/metrics`` (Prometheus) and ``/healthz`` of the scheduler on a small threaded HTTP server.
+
+    ``/healthz`` answers 200 while the scheduler runs and 503 once it is stopping, with the next
+    tick and the last success; it never touches the database.
+    """
+
+    def __init__(self, scheduler: CycleScheduler, host: str, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from reloop_service.cycle.observe import CYCLE_METRICS
+
+        owner = scheduler
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(CYCLE_METRICS.registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    status = owner.health()
+                    code = 200 if status["status"] == "ok" else 503
+                    self._send(code, json.dumps(status).encode(), "application/json")
+                else:
+                    body = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": path[:200]}
+                    self._send(404, json.dumps(body).encode(), "application/problem+json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+                return
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="scheduler-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class CycleScheduler:
     """The daily trigger plus catch-up, on a one-thread executor so ticks never overlap."""
 
     def __init__(self, settings: Settings, *, run: CycleFn | None = None) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
+        self.status_server: StatusServer | None = None
         self._run = run if run is not None or settings.nproc <= 1 else torchrun_runner(settings.nproc)
         tz = ZoneInfo(settings.timezone)
         self.scheduler = BackgroundScheduler(
@@ -168,8 +242,35 @@ class CycleScheduler:
             timezone=tz,
         )
 
+    def health(self) -> dict[str, Any]:
+        """The ``/healthz`` body (from memory only)."""
+        from reloop_service.cycle.observe import CYCLE_METRICS
+
+        job = self.scheduler.get_job(DAILY_JOB_ID) if self.scheduler.running else None
+        next_run = getattr(job, "next_run_time", None)
+        last = CYCLE_METRICS.last_success._value.get()
+        running = self.scheduler.running and not self.stop_event.is_set()
+        return {
+            "status": "ok" if running else "stopping",
+            "next_run": next_run.isoformat() if next_run else None,
+            "last_success": datetime.fromtimestamp(last).astimezone().isoformat() if last else None,
+            "catchup_pending_days": int(CYCLE_METRICS.catchup_pending._value.get()),
+        }
+
+    def _update_next_run(self) -> None:
+        from reloop_service.cycle.observe import CYCLE_METRICS
+
+        job = self.scheduler.get_job(DAILY_JOB_ID) if self.scheduler.running else None
+        next_run = getattr(job, "next_run_time", None)
+        if next_run is not None:
+            CYCLE_METRICS.next_run.set(next_run.timestamp())
+
     def tick(self) -> None:
         """One scheduled run: catch up to yesterday (errors are logged; the next tick retries)."""
+        from reloop_service.cycle.observe import CYCLE_METRICS
+
+        CYCLE_METRICS.ticks.inc()
+        self._update_next_run()
         try:
             catch_up(
                 settings=self.settings,
@@ -194,7 +295,10 @@ class CycleScheduler:
         )
         # The start-up catch-up shares the one-thread executor, so it never overlaps a tick.
         self.scheduler.add_job(self.tick, id="reloop-startup-catch-up", name="start-up catch-up")
+        self._seed_metrics()
         self.scheduler.start()
+        self._update_next_run()
+        self._start_status_server()
         job = self.scheduler.get_job(DAILY_JOB_ID)
         log.info(
             "scheduler started: daily at %s %s (next %s), misfire grace %ds, max catch-up %d days",
@@ -205,11 +309,57 @@ class CycleScheduler:
             self.settings.max_catchup_days,
         )
 
+    def _seed_metrics(self) -> None:
+        """Last-success figures from the registry, so a restarted scheduler reports them at once."""
+        from reloop_service.cycle.observe import CYCLE_METRICS
+        from reloop_service.registry import store
+        from reloop_service.registry.db import session_scope
+        from reloop_service.registry.service import open_registry
+
+        CYCLE_METRICS.scheduler_up.set(1)
+        try:
+            engine = open_registry(self.settings)
+            try:
+                with session_scope(engine, readonly=True) as session:
+                    runs = store.list_cycle_runs(session, model_name=self.settings.model_name, limit=1000)
+            finally:
+                engine.dispose()
+            CYCLE_METRICS.seed(runs)
+        except Exception as exc:  # metrics are no reason to stop the clock
+            log.warning("cycle metrics not seeded from the registry: %s", exc)
+
+    def _start_status_server(self) -> None:
+        port = self.settings.scheduler_port
+        if not port:
+            return
+        try:
+            self.status_server = StatusServer(self, self.settings.scheduler_host, port)
+        except OSError as exc:
+            log.error(
+                "scheduler /metrics and /healthz not served: %s:%d: %s (set RELOOP_SCHEDULER_PORT)",
+                self.settings.scheduler_host,
+                port,
+                exc,
+            )
+            return
+        self.status_server.start()
+        log.info(
+            "scheduler metrics at http://%s:%d/metrics, health at /healthz",
+            self.settings.scheduler_host,
+            self.status_server.port,
+        )
+
     def stop(self) -> None:
         """Cancel the running cycle at its next step boundary and wait for it to record its end."""
+        from reloop_service.cycle.observe import CYCLE_METRICS
+
         self.stop_event.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.status_server is not None:
+            self.status_server.stop()
+            self.status_server = None
+        CYCLE_METRICS.scheduler_up.set(0)
         log.info("scheduler stopped")
 
     def serve_forever(self) -> None:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,8 +21,10 @@ from reloop_service.clitools import (
     load_settings,
     print_json,
 )
-from reloop_service.data.ingest import EmptyDayError, IngestError, IngestReport, open_days
-from reloop_service.data.spec import FeatureSpec, SpecError, default_spec, load_spec
+
+if TYPE_CHECKING:  # imported inside the commands: ``reloop --help`` does not pay for torch
+    from reloop_service.data.ingest import IngestReport
+    from reloop_service.data.spec import FeatureSpec
 
 logs_app = typer.Typer(help="Inspect and validate click logs.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
@@ -36,6 +38,8 @@ def _parse_date(value: str, flag: str) -> date:
 
 
 def _spec(path: Path | None, settings_path: Path | None) -> FeatureSpec:
+    from reloop_service.data.spec import SpecError, default_spec, load_spec
+
     try:
         chosen = path or settings_path
         return load_spec(chosen) if chosen else default_spec()
@@ -74,6 +78,8 @@ def logs_check(
     json_out: JsonOption = False,
 ) -> None:
     """Validate click logs: schema per file, bad rows to the quarantine, counts printed."""
+    from reloop_service.data.ingest import EmptyDayError, IngestError, open_days
+
     settings = load_settings(data_dir, logs_uri=logs)
     first = _parse_date(date_, "--date")
     wanted = [first + timedelta(days=i) for i in range(days)]
@@ -162,6 +168,7 @@ def bench_transform(
     import torch
 
     from reloop_service.data.simulator import ClickSimulator
+    from reloop_service.data.spec import default_spec
     from reloop_service.data.transforms import fit_numeric, records_to_batch, transform
 
     torch.set_num_threads(1)

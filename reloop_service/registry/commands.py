@@ -10,12 +10,10 @@ from __future__ import annotations
 import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from reloop_service.clitools import (
     DataDirOption,
@@ -28,13 +26,30 @@ from reloop_service.clitools import (
     print_json,
     versions_app,
 )
-from reloop_service.config import Settings
-from reloop_service.registry import db, store
-from reloop_service.registry.entities import ModelVersion, RegistryEvent
-from reloop_service.registry.errors import RegistryError
-from reloop_service.registry.service import open_registry
+
+if TYPE_CHECKING:  # imported inside the commands: ``reloop --help`` does not pay for SQLAlchemy
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from reloop_service.config import Settings
+    from reloop_service.registry.entities import ModelVersion, RegistryEvent
 
 T = TypeVar("T")
+
+
+def _db() -> Any:
+    from reloop_service.registry import db
+
+    return db
+
+
+def _store() -> Any:
+    from reloop_service.registry import store
+
+    return store
+
+
+VersionStatusName = Literal["candidate", "production", "archived", "rejected", "failed"]
 
 DatabaseUrlOption = Annotated[
     str | None,
@@ -62,13 +77,19 @@ def _errors() -> Iterator[None]:
     """Registry errors become one clear line on stderr and exit code 1 (no traceback)."""
     try:
         yield
-    except RegistryError as err:
-        raise fail(str(err)) from err
     except FileNotFoundError as err:
         raise fail(str(err)) from err
+    except Exception as err:
+        from reloop_service.registry.errors import RegistryError
+
+        if isinstance(err, RegistryError):
+            raise fail(str(err)) from err
+        raise
 
 
 def _with_registry(settings: Settings, fn: Callable[[Engine], T]) -> T:
+    from reloop_service.registry.service import open_registry
+
     with _errors():
         engine = open_registry(settings)
         try:
@@ -79,7 +100,7 @@ def _with_registry(settings: Settings, fn: Callable[[Engine], T]) -> T:
 
 def _read(settings: Settings, fn: Callable[[Session], T]) -> T:
     def run(engine: Engine) -> T:
-        with db.session_scope(engine, readonly=True) as session:
+        with _db().session_scope(engine, readonly=True) as session:
             return fn(session)
 
     return _with_registry(settings, run)
@@ -127,15 +148,15 @@ def _events_table(events: list[RegistryEvent], title: str) -> Table:
 def _print_revision(url: str, json_out: bool) -> None:
     """Report the revision a migration left the database at (password masked)."""
     with _errors():
-        engine = db.make_engine(url)
+        engine = _db().make_engine(url)
         try:
-            current = db.current_revision(engine)
+            current = _db().current_revision(engine)
         finally:
             engine.dispose()
     if json_out:
-        print_json({"database": db.safe_url(url), "revision": current})
+        print_json({"database": _db().safe_url(url), "revision": current})
     else:
-        console.print(f"registry database {db.safe_url(url)} is at revision [bold]{current or 'base'}[/]")
+        console.print(f"registry database {_db().safe_url(url)} is at revision [bold]{current or 'base'}[/]")
 
 
 @db_app.command("upgrade")
@@ -149,7 +170,7 @@ def db_upgrade(
     settings = _settings(data_dir, database_url)
     url = settings.resolved_database_url
     with _errors():
-        db.upgrade(url, revision)
+        _db().upgrade(url, revision)
     _print_revision(url, json_out)
 
 
@@ -164,7 +185,7 @@ def db_downgrade(
     settings = _settings(data_dir, database_url)
     url = settings.resolved_database_url
     with _errors():
-        db.downgrade(url, revision)
+        _db().downgrade(url, revision)
     _print_revision(url, json_out)
 
 
@@ -176,13 +197,13 @@ def db_current(
     settings = _settings(data_dir, database_url)
     url = settings.resolved_database_url
     with _errors():
-        engine = db.make_engine(url)
+        engine = _db().make_engine(url)
         try:
-            current = db.current_revision(engine)
+            current = _db().current_revision(engine)
         finally:
             engine.dispose()
-        head = db.head_revision()
-    payload = {"database": db.safe_url(url), "revision": current, "head": head, "at_head": current == head}
+        head = _db().head_revision()
+    payload = {"database": _db().safe_url(url), "revision": current, "head": head, "at_head": current == head}
     if json_out:
         print_json(payload)
     else:
@@ -193,7 +214,7 @@ def db_current(
 # ---------------------------------------------------------------------------------------- versions
 @versions_app.command("list")
 def versions_list(
-    status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    status: Annotated[VersionStatusName | None, typer.Option("--status", help="Only this status.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
@@ -201,18 +222,59 @@ def versions_list(
 ) -> None:
     """List model versions, newest first."""
     settings = _settings(data_dir, database_url)
-    if status is not None and status not in {s.value for s in store.VersionStatus}:
-        raise fail(
-            f"--status must be one of {', '.join(s.value for s in store.VersionStatus)}, not {status!r}"
-        )
     versions = _read(
         settings,
-        lambda s: store.list_versions(s, model_name=settings.model_name, status=status, limit=limit),
+        lambda s: _store().list_versions(s, model_name=settings.model_name, status=status, limit=limit),
     )
     if json_out:
         print_json([v.to_dict() for v in versions])
     else:
         console.print(_versions_table(versions, f"versions of {settings.model_name}"))
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _metrics_table(v: ModelVersion) -> Table:
+    """Candidate and production figures of the gate side by side, then the rules it applied."""
+    table = Table(title="metrics (hold-out)")
+    table.add_column("metric")
+    table.add_column(f"version {v.version}", justify="right")
+    gate = v.gate_verdict or {}
+    prod = gate.get("production") or {}
+    if prod:
+        table.add_column(f"production then (v{gate.get('production_version')})", justify="right")
+    for key in sorted(k for k, val in v.metrics.items() if not isinstance(val, dict | list)):
+        row = [key, _num(v.metrics[key])]
+        if prod:
+            row.append(_num(prod.get(key)))
+        table.add_row(*row)
+    return table
+
+
+def _gate_table(v: ModelVersion) -> Table | None:
+    gate = v.gate_verdict
+    if not gate:
+        return None
+    verdict = "passed" if gate.get("passed") else f"rejected ({', '.join(gate.get('failed_rules') or [])})"
+    table = Table(title=f"gate: {verdict}")
+    for column in ("rule", "threshold", "value", "passed"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for rule in gate.get("rules") or []:
+        table.add_row(
+            str(rule.get("name")),
+            _num(rule.get("threshold")),
+            _num(rule.get("value")),
+            _num(rule.get("passed")),
+        )
+    return table
 
 
 @versions_app.command("show")
@@ -222,30 +284,39 @@ def versions_show(
     database_url: DatabaseUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """One version with its parents chain and its events."""
+    """One version: lineage, artifact, metrics, gate rules and its events (tables, or ``--json``)."""
     settings = _settings(data_dir, database_url)
 
     def read(session: Session) -> tuple[Any, list[RegistryEvent]]:
-        lineage = store.get_lineage(session, model_name=settings.model_name, version=version)
-        return lineage, store.list_events(session, model_name=settings.model_name, version=version)
+        lineage = _store().get_lineage(session, model_name=settings.model_name, version=version)
+        return lineage, _store().list_events(session, model_name=settings.model_name, version=version)
 
     lineage, events = _read(settings, read)
     if json_out:
         print_json({**lineage.to_dict(), "events": [e.to_dict() for e in events]})
         return
     v = lineage.version
-    console.print(f"[bold]{v.model_name} version {v.version}[/]: {v.status.value}")
+    about = Table(title=f"{v.model_name} version {v.version}", show_header=False)
+    about.add_column("field", style="bold")
+    about.add_column("value", overflow="fold")
     for label, value in (
+        ("status", v.status.value + (" (rolled back)" if v.rolled_back_at else "")),
         ("parent chain", " <- ".join(str(p.version) for p in lineage.parents) or "(cold start)"),
-        ("artifact", f"{v.artifact.uri} sha256={v.artifact.sha256} size={v.artifact.size}"),
-        ("feature spec", v.feature_spec_hash or ""),
-        ("data window", f"{v.data_first_day}..{v.data_last_day}"),
-        ("cycle date", str(v.cycle_date or "")),
-        ("metrics", str(v.metrics)),
-        ("gate verdict", str(v.gate_verdict)),
-        ("rolled back at", str(v.rolled_back_at or "")),
+        ("cycle date", str(v.cycle_date or "-")),
+        ("data window", f"{v.data_first_day}..{v.data_last_day}" if v.data_first_day else "-"),
+        ("created", v.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+        ("artifact", v.artifact.uri),
+        ("sha256", v.artifact.sha256),
+        ("size", f"{v.artifact.size:,} bytes"),
+        ("feature spec", v.feature_spec_hash or "-"),
+        ("rolled back at", str(v.rolled_back_at or "-")),
     ):
-        console.print(f"  {label}: {value}")
+        about.add_row(label, value)
+    console.print(about)
+    console.print(_metrics_table(v))
+    gate = _gate_table(v)
+    if gate is not None:
+        console.print(gate)
     console.print(_events_table(events, "events"))
 
 
@@ -265,10 +336,12 @@ def promote_command(
     who = _actor(actor)
 
     def run(engine: Engine) -> Any:
-        with db.session_scope(engine, readonly=True) as session:
-            seen = store.get_production(session, model_name=settings.model_name)
-        with db.session_scope(engine) as session:
-            return store.promote(
+        with _db().session_scope(engine, readonly=True) as session:
+            seen = _store().get_production(session, model_name=settings.model_name)
+        if seen is not None and seen.version.version == version:
+            return None
+        with _db().session_scope(engine) as session:
+            return _store().promote(
                 session,
                 model_name=settings.model_name,
                 version=version,
@@ -279,6 +352,14 @@ def promote_command(
             )
 
     production = _with_registry(settings, run)
+    if production is None:
+        if json_out:
+            print_json({"version": version, "changed": False})
+        else:
+            console.print(
+                f"version {version} of {settings.model_name} is already in production: nothing to do"
+            )
+        return
     if json_out:
         print_json(production.to_dict())
     else:
@@ -304,33 +385,94 @@ def rollback_command(
     who = _actor(actor)
 
     def run(engine: Engine) -> Any:
-        with db.session_scope(engine) as session:
-            return store.rollback(
+        with _db().session_scope(engine) as session:
+            before = _store().get_production(session, model_name=settings.model_name)
+            after = _store().rollback(
                 session, model_name=settings.model_name, actor=who, reason=reason, to=to, force=force
             )
+            return before.version.version if before else None, after
 
-    production = _with_registry(settings, run)
+    previous, production = _with_registry(settings, run)
+    from reloop_service.alerts import rollback_alert, send_alert
+
+    send_alert(settings, rollback_alert(production, reason=reason, from_version=previous))
     if json_out:
         print_json(production.to_dict())
     else:
         console.print(f"rolled back: version [bold]{production.version.version}[/] is in production")
 
 
+def cycle_timeline_rows(runs: list[Any]) -> list[dict[str, Any]]:
+    """Cycle runs that produced no registry event (failed, skipped) as audit-timeline entries."""
+    rows = []
+    for r in runs:
+        status = getattr(r.status, "value", str(r.status))
+        if status in ("succeeded", "running"):
+            continue
+        details = r.details or {}
+        when = r.finished_at or r.heartbeat_at or r.started_at
+        rows.append(
+            {
+                "id": None,
+                "kind": f"cycle_{status}",
+                "created_at": when.isoformat(),
+                "version": r.produced_version,
+                "from_version": details.get("parent_version"),
+                "to_version": None,
+                "actor": str(details.get("actor") or "-"),
+                "reason": r.error or str(details.get("reason") or status),
+                "cycle_date": r.cycle_date.isoformat(),
+                "run_id": r.id,
+            }
+        )
+    return rows
+
+
 @app.command("history")
 def history_command(
     version: Annotated[int | None, typer.Option("--version", help="Only events naming this version.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    cycles: Annotated[
+        bool,
+        typer.Option("--cycles/--no-cycles", help="Include failed and skipped cycle runs (default: yes)."),
+    ] = True,
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The audit trail: registrations, promotions, rollbacks, rejections, failures."""
+    """The audit trail: registrations, promotions, rollbacks, rejections, failed and skipped cycles."""
     settings = _settings(data_dir, database_url)
-    events = _read(
-        settings,
-        lambda s: store.list_events(s, model_name=settings.model_name, version=version, limit=limit),
-    )
+
+    def read(session: Session) -> tuple[list[RegistryEvent], list[Any]]:
+        events = _store().list_events(session, model_name=settings.model_name, version=version, limit=limit)
+        runs = (
+            _store().list_cycle_runs(session, model_name=settings.model_name, limit=limit)
+            if cycles and version is None
+            else []
+        )
+        return events, runs
+
+    events, runs = _read(settings, read)
+    rows = [e.to_dict() for e in events] + cycle_timeline_rows(runs)
+    rows.sort(key=lambda r: str(r["created_at"]), reverse=True)
+    rows = rows[:limit]
     if json_out:
-        print_json([e.to_dict() for e in events])
-    else:
-        console.print(_events_table(events, f"history of {settings.model_name}"))
+        print_json(rows)
+        return
+    table = Table(title=f"history of {settings.model_name}")
+    for column in ("id", "time", "kind", "version", "from", "to", "actor", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        kind = r["kind"]
+        style = "red" if kind in ("cycle_failed", "failed", "rejected") else ""
+        table.add_row(
+            "" if r["id"] is None else str(r["id"]),
+            str(r["created_at"])[:19].replace("T", " "),
+            f"[{style}]{kind}[/]" if style else kind,
+            "" if r["version"] is None else str(r["version"]),
+            "" if r["from_version"] is None else str(r["from_version"]),
+            "" if r["to_version"] is None else str(r["to_version"]),
+            r["actor"],
+            (f"{r['cycle_date']}: " if r.get("cycle_date") else "") + str(r["reason"] or ""),
+        )
+    console.print(table)

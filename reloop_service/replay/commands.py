@@ -6,27 +6,27 @@ import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from reloop_service.clitools import console, fail, replay_app
-from reloop_service.replay.runner import (
-    STRATEGIES,
-    Protocol,
-    ReplayConfig,
-    ReplayData,
-    ReplayError,
-    RunSpec,
-    StrategyConfig,
-    run_many,
-)
+
+if TYPE_CHECKING:  # imported inside the commands: ``reloop --help`` does not pay for NumPy/Arrow/torch
+    from reloop_service.replay.runner import Protocol, ReplayConfig, ReplayData
+
+# The names of replay.runner.STRATEGIES, spelled out so that --help need not import the runner
+# (tests/test_cli.py checks that the two stay equal).
+STRATEGIES = ("bce", "label_smoothing", "distill", "reloop", "full_retrain", "lr")
 
 Strategies = Annotated[
     str, typer.Option("--strategies", help=f"Comma-separated, any of: {', '.join(STRATEGIES)}.")
 ]
 Seeds = Annotated[int, typer.Option("--seeds", min=1, help="Number of seeds (0..N-1).")]
-Model = Annotated[str, typer.Option("--model", help="dnn, deepfm or dcnv2 (the lr strategy always uses lr).")]
+Model = Annotated[
+    Literal["dnn", "deepfm", "dcnv2"],
+    typer.Option("--model", help="Model of every strategy (the lr strategy always uses lr)."),
+]
 Lr = Annotated[float, typer.Option("--lr", help="Dense Adam learning rate.")]
 SparseLr = Annotated[float, typer.Option("--sparse-lr", help="Embedding-table Adam learning rate.")]
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs per cycle.")]
@@ -69,6 +69,8 @@ class Options:
 
 
 def _options(**kw: Any) -> Options:
+    from reloop_service.replay.runner import Protocol, ReplayConfig, StrategyConfig
+
     strategies = [s.strip() for s in kw["strategies"].split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -130,6 +132,7 @@ def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dic
     import time
 
     from reloop_service.replay.report import summarize, write_outputs
+    from reloop_service.replay.runner import RunSpec, run_many
 
     if opts.select:
         from reloop_service.replay.selection import select
@@ -201,6 +204,8 @@ def _command(ctx: typer.Context) -> str:
 
 
 def _run(data_fn: Any, ctx: typer.Context, title: str, kw: dict[str, Any]) -> None:
+    from reloop_service.replay.runner import ReplayError
+
     opts = _options(**kw)
     try:
         data = data_fn()
@@ -248,6 +253,8 @@ def movielens(
     }
 
     def load() -> ReplayData:
+        from reloop_service.replay.runner import ReplayError
+
         try:
             return movielens_data(data_dir)
         except MovieLensError as exc:
@@ -368,6 +375,7 @@ def parquet(
 
     def load() -> ReplayData:
         from reloop_service.data.ingest import IngestError
+        from reloop_service.replay.runner import ReplayError
 
         try:
             return parquet_data(logs_uri=logs, spec=feature_spec, start=first, end=last)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from reloop_service.clitools import DataDirOption, app, bench_app, load_settings
+from reloop_service.clitools import DataDirOption, app, bench_app, fail, load_settings, print_locations
 
 
 @app.command("serve")
@@ -28,6 +28,14 @@ def serve(
     from reloop_service.serving.app import create_app
 
     settings = load_settings(data_dir, api_host=host, api_port=port)
+    print_locations(settings, logs=False)
+    from reloop_service.registry.service import missing_sqlite_file
+
+    missing = missing_sqlite_file(settings.resolved_database_url)
+    if missing is not None:  # uvicorn would create an empty registry.db and then refuse it
+        raise fail(
+            f"registry database {missing} does not exist; run `reloop db upgrade` (or check RELOOP_DATA_DIR)"
+        )
     # Serving batches are small: one intra-op thread per process beats oversubscribing the cores.
     torch.set_num_threads(settings.threads or 1)
     app_ = create_app(settings)

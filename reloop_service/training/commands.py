@@ -11,7 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from reloop_service.clitools import JsonOption, app, bench_app, console, fail, print_json
+from reloop_service.clitools import (
+    DATE_METAVAR,
+    JsonOption,
+    LossName,
+    ModelName,
+    app,
+    bench_app,
+    console,
+    fail,
+    print_json,
+)
 
 
 def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
@@ -35,14 +45,14 @@ def _fmt(value: Any) -> str:
 @app.command("train")
 def train_command(
     logs: Annotated[str, typer.Option("--logs", help="Click-log root (local path or fsspec URI).")],
-    day: Annotated[str, typer.Option("--date", help="Last day to train on (YYYY-MM-DD).")],
+    day: Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Last day to train on.")],
     out: Annotated[str, typer.Option("--out", help="Where to write the checkpoint (path or URI).")],
     days: Annotated[int, typer.Option("--days", help="Number of days ending at --date.")] = 1,
     from_checkpoint: Annotated[
         str | None, typer.Option("--from-checkpoint", help="Warm-start from this checkpoint.")
     ] = None,
-    model: Annotated[str, typer.Option("--model", help="dnn, deepfm or dcnv2.")] = "dnn",
-    loss: Annotated[str, typer.Option("--loss", help="bce, label_smoothing, distill or reloop.")] = "reloop",
+    model: Annotated[ModelName, typer.Option("--model", help="Model architecture.")] = "dnn",
+    loss: Annotated[LossName, typer.Option("--loss", help="Training loss.")] = "reloop",
     loss_params: Annotated[
         str | None, typer.Option("--loss-params", help="JSON object, e.g. '{\"alpha\": 0.3}'.")
     ] = None,

@@ -73,9 +73,9 @@ def test_catch_up_after_missed_days(sqlite_env: Env, caplog: pytest.LogCaptureFi
         outcomes = catch_up(settings=settings, target=days[4])
     assert [o.cycle_date for o in outcomes] == days[3:]
     assert all(o.status == "succeeded" for o in outcomes)
-    for skipped in days[1:3]:  # beyond the bound: logged one by one, with the command that covers them
-        assert f"cycle {skipped} is missing but older than max_catchup_days=2" in caplog.text
-    assert "reloop cycle backfill --from" in caplog.text
+    # beyond the bound: one line for the whole range, with the command that covers it
+    assert f"2 missing day(s) {days[1]}..{days[2]} are older than max_catchup_days=2" in caplog.text
+    assert f"reloop cycle backfill --from {days[1]} --to {days[2]}" in caplog.text
 
     wide = settings.model_copy(update={"max_catchup_days": 7})
     again = catch_up(settings=wide, target=days[4])
@@ -218,6 +218,7 @@ def test_reloop_scheduler_process_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         "RELOOP_BATCH_SIZE": "256",
         "RELOOP_THREADS": "1",
         "RELOOP_HEARTBEAT_S": "0.5",
+        "RELOOP_SCHEDULER_PORT": "0",  # no /metrics endpoint: nothing to collide with
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "reloop_service.cli", "scheduler"],

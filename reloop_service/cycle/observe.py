@@ -1,0 +1,156 @@
+"""What operators see of finished cycles: Prometheus figures and the alert webhook.
+
+``cycle_finished`` is called once per cycle that this process ran (any trigger: scheduler, CLI,
+backfill, admin API), after its run record is closed. The figures live on one registry per
+process (``CYCLE_METRICS``) that the scheduler serves at ``/metrics``; they are seeded from the
+registry's cycle-runs table at scheduler start, so a restart does not forget the last success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from reloop_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CycleMetrics:
+    """Cycle and scheduler figures of one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs = Counter(
+            "reloop_cycle_runs", "Cycles run by this process, by outcome.", ["status"], registry=r
+        )
+        self.gate = Counter(
+            "reloop_cycle_gate_outcomes",
+            "Gate decisions of the cycles run here (promoted, rejected, registered).",
+            ["decision"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "reloop_cycle_last_success_timestamp_seconds",
+            "When the last successful cycle finished (Unix time; 0: none yet).",
+            registry=r,
+        )
+        self.last_success_date = Gauge(
+            "reloop_cycle_last_success_date_timestamp_seconds",
+            "The cycle date (00:00 UTC) of the last successful cycle.",
+            registry=r,
+        )
+        self.last_finished = Gauge(
+            "reloop_cycle_last_finished_timestamp_seconds",
+            "When the last cycle ended, any outcome.",
+            registry=r,
+        )
+        self.last_status = Gauge(
+            "reloop_cycle_last_status",
+            "1 for the outcome of the last cycle, 0 for the others.",
+            ["status"],
+            registry=r,
+        )
+        self.duration = Gauge(
+            "reloop_cycle_last_duration_seconds", "Wall time of the last cycle.", registry=r
+        )
+        self.gate_passed = Gauge(
+            "reloop_cycle_last_gate_passed", "1 if the last gated candidate passed, 0 if not.", registry=r
+        )
+        self.rows = Gauge(
+            "reloop_cycle_last_rows", "Rows of the last cycle.", ["kind"], registry=r
+        )  # read, valid, train, holdout
+        self.coverage = Gauge(
+            "reloop_cycle_last_prior_coverage_ratio",
+            "Share of the last cycle's training rows by prior source.",
+            ["source"],
+            registry=r,
+        )  # archived, recomputed, missing
+        # scheduler
+        self.scheduler_up = Gauge("reloop_scheduler_up", "1 while the scheduler runs.", registry=r)
+        self.next_run = Gauge(
+            "reloop_scheduler_next_run_timestamp_seconds", "Next scheduled tick (Unix time).", registry=r
+        )
+        self.catchup_pending = Gauge(
+            "reloop_scheduler_catchup_pending_days", "Days the running catch-up has still to run.", registry=r
+        )
+        self.catchup_beyond = Gauge(
+            "reloop_scheduler_catchup_beyond_bound_days",
+            "Missing days older than max_catchup_days (need a backfill).",
+            registry=r,
+        )
+        self.ticks = Counter("reloop_scheduler_ticks", "Catch-up ticks started.", registry=r)
+
+    def seed(self, runs: list[Any]) -> None:
+        """Set the last-success figures from the registry's runs (newest first)."""
+        for run in runs:
+            if getattr(run.status, "value", run.status) == "succeeded" and run.finished_at is not None:
+                self.last_success.set(run.finished_at.timestamp())
+                self.last_success_date.set(_day_ts(run.cycle_date))
+                return
+
+    def observe(self, outcome: Any) -> None:
+        status = str(outcome.status)
+        record: dict[str, Any] = getattr(outcome, "record", None) or {}
+        self.runs.labels(status).inc()
+        for s in ("succeeded", "failed", "skipped"):
+            self.last_status.labels(s).set(1 if s == status else 0)
+        now = datetime.now().astimezone()
+        self.last_finished.set(now.timestamp())
+        started = record.get("started_at")
+        if started:
+            with contextlib.suppress(ValueError):
+                self.duration.set(max(0.0, now.timestamp() - datetime.fromisoformat(started).timestamp()))
+        if status == "succeeded":
+            self.last_success.set(now.timestamp())
+            self.last_success_date.set(_day_ts(outcome.cycle_date))
+            if outcome.decision:
+                self.gate.labels(str(outcome.decision)).inc()
+        gate = record.get("gate") or {}
+        if "passed" in gate:
+            self.gate_passed.set(1 if gate["passed"] else 0)
+        ingest = record.get("ingest") or {}
+        train = record.get("train") or {}
+        for kind, value in (
+            ("read", ingest.get("rows_read")),
+            ("valid", ingest.get("rows_valid")),
+            ("train", train.get("train_rows")),
+            ("holdout", train.get("holdout_rows")),
+        ):
+            if isinstance(value, int | float):
+                self.rows.labels(kind).set(value)
+        coverage = record.get("coverage") or {}
+        total = coverage.get("rows") or 0
+        if total:
+            for source in ("archived", "recomputed", "missing"):
+                self.coverage.labels(source).set(float(coverage.get(source) or 0) / float(total))
+
+
+def _day_ts(day: Any) -> float:
+    from datetime import UTC, time
+
+    return datetime.combine(day, time(0), tzinfo=UTC).timestamp()
+
+
+CYCLE_METRICS = CycleMetrics()
+
+
+def cycle_finished(settings: Settings, outcome: Any) -> None:
+    """Count the outcome and alert the operator when it needs a look; never raises."""
+    try:
+        CYCLE_METRICS.observe(outcome)
+    except Exception:
+        log.exception("cycle metrics not updated")
+    try:
+        from reloop_service.alerts import cycle_alert, send_alert
+
+        event = cycle_alert(settings.model_name, outcome)
+        if event is not None:
+            send_alert(settings, event)
+    except Exception:
+        log.exception("cycle alert not sent")
