@@ -22,7 +22,11 @@ if TYPE_CHECKING:
     from reloop_service.training.models import CTRModel
 
 CHECKPOINT_FORMAT: Final = "reloop-checkpoint"
-CHECKPOINT_VERSION: Final = 1
+#: Version 2: embeddings in one fused table per model (``embedding.table.weight``), sparse optimizer
+#: state with one step per table. Version 1 (one table per field, per-row steps) still loads: the
+#: tables and their optimizer state are concatenated in field order on load (see docs/architecture.md).
+CHECKPOINT_VERSION: Final = 2
+READABLE_VERSIONS: Final = frozenset({1, 2})
 
 
 class CheckpointError(ValueError):
@@ -52,9 +56,11 @@ class Checkpoint:
 
     def build_model(self) -> CTRModel:
         """Rebuild the model with its trained weights, in eval mode."""
+        from reloop_service.training.layers import skip_table_init
         from reloop_service.training.models import build_model
 
-        model = build_model(self.model_name, self.feature_spec(), **self.model_args)
+        with skip_table_init():  # every table row is overwritten by the load below
+            model = build_model(self.model_name, self.feature_spec(), **self.model_args)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -105,8 +111,11 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
         raise CheckpointError(f"not a readable checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("not a reloop checkpoint (missing format marker)")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {payload.get('version')!r}")
+    if payload.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"unsupported checkpoint version {payload.get('version')!r} "
+            f"(this build reads versions {', '.join(map(str, sorted(READABLE_VERSIONS)))})"
+        )
     try:
         return Checkpoint(
             model_name=payload["model_name"],

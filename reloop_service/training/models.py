@@ -2,8 +2,9 @@
 
 Every model maps a ``FeatureBatch`` to logits [B], is sized from keyword arguments (kept in
 ``model_args`` so a checkpoint can rebuild it without any config), and lists its row-sparse
-embedding tables in ``sparse_tables()``; the trainer gives those to ``optim.RowSparseAdam`` and the
-remaining parameters to a dense optimizer. Models never build optimizers.
+embedding table (one fused table for all fields, ``layers.FieldEmbedding``) in ``sparse_tables()``;
+the trainer gives it to ``optim.RowSparseAdam`` and the remaining parameters to a dense optimizer.
+Models never build optimizers.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class CTRModel(nn.Module):
         return dict(self._model_args)
 
     def sparse_tables(self) -> list[RowSparseEmbedding]:
-        """Embedding tables updated row-sparsely (by ``optim.RowSparseAdam``)."""
+        """Embedding tables updated row-sparsely (by ``optim.RowSparseAdam``): the one fused table."""
         return self.embedding.tables()
 
     def dense_parameters(self) -> list[nn.Parameter]:

@@ -60,7 +60,7 @@ def test_models_map_batches_to_logits(name: str, numeric: bool, multi: bool) -> 
     model = build_model(name, spec(numeric, multi), embedding_dim=4, hidden=[8], dropout=0.1)
     out = model(batch(numeric=numeric, multi=multi))
     assert out.shape == (6,)
-    assert len(model.sparse_tables()) == 2 + int(multi)
+    assert len(model.sparse_tables()) == 1  # one fused table for every field
     tables = {id(t.weight) for t in model.sparse_tables()}
     assert not tables & {id(p) for p in model.dense_parameters()}
     out.sum().backward()

@@ -163,32 +163,3 @@ def test_two_forwards_before_a_step_sum_their_gradients() -> None:
     (loss_of(out[:3]) + loss_of(out[3:])).backward()
     opt_b.step()
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-7)
-
-
-def test_fused_field_lookup_equals_per_field_tables() -> None:
-    """FieldEmbedding's one-unique lookup of all categorical fields gives the per-table forward,
-    gradients and updates."""
-    import pytest
-
-    from reloop_service.training.layers import FieldEmbedding
-
-    torch.manual_seed(0)
-    fused = FieldEmbedding([30, 7, 50], [], 4)
-    separate = copy.deepcopy(fused)
-    cat = torch.tensor([[3, 0, 49], [3, 6, 1], [29, 6, 49], [0, 2, 1]])
-    opt_f = RowSparseAdam(fused.tables(), lr=0.05)
-    opt_s = RowSparseAdam(separate.tables(), lr=0.05)
-    for _ in range(2):
-        opt_f.zero_grad()
-        out_f = fused(cat, torch.zeros(4, 0, 0, dtype=torch.long))
-        opt_s.zero_grad()
-        out_s = torch.stack([t(cat[:, i]) for i, t in enumerate(separate.tables())], dim=1)
-        assert torch.equal(out_f, out_s)
-        loss_of(out_f).backward()
-        loss_of(out_s).backward()
-        opt_f.step()
-        opt_s.step()
-    for a, b in zip(fused.tables(), separate.tables(), strict=True):
-        assert torch.equal(a.weight, b.weight)
-    with pytest.raises(IndexError, match="categorical field 1: bucket id out of range for its table of 7"):
-        fused(torch.tensor([[1, 7, 1]]), torch.zeros(1, 0, 0, dtype=torch.long))
