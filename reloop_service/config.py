@@ -97,6 +97,43 @@ class Settings(BaseSettings):
     archive_flush_seconds: float = Field(default=5.0, gt=0.0)
     archive_buffer_rows: int = Field(default=500_000, ge=1)
     archive_block_ms: float = Field(default=50.0, ge=0.0)
+    registry_stale_after_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="/readyz says database 'stale' when no registry poll succeeded for this long; "
+        "default 5 watch intervals (at least 2 s).",
+    )
+    admin_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="Deadline of one admin request's database work: a write not committed by then is rolled "
+        "back (never applied later) and the request answers 503.",
+    )
+    cycle_future_days: int = Field(
+        default=1, ge=0, description="The admin API refuses cycle dates more than this many days ahead (UTC)."
+    )
+
+    # --- registry database -------------------------------------------------------------------------
+    db_connect_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="Give up opening a PostgreSQL connection after this long."
+    )
+    db_statement_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="PostgreSQL statement_timeout of every registry connection "
+        "(the server cancels longer statements).",
+    )
+    db_pool_timeout_s: float = Field(
+        default=5.0, gt=0.0, description="Wait at most this long for a free pooled connection."
+    )
+
+    # --- garbage collection ----------------------------------------------------------------------
+    gc_grace_s: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="`reloop gc` and the cycle's sweep leave unreferenced artifacts younger than this alone "
+        "(a registration in flight writes its artifact before its row).",
+    )
 
     @field_validator("data_dir")
     @classmethod

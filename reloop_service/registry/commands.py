@@ -49,6 +49,16 @@ def _store() -> Any:
     return store
 
 
+def _verify(settings: Settings, engine: Engine, version: int) -> None:
+    """Load ``version``'s artifact for real (sha256, decode, warm-up); ``ArtifactUnusableError`` otherwise."""
+    from reloop_service.registry.service import artifact_store
+    from reloop_service.registry.verify import load_version
+
+    with _db().session_scope(engine, readonly=True) as session:
+        info = _store().get_version(session, model_name=settings.model_name, version=version)
+    load_version(artifact_store(settings), info)
+
+
 VersionStatusName = Literal["candidate", "production", "archived", "rejected", "failed"]
 
 DatabaseUrlOption = Annotated[
@@ -340,6 +350,7 @@ def promote_command(
             seen = _store().get_production(session, model_name=settings.model_name)
         if seen is not None and seen.version.version == version:
             return None
+        _verify(settings, engine, version)  # checksum + real load before production moves
         with _db().session_scope(engine) as session:
             return _store().promote(
                 session,
@@ -385,12 +396,20 @@ def rollback_command(
     who = _actor(actor)
 
     def run(engine: Engine) -> Any:
+        with _db().session_scope(engine, readonly=True) as session:
+            current, target = _store().rollback_plan(session, model_name=settings.model_name, to=to)
+        _verify(settings, engine, target.version)  # checksum + real load before production moves
         with _db().session_scope(engine) as session:
-            before = _store().get_production(session, model_name=settings.model_name)
             after = _store().rollback(
-                session, model_name=settings.model_name, actor=who, reason=reason, to=to, force=force
+                session,
+                model_name=settings.model_name,
+                actor=who,
+                reason=reason,
+                to=target.version,
+                force=force,
+                expected_current=current,
             )
-            return before.version.version if before else None, after
+            return current, after
 
     previous, production = _with_registry(settings, run)
     from reloop_service.alerts import rollback_alert, send_alert

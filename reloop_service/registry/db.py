@@ -18,6 +18,7 @@ writers queue on the database lock instead of failing when a read snapshot would
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -35,9 +36,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
+from reloop_service.config import Settings
 from reloop_service.registry.errors import (
     ConflictError,
     DatabaseError,
+    DeadlineExceededError,
     RegistryError,
     RetryableConflictError,
     SchemaOutOfDateError,
@@ -75,8 +78,22 @@ def safe_url(url: str | Engine) -> str:
 
 
 # ------------------------------------------------------------------------------------------ engines
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for the registry: SQLite file (WAL, FKs, busy timeout) or PostgreSQL via psycopg 3."""
+def make_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    connect_timeout_s: float = 5.0,
+    statement_timeout_s: float | None = 60.0,
+    pool_timeout_s: float = 5.0,
+) -> Engine:
+    """An engine for the registry: SQLite file (WAL, FKs, busy timeout) or PostgreSQL via psycopg 3.
+
+    PostgreSQL gets bounded waits so a hung server cannot hold a caller forever where a bound is possible:
+    ``connect_timeout`` (libpq: the whole connection start-up), ``statement_timeout`` (set on each new
+    connection; the server cancels longer statements) and the pool's checkout wait. A server that is
+    frozen outright (SIGSTOP, a stuck VM) answers nothing, not even a cancel: callers that must not wait
+    on it use a deadline (``session_scope(deadline=...)``) and run it off their request thread.
+    """
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -90,7 +107,33 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _configure_sqlite(engine, wal=bool(database) and database != ":memory:")
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_timeout=pool_timeout_s,
+        connect_args={"connect_timeout": max(1, math.ceil(connect_timeout_s))},
+    )
+    if statement_timeout_s is not None:
+        timeout_ms = max(1, int(statement_timeout_s * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {timeout_ms}")
+            dbapi_connection.commit()
+
+    return engine
+
+
+def settings_engine(settings: Settings) -> Engine:
+    """``make_engine`` on the settings' database with their ``RELOOP_DB_*_TIMEOUT_S`` bounds."""
+    return make_engine(
+        settings.resolved_database_url,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -140,16 +183,30 @@ def map_db_error(err: sa_exc.SQLAlchemyError) -> RegistryError:
     return DatabaseError(f"database error: {err}")
 
 
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceededError(
+            f"the registry database did not answer in time; {what} (nothing was changed)"
+        )
+
+
 @contextmanager
-def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+def session_scope(
+    engine: Engine, *, readonly: bool = False, deadline: float | None = None
+) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any error, database errors as registry errors.
 
     ``readonly=True`` starts a plain (deferred) transaction on SQLite so readers never queue behind writers.
+    ``deadline`` (a ``time.monotonic()`` value): past it, the transaction is not started, or is rolled back
+    instead of committed (``DeadlineExceededError``). Every statement has returned before COMMIT is sent,
+    so a write whose statements were held up by a hung server is never applied once it answers again.
     """
+    _check_deadline(deadline, "the change was not started")
     bind = engine.execution_options(**{_READONLY: True}) if readonly else engine
     session = Session(bind=bind, expire_on_commit=False, autoflush=False)
     try:
         yield session
+        _check_deadline(deadline, "the change was rolled back")
         session.commit()
     except sa_exc.SQLAlchemyError as err:
         session.rollback()
@@ -162,14 +219,19 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
 
 
 def run_transaction(
-    engine: Engine, fn: Callable[[Session], T], *, attempts: int = 8, backoff_s: float = 0.02
+    engine: Engine,
+    fn: Callable[[Session], T],
+    *,
+    attempts: int = 8,
+    backoff_s: float = 0.02,
+    deadline: float | None = None,
 ) -> T:
     """Run ``fn(session)`` in a fresh ``session_scope``, again on a retryable conflict (taken version number,
     deadlock, serialization failure, locked SQLite). Each attempt is a new transaction, so ``fn`` must do all
-    its reads inside the session it is given."""
+    its reads inside the session it is given. ``deadline`` bounds all attempts (see ``session_scope``)."""
     for attempt in range(1, attempts + 1):
         try:
-            with session_scope(engine) as session:
+            with session_scope(engine, deadline=deadline) as session:
                 return fn(session)
         except RegistryError as err:
             if not err.retryable or attempt == attempts:

@@ -66,6 +66,28 @@ class ArtifactMissingError(ArtifactIntegrityError):
     """A registered artifact that is no longer at its URI."""
 
 
+class ArtifactUnusableError(RegistryError):
+    """A version whose artifact cannot be served: missing, checksum mismatch, or not a loadable model.
+
+    Raised before production moves (promote, rollback), so the alias never points at a model no replica can
+    load. ``reason`` is a short phrase without paths (safe for unauthenticated health routes); the message
+    carries the full detail.
+    """
+
+    status_code = 422
+
+    def __init__(self, message: str, *, version: int, reason: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.reason = reason
+
+
+class DeadlineExceededError(RegistryError):
+    """An admin write that did not finish before its deadline; it was rolled back, never applied later."""
+
+    status_code = 503
+
+
 class DatabaseError(RegistryError):
     """Any other database failure (connection refused, bad SQL), with the driver message."""
 

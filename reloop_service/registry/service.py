@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from reloop_service.config import Settings
 from reloop_service.registry.artifacts import ArtifactStore
-from reloop_service.registry.db import ensure_at_head, make_engine, normalize_url
+from reloop_service.registry.db import ensure_at_head, normalize_url, settings_engine
 from reloop_service.registry.errors import SchemaOutOfDateError
 
 
@@ -38,7 +38,7 @@ def open_registry(settings: Settings) -> Engine:
             f"registry database {missing} does not exist (data dir {settings.data_dir.resolve()}); "
             "run `reloop db upgrade`"
         )
-    engine = make_engine(url)
+    engine = settings_engine(settings)
     try:
         ensure_at_head(engine)
     except BaseException:

@@ -41,6 +41,7 @@ from reloop_service.registry.errors import (
     InvalidTransitionError,
     NotFoundError,
     PromotionConflictError,
+    RetryableConflictError,
 )
 from reloop_service.registry.events import CycleStatus, EventKind, VersionStatus
 from reloop_service.registry.orm import CycleRunRow, ModelVersionRow, ProductionAliasRow, RegistryEventRow
@@ -352,6 +353,7 @@ def promote(
     reason: str,
     expected_current: int | None,
     force: bool = False,
+    unconditional: bool = False,
 ) -> Production:
     """Make ``version`` production if production is still ``expected_current`` (``None``: no production yet).
 
@@ -359,11 +361,25 @@ def promote(
     event is written. A ``rejected`` version may be promoted (an operator overriding the gate; the event
     records the override); a ``failed`` one needs ``force``. Raises ``PromotionConflictError`` when production
     moved.
+
+    ``unconditional=True`` ignores ``expected_current``: whatever is production once the alias row is locked
+    (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` serialises writers) is replaced, so concurrent
+    unconditional promotes queue instead of failing. Promoting the version that is already production is then
+    a no-op that returns it; a race on the very first alias insert is a ``RetryableConflictError`` (run it
+    again in a fresh transaction, as ``db.run_transaction`` does).
     """
     reason = _require_reason(reason)
     alias = _alias_row(session, model_name)
     current = alias.version if alias is not None else None
-    if current != expected_current:
+    if unconditional:
+        if alias is not None and version == current:
+            return Production(
+                model_name=model_name,
+                version=_version(_version_row(session, model_name, version)),
+                updated_at=alias.updated_at,
+                updated_by=alias.updated_by,
+            )
+    elif current != expected_current:
         raise PromotionConflictError(
             f"production of model {model_name!r} is {_label(current)}, "
             f"not {_label(expected_current)} as expected;"
@@ -377,16 +393,21 @@ def promote(
         raise InvalidTransitionError(f"version {version} is failed; promoting it needs force")
     old = _version_row(session, model_name, current, lock=True) if current is not None else None
     now = _now()
-    production = _move_production(
-        session,
-        model_name=model_name,
-        alias=alias,
-        old=old,
-        new=target,
-        actor=actor,
-        now=now,
-        rolled_back=False,
-    )
+    try:
+        production = _move_production(
+            session,
+            model_name=model_name,
+            alias=alias,
+            old=old,
+            new=target,
+            actor=actor,
+            now=now,
+            rolled_back=False,
+        )
+    except PromotionConflictError as err:
+        if unconditional:  # only possible when two writers inserted the first alias at once
+            raise RetryableConflictError(str(err)) from err
+        raise
     _append_event(
         session,
         model_name=model_name,
@@ -444,6 +465,38 @@ def production_history(session: Session, *, model_name: str = DEFAULT_MODEL) -> 
     return stack
 
 
+def _rollback_to(session: Session, model_name: str, current: int, to: int | None) -> int:
+    if to is not None:
+        return to
+    stack = production_history(session, model_name=model_name)
+    if current not in stack:
+        raise InvalidTransitionError(
+            f"the history does not show how version {current} became production; name a version with --to"
+        )
+    position = len(stack) - 1 - stack[::-1].index(current)
+    if position == 0:
+        raise InvalidTransitionError(
+            f"no earlier production version of model {model_name!r} to roll back to; name one with --to"
+        )
+    return stack[position - 1]
+
+
+def rollback_plan(
+    session: Session, *, model_name: str = DEFAULT_MODEL, to: int | None = None
+) -> tuple[int, ModelVersion]:
+    """What ``rollback`` would do now: ``(current production, target version)``, without changing anything.
+
+    Callers verify the target's artifact with it, then run ``rollback(to=target, expected_current=current)``.
+    """
+    alias = session.execute(
+        select(ProductionAliasRow).where(ProductionAliasRow.model_name == model_name)
+    ).scalar_one_or_none()
+    if alias is None:
+        raise InvalidTransitionError(f"model {model_name!r} has no production version to roll back")
+    target = _rollback_to(session, model_name, alias.version, to)
+    return alias.version, _version(_version_row(session, model_name, target))
+
+
 def rollback(
     session: Session,
     *,
@@ -470,18 +523,7 @@ def rollback(
             f"production of model {model_name!r} is version {current}, "
             f"not version {expected_current} as expected"
         )
-    if to is None:
-        stack = production_history(session, model_name=model_name)
-        if current not in stack:
-            raise InvalidTransitionError(
-                f"the history does not show how version {current} became production; name a version with --to"
-            )
-        position = len(stack) - 1 - stack[::-1].index(current)
-        if position == 0:
-            raise InvalidTransitionError(
-                f"no earlier production version of model {model_name!r} to roll back to; name one with --to"
-            )
-        to = stack[position - 1]
+    to = _rollback_to(session, model_name, current, to)
     if to == current:
         raise InvalidTransitionError(f"version {to} is already in production")
     target = _version_row(session, model_name, to, lock=True)

@@ -1,7 +1,9 @@
 """Admin verbs behind ``/v1/admin``: one registry transaction each, then converge this replica.
 
-Promote and rollback swap this replica's model before answering (other replicas converge on
-their next poll), so a caller that got 200 knows every later request here is on the new version.
+Promote and rollback load and check the target's artifact first (a version that cannot be served is
+refused with 422 and production does not move), then swap this replica's model before answering (other
+replicas converge on their next poll), so a caller that got 200 knows every later request here is on the
+new version.
 """
 
 from __future__ import annotations
@@ -15,29 +17,54 @@ from sqlalchemy.orm import Session
 from reloop_service.registry import store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleRun, ModelVersion, Production, RegistryEvent
+from reloop_service.registry.errors import ArtifactUnusableError, PromotionConflictError
 from reloop_service.registry.events import VersionStatus
-from reloop_service.serving.holder import ModelHolder
+from reloop_service.serving.holder import LoadedModel, ModelHolder
 
 
 def list_versions(
-    *, engine: Engine, model_name: str, status: VersionStatus | None, limit: int
+    *,
+    engine: Engine,
+    model_name: str,
+    status: VersionStatus | None,
+    limit: int,
+    deadline: float | None = None,
 ) -> tuple[list[ModelVersion], Production | None]:
     """Versions newest first and the production alias (who set it, when), from one snapshot."""
-    with session_scope(engine, readonly=True) as session:
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
         versions = store.list_versions(session, model_name=model_name, status=status, limit=limit)
         prod = store.get_production(session, model_name=model_name)
     return versions, prod
 
 
 def show_version(
-    *, engine: Engine, model_name: str, version: int
+    *, engine: Engine, model_name: str, version: int, deadline: float | None = None
 ) -> tuple[ModelVersion, list[ModelVersion], bool]:
     """A version, its ancestors (nearest parent first) and whether it is production."""
-    with session_scope(engine, readonly=True) as session:
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
         lineage = store.get_lineage(session, model_name=model_name, version=version)
         prod = store.get_production(session, model_name=model_name)
     is_prod = prod is not None and prod.version.version == version
     return lineage.version, list(lineage.parents), is_prod
+
+
+def _read_version(engine: Engine, model_name: str, version: int, deadline: float | None) -> ModelVersion:
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
+        return store.get_version(session, model_name=model_name, version=version)
+
+
+def _prepare(holder: ModelHolder, info: ModelVersion) -> LoadedModel:
+    """Load the target's model before production moves; its failure is the promote's 422 with the reason."""
+    try:
+        return holder.prepare(info)
+    except ArtifactUnusableError:
+        raise
+    except Exception as exc:
+        raise ArtifactUnusableError(
+            f"version {info.version} cannot be served: {type(exc).__name__}: {exc}",
+            version=info.version,
+            reason=type(exc).__name__,
+        ) from exc
 
 
 def promote_version(
@@ -49,25 +76,28 @@ def promote_version(
     reason: str,
     actor: str,
     expected_current: int | None,
+    deadline: float | None = None,
 ) -> Production:
-    """Promote ``version`` (compare-and-set on ``expected_current`` when given), then swap here."""
-
-    def _tx(session: Session) -> Production:
-        expected = expected_current
-        if expected is None:  # unconditional: compare with what is production in this transaction
-            prod = store.get_production(session, model_name=model_name)
-            expected = prod.version.version if prod else None
-        return store.promote(
+    """Verify ``version``'s artifact by loading it (sha256, decode, warm-up), then promote it (compare-and-set
+    on ``expected_current`` when given; otherwise unconditionally, serialized on the locked alias row) and
+    serve the loaded model here. A write past ``deadline`` is rolled back, never applied later."""
+    prepared = _prepare(holder, _read_version(engine, model_name, version, deadline))
+    production = run_transaction(
+        engine,
+        lambda session: store.promote(
             session,
             model_name=model_name,
             version=version,
             actor=actor,
             reason=reason,
-            expected_current=expected,
-        )
-
-    production = run_transaction(engine, _tx)
-    holder.poll_once()
+            expected_current=expected_current,
+            unconditional=expected_current is None,
+        ),
+        deadline=deadline,
+    )
+    if production.version.artifact == prepared.info.artifact:
+        holder.adopt(prepared)
+    holder.poll_once()  # converge at once if another promote landed after ours
     return production
 
 
@@ -80,25 +110,49 @@ def rollback_production(
     actor: str,
     to: int | None,
     force: bool,
+    deadline: float | None = None,
 ) -> Production:
-    """Roll production back (to the previous production version, or ``to``), then swap here."""
-    production = run_transaction(
-        engine,
-        lambda session: store.rollback(
-            session, model_name=model_name, actor=actor, reason=reason, to=to, force=force
-        ),
-    )
-    holder.poll_once()
-    return production
+    """Roll production back (to the previous production version, or ``to``) after loading the target's
+    artifact, then serve it here. Production moving meanwhile re-plans (a few times) rather than failing."""
+    for attempt in range(1, 6):
+        with session_scope(engine, readonly=True, deadline=deadline) as session:
+            current, target = store.rollback_plan(session, model_name=model_name, to=to)
+        prepared = _prepare(holder, target)
+
+        def _tx(session: Session, target: int = target.version, current: int = current) -> Production:
+            return store.rollback(
+                session,
+                model_name=model_name,
+                actor=actor,
+                reason=reason,
+                to=target,
+                force=force,
+                expected_current=current,
+            )
+
+        try:
+            production = run_transaction(engine, _tx, deadline=deadline)
+        except PromotionConflictError:
+            if attempt == 5:
+                raise
+            continue
+        holder.adopt(prepared)
+        holder.poll_once()
+        return production
+    raise AssertionError("unreachable")
 
 
-def list_events(*, engine: Engine, model_name: str, version: int | None, limit: int) -> list[RegistryEvent]:
-    with session_scope(engine, readonly=True) as session:
+def list_events(
+    *, engine: Engine, model_name: str, version: int | None, limit: int, deadline: float | None = None
+) -> list[RegistryEvent]:
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
         return store.list_events(session, model_name=model_name, version=version, limit=limit)
 
 
-def list_cycle_runs(*, engine: Engine, model_name: str, limit: int) -> list[CycleRun]:
-    with session_scope(engine, readonly=True) as session:
+def list_cycle_runs(
+    *, engine: Engine, model_name: str, limit: int, deadline: float | None = None
+) -> list[CycleRun]:
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
         return store.list_cycle_runs(session, model_name=model_name, limit=limit)
 
 

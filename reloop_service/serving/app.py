@@ -25,9 +25,11 @@ from reloop_service.config import Settings
 from reloop_service.data.archive import PredictionArchive
 from reloop_service.registry import store
 from reloop_service.registry.artifacts import ArtifactStore
-from reloop_service.registry.db import ensure_at_head, make_engine, safe_url, session_scope
+from reloop_service.registry.db import ensure_at_head, safe_url, session_scope, settings_engine
 from reloop_service.registry.entities import ModelVersion
 from reloop_service.registry.errors import RegistryError, SchemaOutOfDateError
+from reloop_service.registry.verify import load_version
+from reloop_service.serving.deadline import ADMIN_THREADS, AdminWorkers
 from reloop_service.serving.holder import ModelHolder
 from reloop_service.serving.metrics import ServingMetrics
 from reloop_service.serving.routes import admin, health, metrics, model, predict
@@ -39,9 +41,6 @@ log = logging.getLogger(__name__)
 
 def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
     """A model holder fed by the registry's production alias and the artifact store."""
-    from reloop_service.training.checkpoint import checkpoint_from_bytes
-    from reloop_service.training.predict import Predictor
-
     artifacts = ArtifactStore(settings.resolved_artifacts_uri, settings.storage_options())
     model_name = settings.model_name
 
@@ -51,14 +50,15 @@ def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
         return prod.version if prod else None
 
     def load(info: ModelVersion) -> tuple[Any, Any]:
-        checkpoint = checkpoint_from_bytes(artifacts.get(info.artifact))  # sha256 verified here
-        return Predictor(checkpoint), checkpoint.feature_spec()
+        predictor = load_version(artifacts, info)  # sha256, decode, rebuild, warm-up: the promote's check
+        return predictor, predictor.spec
 
     return ModelHolder(
         model_name=model_name,
         fetch_production=fetch,
         load_predictor=load,
         watch_interval_s=settings.watch_interval_s,
+        stale_after_s=settings.registry_stale_after_s,
     )
 
 
@@ -154,7 +154,7 @@ def create_app(
 ) -> FastAPI:
     """Build the service. ``holder``/``engine`` default to the registry of ``settings``."""
     if engine is None:
-        engine = make_engine(settings.resolved_database_url)
+        engine = settings_engine(settings)
     if holder is None:
         holder = registry_holder(settings, engine)
     metrics_ = ServingMetrics()
@@ -180,6 +180,7 @@ def create_app(
             )
         metrics_.bind(holder=holder, archive=state.archive)
         holder.start()
+        state.admin_workers = AdminWorkers(ADMIN_THREADS)
         log.info("serving model %r (archive %s)", settings.model_name, "on" if state.archive else "off")
         try:
             yield

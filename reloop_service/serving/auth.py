@@ -33,10 +33,12 @@ def check_admin_token(*, settings: Settings, presented: str | None) -> None:
         )
 
 
-def require_admin(
+async def require_admin(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> str:
-    """FastAPI dependency of every admin route; returns the actor name recorded in the audit trail."""
+    """FastAPI dependency of every admin route; returns the actor name recorded in the audit trail.
+
+    ``async`` so it runs on the event loop: admin routes never queue on the threadpool predictions use."""
     settings: Settings = request.app.state.settings
     check_admin_token(settings=settings, presented=credentials.credentials if credentials else None)
     return ADMIN_ACTOR

@@ -4,8 +4,12 @@ Requests read ``holder.current`` once (a plain attribute read: atomic, lock-free
 that model even if a swap happens meanwhile. The watcher polls the registry's production alias
 every ``watch_interval_s``; on a change it loads the artifact (sha256 verified by the artifact
 store), warms it with one prediction and only then swaps the reference. A failed load keeps the
-old model, is logged and counted. An unreachable database changes nothing but ``db_ok``: the
-replica keeps serving what it has.
+old model, is logged and counted, and its reason is kept for ``/readyz`` and the 503 of a replica with
+no model. An unreachable database changes nothing but ``db_ok``: the replica keeps serving what it has.
+
+Health routes read only the attributes the watcher maintains (never the database, never a lock): a
+poll that hangs on a frozen database leaves ``last_ok_poll`` behind, and ``registry_state()`` then says
+``stale`` once it is older than ``stale_after_s``.
 """
 
 from __future__ import annotations
@@ -55,18 +59,22 @@ class ModelHolder:
         fetch_production: FetchProduction,
         load_predictor: LoadPredictor,
         watch_interval_s: float = 1.0,
+        stale_after_s: float | None = None,
     ) -> None:
         self.model_name = model_name
         self._fetch = fetch_production
         self._load = load_predictor
         self.watch_interval_s = watch_interval_s
+        self.stale_after_s = stale_after_s if stale_after_s is not None else max(5 * watch_interval_s, 2.0)
         self.current: LoadedModel | None = None
         self.swaps = 0
         self.load_failures = 0
         self.db_ok = False
         self.db_error: str | None = None
-        self.last_poll_at: datetime | None = None
-        self.last_load_error: str | None = None
+        self.last_poll_at: datetime | None = None  # last poll that reached the registry
+        self.last_ok_poll: float | None = None  # its monotonic time
+        self.last_load_error: str | None = None  # full text (admin API, logs)
+        self.last_load_reason: str | None = None  # short, path-free (public /readyz and 503s)
         self._failed: dict[tuple[int, str], float] = {}  # (version, sha256) -> monotonic time of failure
         self._lock = threading.Lock()  # one load at a time (watcher or admin)
         self._stop = threading.Event()
@@ -86,12 +94,12 @@ class ModelHolder:
                     log.error("registry unreachable, serving the loaded model: %s", exc)
                 self.db_ok = False
                 self.db_error = f"{type(exc).__name__}: {exc}"
-                self.last_poll_at = datetime.now(UTC)
                 return False
             if not self.db_ok:
                 log.info("registry reachable")
             self.db_ok, self.db_error = True, None
             self.last_poll_at = datetime.now(UTC)
+            self.last_ok_poll = time.monotonic()
             if wanted is None:
                 return False
             current = self.current
@@ -103,26 +111,14 @@ class ModelHolder:
                 return False
             return self._load_and_swap(wanted)
 
-    def _load_and_swap(self, info: ModelVersion) -> bool:
-        started = time.perf_counter()
-        try:
-            predictor, spec = self._load(info)
-            warm = np.asarray(predictor.predict_records([{}]), dtype=np.float64)
-            if warm.shape != (1,) or not np.isfinite(warm).all():
-                raise ValueError(f"warm-up prediction is not one finite number: {warm!r}")
-        except Exception as exc:
-            self.load_failures += 1
-            self._failed[(info.version, info.artifact.sha256)] = time.monotonic()
-            self.last_load_error = f"version {info.version}: {type(exc).__name__}: {exc}"
-            log.error(
-                "loading %s version %d failed, keeping the current model: %s",
-                self.model_name,
-                info.version,
-                exc,
-            )
-            return False
-        previous = self.current
-        self.current = LoadedModel(
+    def prepare(self, info: ModelVersion) -> LoadedModel:
+        """Load and warm ``info``'s model without serving it; raises (with the reason) when it cannot be
+        served. Admin promotes call it before production moves, then ``adopt`` the result."""
+        predictor, spec = self._load(info)
+        warm = np.asarray(predictor.predict_records([{}]), dtype=np.float64)
+        if warm.shape != (1,) or not np.isfinite(warm).all():
+            raise ValueError(f"warm-up prediction is not one finite number: {warm!r}")
+        return LoadedModel(
             predictor=predictor,
             spec=spec,
             version=info.version,
@@ -130,17 +126,62 @@ class ModelHolder:
             info=info,
             loaded_at=datetime.now(UTC),
         )
-        self._failed.pop((info.version, info.artifact.sha256), None)
-        self.last_load_error = None
+
+    def adopt(self, loaded: LoadedModel) -> None:
+        """Serve a model ``prepare`` returned (after the registry moved to it)."""
+        with self._lock:
+            self._swap(loaded, started=time.perf_counter())
+
+    def _swap(self, loaded: LoadedModel, *, started: float) -> None:
+        previous = self.current
+        if previous is not None and previous.version == loaded.version and previous.info == loaded.info:
+            return
+        self.current = loaded
+        self._failed.pop((loaded.version, loaded.info.artifact.sha256), None)
+        self.last_load_error = self.last_load_reason = None
         self.swaps += 1
         log.info(
             "serving %s version %d (was %s), loaded in %.0f ms",
             self.model_name,
-            info.version,
+            loaded.version,
             previous.version if previous else None,
             (time.perf_counter() - started) * 1000,
         )
+
+    def _load_and_swap(self, info: ModelVersion) -> bool:
+        started = time.perf_counter()
+        try:
+            loaded = self.prepare(info)
+        except Exception as exc:
+            self.load_failures += 1
+            self._failed[(info.version, info.artifact.sha256)] = time.monotonic()
+            self.last_load_error = f"version {info.version}: {type(exc).__name__}: {exc}"
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.last_load_reason = f"version {info.version}: {reason}"
+            log.error(
+                "loading %s version %d failed, keeping the current model: %s",
+                self.model_name,
+                info.version,
+                exc,
+            )
+            return False
+        self._swap(loaded, started=started)
         return True
+
+    # --- what health routes read (no database, no lock) ------------------------------------------
+    def registry_state(self) -> str:
+        """``ok``, ``unreachable`` (the last poll failed) or ``stale`` (no successful poll for
+        ``stale_after_s``: the database hangs, or the watcher does)."""
+        last = self.last_ok_poll
+        if not self.db_ok or last is None:
+            return "unreachable"
+        return "stale" if time.monotonic() - last > self.stale_after_s else "ok"
+
+    def unavailable_detail(self) -> str:
+        """The 503 text of a replica with no model: why, without paths or database details."""
+        if self.last_load_reason is not None:
+            return f"no model loaded: {self.last_load_reason}"
+        return "no model loaded yet: promote a version to production"
 
     # --- watcher ------------------------------------------------------------------------------
     def start(self) -> None:

@@ -162,10 +162,30 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool = Field(description="True when a model is loaded (predictions are answered).")
     model_version: int | None
-    database: str = Field(description="'ok' or 'unreachable': the registry's state at the last poll.")
-    database_error: str | None = None
-    last_poll_at: datetime | None
+    database: str = Field(
+        description="'ok'; 'unreachable' (the last registry poll failed); 'stale' (no poll succeeded "
+        "for a few watch intervals: the database hangs). Details only in GET /v1/admin/status."
+    )
+    last_poll_at: datetime | None = Field(description="When a registry poll last succeeded.")
+    load_error: str | None = Field(
+        default=None,
+        description="Why the production version could not be loaded "
+        "('version 3: artifact checksum mismatch'); null once a load succeeds.",
+    )
     archive_enabled: bool
+
+
+class AdminStatus(BaseModel):
+    """What /readyz keeps to itself: the registry's address and the full error texts."""
+
+    database: str
+    database_url: str = Field(description="The registry URL with its password masked.")
+    database_error: str | None
+    last_poll_at: datetime | None
+    model_version: int | None
+    load_error: str | None = Field(description="The last failed load, in full (URI, checksums).")
+    load_failures: int
+    swaps: int
 
 
 # --- admin -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from reloop_service.config import Settings
 from reloop_service.data.archive import PredictionArchive
+from reloop_service.serving.deadline import AdminWorkers
 from reloop_service.serving.holder import ModelHolder
 from reloop_service.serving.metrics import ServingMetrics
 
@@ -25,6 +26,8 @@ class ServingState:
     metrics: ServingMetrics
     archive: PredictionArchive | None = None
     engine: Any = None  # sqlalchemy Engine of the registry
+    # Admin database work runs here, never in the threadpool predictions use (set by the lifespan).
+    admin_workers: AdminWorkers | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from reloop_service.registry import store
-from reloop_service.registry.db import make_engine, session_scope
+from reloop_service.registry.artifacts import ArtifactStore
+from reloop_service.registry.db import make_engine, run_transaction, session_scope
 from reloop_service.registry.entities import ArtifactRef, ModelVersion
-from reloop_service.registry.errors import PromotionConflictError
+from reloop_service.registry.errors import PromotionConflictError, RegistryError
 
 
 def fake_ref(seed: str) -> ArtifactRef:
@@ -25,13 +26,38 @@ def fake_ref(seed: str) -> ArtifactRef:
     return ArtifactRef(uri=f"/artifacts/{seed}.ckpt", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
-def register(engine: Engine, *, parent: int | None = None, **kwargs: Any) -> ModelVersion:
-    """Register one version in its own transaction."""
+def real_ref(artifacts: ArtifactStore, seed: int) -> ArtifactRef:
+    """A real, loadable tiny checkpoint stored in ``artifacts`` (promote and rollback load it first)."""
+    import torch
+
+    from reloop_service.data.spec import default_spec
+    from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
+    from reloop_service.training.models import build_model
+
+    torch.manual_seed(seed)
+    spec = default_spec()
+    spec = spec.with_numeric_stats({f.name: (0.0, 1.0) for f in spec.numeric})
+    model = build_model("dnn", spec, embedding_dim=2, hidden=[4])
+    ckpt = Checkpoint(
+        model_name="dnn",
+        model_args=model.model_args,
+        state_dict=model.state_dict(),
+        spec=spec.to_dict(),
+        loss="bce",
+        loss_params={},
+        seed=seed,
+    )
+    return artifacts.put(checkpoint_to_bytes(ckpt), f"model-{seed}.pt")
+
+
+def register(
+    engine: Engine, *, parent: int | None = None, artifacts: ArtifactStore | None = None, **kwargs: Any
+) -> ModelVersion:
+    """Register one version in its own transaction (a real artifact when ``artifacts`` is given)."""
     with session_scope(engine) as session:
         count = len(store.list_versions(session, limit=10_000))
-        return store.register_version(
-            session, artifact=fake_ref(f"v{count + 1}"), actor="test", parent_version=parent, **kwargs
-        )
+        ref = real_ref(artifacts, count + 1) if artifacts is not None else fake_ref(f"v{count + 1}")
+        return store.register_version(session, artifact=ref, actor="test", parent_version=parent, **kwargs)
 
 
 def production_version(engine: Engine) -> int | None:
@@ -68,6 +94,37 @@ def promote_rounds(
             except PromotionConflictError:
                 outcomes.append("conflict")
             barrier.wait(timeout=60)
+    finally:
+        engine.dispose()
+    return outcomes
+
+
+def promote_unconditionally(
+    url: str, versions: tuple[int, ...], rounds: int, barrier: Barrier, name: str
+) -> list[str]:
+    """Each round: wait for the other process, then promote the next of ``versions`` without an expectation
+    (what the admin API does for a body without ``expected_current``), each in its own retried transaction."""
+    engine = make_engine(url)
+    outcomes: list[str] = []
+    try:
+        for i in range(rounds):
+            target = versions[i % len(versions)]
+            barrier.wait(timeout=60)
+            try:
+                production = run_transaction(
+                    engine,
+                    lambda session, target=target: store.promote(
+                        session,
+                        version=target,
+                        actor=name,
+                        reason="race",
+                        expected_current=None,
+                        unconditional=True,
+                    ),
+                )
+                outcomes.append(f"ok:{production.version.version}")
+            except RegistryError as err:
+                outcomes.append(f"{type(err).__name__}: {err}")
     finally:
         engine.dispose()
     return outcomes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +14,17 @@ from typer.testing import CliRunner
 import reloop_service.registry.commands  # noqa: F401  (registers the registry commands)
 from reloop_service.clitools import app
 from reloop_service.registry import db
+from reloop_service.registry.artifacts import ArtifactStore
 
 
 @pytest.fixture
-def cli(db_url: str) -> Any:
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ArtifactStore:
+    monkeypatch.setenv("RELOOP_ARTIFACTS_URI", str(tmp_path / "artifacts"))
+    return ArtifactStore(str(tmp_path / "artifacts"))
+
+
+@pytest.fixture
+def cli(db_url: str, artifacts: ArtifactStore) -> Any:
     runner = CliRunner()
 
     def invoke(*args: str) -> Any:
@@ -49,9 +57,11 @@ def test_every_command_refuses_a_database_not_at_head(cli: Any) -> None:
     assert _json(cli("db", "downgrade", "--revision", "base", "--json"))["revision"] is None
 
 
-def test_promote_rollback_history_and_show(cli: Any, migrated_engine: Engine) -> None:
-    rt.register(migrated_engine, metrics={"auc": 0.7})
-    rt.register(migrated_engine, parent=1, metrics={"auc": 0.72})
+def test_promote_rollback_history_and_show(
+    cli: Any, migrated_engine: Engine, artifacts: ArtifactStore
+) -> None:
+    rt.register(migrated_engine, metrics={"auc": 0.7}, artifacts=artifacts)
+    rt.register(migrated_engine, parent=1, metrics={"auc": 0.72}, artifacts=artifacts)
     assert (
         _json(cli("promote", "1", "--reason", "first", "--actor", "alice", "--json"))["version"]["version"]
         == 1
@@ -95,3 +105,23 @@ def test_cli_errors_are_one_clear_line(cli: Any, migrated_engine: Engine) -> Non
     # a choice: the usage error names the flag and the allowed values
     assert bad_status.exit_code == 2 and "--status" in bad_status.stderr and "candidate" in bad_status.stderr
     assert "Traceback" not in missing.output + nothing.output
+
+
+def test_promote_and_rollback_refuse_an_artifact_that_does_not_load(
+    cli: Any, migrated_engine: Engine, artifacts: ArtifactStore
+) -> None:
+    rt.register(migrated_engine, artifacts=artifacts)
+    bad = rt.register(migrated_engine, artifacts=artifacts)
+    assert cli("promote", "1", "--reason", "first").exit_code == 0
+    path = Path(bad.artifact.uri)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    refused = cli("promote", "2", "--reason", "x")
+    assert (
+        refused.exit_code == 1 and "version 2 cannot be served: artifact checksum mismatch" in refused.stderr
+    )
+    assert rt.production_version(migrated_engine) == 1
+    refused = cli("rollback", "--reason", "x", "--to", "2")
+    assert refused.exit_code == 1 and "artifact checksum mismatch" in refused.stderr
+    assert rt.production_version(migrated_engine) == 1

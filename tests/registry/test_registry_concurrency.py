@@ -42,6 +42,26 @@ def test_concurrent_promotions_one_winner_per_round_and_every_move_audited(
     assert [e.to_version for e in events] == wins
 
 
+def test_concurrent_unconditional_promotions_never_fail(db_url: str, migrated_engine: Engine) -> None:
+    """Without an expectation, racing promotes queue on the locked alias row: none fails, each answers the
+    version it asked for, and every move that changed production is one link of the audited chain."""
+    for _ in range(3):
+        rt.register(migrated_engine)
+    a, b = rt.run_pair(rt.promote_unconditionally, (db_url, (1, 2, 3), ROUNDS), (db_url, (2, 3, 1), ROUNDS))
+    failures = [o for o in a + b if not o.startswith("ok:")]
+    assert failures == []
+    assert [int(o[3:]) for o in a] == [(1, 2, 3)[i % 3] for i in range(ROUNDS)]
+    assert [int(o[3:]) for o in b] == [(2, 3, 1)[i % 3] for i in range(ROUNDS)]
+    with session_scope(migrated_engine, readonly=True) as session:
+        alias = store.get_production(session)
+        events = list(reversed(store.list_events(session, kinds=[EventKind.PROMOTED], limit=1000)))
+    previous = None
+    for event in events:
+        assert event.from_version == previous and event.to_version != previous
+        previous = event.to_version
+    assert alias is not None and alias.version.version == previous
+
+
 def test_concurrent_registration_numbers_without_gaps(db_url: str, migrated_engine: Engine) -> None:
     a, b = rt.run_pair(rt.register_many, (db_url, 12), (db_url, 12))
     assert sorted(a + b) == list(range(1, 25))

@@ -191,10 +191,13 @@ def test_admin_versions_promote_rollback_events(served) -> None:
         client.post("/v1/admin/promote", json={"version": 99, "reason": "x"}, headers=auth()).status_code
         == 404
     )
-    assert (
-        client.post("/v1/admin/promote", json={"version": 3, "reason": "x"}, headers=auth()).status_code
-        == 422
-    )
+    already = {"version": 3, "reason": "x", "expected_current": 3}
+    assert client.post("/v1/admin/promote", json=already, headers=auth()).status_code == 422
+    # without an expectation, promoting what is already production is a no-op that answers it
+    promoted_before = len(client.get("/v1/admin/events", headers=auth()).json()["events"])
+    again = client.post("/v1/admin/promote", json={"version": 3, "reason": "x"}, headers=auth())
+    assert again.status_code == 200 and again.json()["version"]["version"] == 3
+    assert len(client.get("/v1/admin/events", headers=auth()).json()["events"]) == promoted_before
     assert (
         client.post("/v1/admin/promote", json={"version": 2, "reason": ""}, headers=auth()).status_code == 422
     )
@@ -246,13 +249,24 @@ def test_failed_load_keeps_the_old_model_and_counts(served) -> None:
     path = next(Path(reg.settings.resolved_artifacts_uri).rglob("model-5.pt"))
     path.write_bytes(good[:-10] + b"0123456789")
     r = client.post("/v1/admin/promote", json={"version": v2, "reason": "try"}, headers=auth())
-    assert r.status_code == 200  # the registry moved; this replica refused the corrupt artifact
+    assert r.status_code == 422, r.text  # verified before the move: production stays on version 1
+    assert "checksum" in r.json()["detail"] and r.json()["error"] == "ArtifactUnusableError"
+    assert reg.production() == 1
     assert client.post("/v1/predict", json={"items": ITEMS[:1]}).json()["model_version"] == 1
-    metrics = client.get("/metrics").text
-    assert _metric(metrics, "reloop_model_load_failures_total") == 1.0
+    # a registry moved behind the API's back (another tool) is refused by the replica, which says why
+    reg.promote(v2)
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").json()["load_error"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["model_version"] == 1
+    assert ready["load_error"] == f"version {v2}: artifact checksum mismatch"
+    assert client.post("/v1/predict", json={"items": ITEMS[:1]}).json()["model_version"] == 1
+    failures = _metric(client.get("/metrics").text, "reloop_model_load_failures_total")
+    assert failures >= 1.0
     reload = client.post("/v1/admin/reload", headers=auth()).json()
     assert reload["changed"] is False and "sha256" in reload["error"]
-    assert _metric(client.get("/metrics").text, "reloop_model_load_failures_total") == 2.0
+    assert _metric(client.get("/metrics").text, "reloop_model_load_failures_total") == failures + 1
 
 
 def test_database_unreachable_keeps_serving_and_readyz_says_so(served) -> None:
@@ -269,7 +283,12 @@ def test_database_unreachable_keeps_serving_and_readyz_says_so(served) -> None:
             time.sleep(0.05)
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["database"] == "unreachable" and ready.json()["database_error"]
+        assert ready.json()["database"] == "unreachable"
+        # the public probe names no host, path or error text; the admin status has the details
+        assert "database_error" not in ready.json() and str(db_file) not in ready.text
+        status = client.get("/v1/admin/status", headers=auth()).json()
+        assert status["database"] == "unreachable" and status["database_error"]
+        assert str(db_file) in status["database_url"]
         assert client.post("/v1/predict", json={"items": ITEMS}).status_code == 200
         assert client.get("/v1/admin/versions", headers=auth()).status_code == 503
         assert _metric(client.get("/metrics").text, "reloop_registry_db_up") == 0.0

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from reloop_service.registry.db import safe_url
 from reloop_service.registry.events import VersionStatus
 from reloop_service.serving import admin
 from reloop_service.serving.auth import require_admin
+from reloop_service.serving.deadline import AdminWorkers
 from reloop_service.serving.schemas import (
     MAX_VERSION,
+    AdminStatus,
     CycleRunList,
     EventList,
     ProductionOut,
@@ -33,6 +38,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "Registry database unreachable."},
 }
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=_ERRORS)
 Actor = Annotated[str, Depends(require_admin)]
 
@@ -44,16 +50,28 @@ def _st(request: Request) -> ServingState:
     return state
 
 
+async def _off_loop(st: ServingState, what: str, fn: Callable[[float], T]) -> T:
+    """Run ``fn(deadline)`` on the admin workers with this deployment's admin deadline (see deadline.py)."""
+    workers = st.admin_workers
+    if workers is None:  # app used without its lifespan
+        workers = st.admin_workers = AdminWorkers()
+    return await workers.run(fn, timeout_s=st.settings.admin_timeout_s, what=what)
+
+
 @router.get("/versions", response_model=VersionList, summary="List versions, newest first")
-def list_versions(
+async def list_versions(
     request: Request,
     _actor: Actor,
     status: Annotated[VersionStatus | None, Query(description="Only versions with this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     st = _st(request)
-    versions, prod = admin.list_versions(
-        engine=st.engine, model_name=st.settings.model_name, status=status, limit=limit
+    versions, prod = await _off_loop(
+        st,
+        "list versions",
+        lambda deadline: admin.list_versions(
+            engine=st.engine, model_name=st.settings.model_name, status=status, limit=limit, deadline=deadline
+        ),
     )
     return {
         "production_version": prod.version.version if prod else None,
@@ -68,12 +86,16 @@ def list_versions(
     responses={404: {"description": "No such version."}},
     summary="One version with its lineage",
 )
-def show_version(
+async def show_version(
     request: Request, _actor: Actor, version: Annotated[int, Path(ge=1, le=MAX_VERSION)]
 ) -> dict[str, Any]:
     st = _st(request)
-    found, parents, is_prod = admin.show_version(
-        engine=st.engine, model_name=st.settings.model_name, version=version
+    found, parents, is_prod = await _off_loop(
+        st,
+        f"show version {version}",
+        lambda deadline: admin.show_version(
+            engine=st.engine, model_name=st.settings.model_name, version=version, deadline=deadline
+        ),
     )
     return {
         "version": admin.to_json(found),
@@ -87,21 +109,27 @@ def show_version(
     response_model=ProductionOut,
     responses={
         404: {"description": "No such version."},
-        409: {"description": "Production moved."},
-        422: {"description": "Transition not allowed."},
+        409: {"description": "Production moved (only with expected_current)."},
+        422: {"description": "Transition not allowed, or the version's artifact cannot be served."},
+        503: {"description": "Registry database unreachable or too slow; nothing was changed."},
     },
-    summary="Promote a version to production (swaps this replica before answering)",
+    summary="Promote a version to production (verifies its artifact; swaps this replica before answering)",
 )
-def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[str, Any]:
+async def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[str, Any]:
     st = _st(request)
-    production = admin.promote_version(
-        engine=st.engine,
-        holder=st.holder,
-        model_name=st.settings.model_name,
-        version=body.version,
-        reason=body.reason,
-        actor=actor,
-        expected_current=body.expected_current,
+    production = await _off_loop(
+        st,
+        f"promote version {body.version}",
+        lambda deadline: admin.promote_version(
+            engine=st.engine,
+            holder=st.holder,
+            model_name=st.settings.model_name,
+            version=body.version,
+            reason=body.reason,
+            actor=actor,
+            expected_current=body.expected_current,
+            deadline=deadline,
+        ),
     )
     return admin.to_json(production)
 
@@ -112,26 +140,32 @@ def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[str, A
     responses={
         404: {"description": "No such version."},
         409: {"description": "Production moved."},
-        422: {"description": "Nothing to roll back to, or target needs force."},
+        422: {"description": "Nothing to roll back to, target needs force, or its artifact is unusable."},
+        503: {"description": "Registry database unreachable or too slow; nothing was changed."},
     },
     summary="Roll production back to the previous production version or a named one",
 )
-def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dict[str, Any]:
+async def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dict[str, Any]:
     st = _st(request)
-    production = admin.rollback_production(
-        engine=st.engine,
-        holder=st.holder,
-        model_name=st.settings.model_name,
-        reason=body.reason,
-        actor=actor,
-        to=body.to,
-        force=body.force,
+    production = await _off_loop(
+        st,
+        "roll back",
+        lambda deadline: admin.rollback_production(
+            engine=st.engine,
+            holder=st.holder,
+            model_name=st.settings.model_name,
+            reason=body.reason,
+            actor=actor,
+            to=body.to,
+            force=body.force,
+            deadline=deadline,
+        ),
     )
     return admin.to_json(production)
 
 
 @router.get("/events", response_model=EventList, summary="Audit history, newest first")
-def events(
+async def events(
     request: Request,
     _actor: Actor,
     version: Annotated[
@@ -140,16 +174,25 @@ def events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     st = _st(request)
-    found = admin.list_events(
-        engine=st.engine, model_name=st.settings.model_name, version=version, limit=limit
+    found = await _off_loop(
+        st,
+        "list events",
+        lambda deadline: admin.list_events(
+            engine=st.engine,
+            model_name=st.settings.model_name,
+            version=version,
+            limit=limit,
+            deadline=deadline,
+        ),
     )
     return {"events": [admin.to_json(e) for e in found]}
 
 
 @router.post("/reload", response_model=ReloadResponse, summary="Reload the production model now")
-def reload(request: Request, _actor: Actor) -> dict[str, Any]:
-    holder = state_of(request).holder
-    changed = holder.poll_once(force=True)
+async def reload(request: Request, _actor: Actor) -> dict[str, Any]:
+    st = state_of(request)
+    holder = st.holder
+    changed = await _off_loop(st, "reload", lambda _deadline: holder.poll_once(force=True))
     current = holder.current
     error = holder.last_load_error if not changed else None
     if not holder.db_ok:
@@ -166,7 +209,11 @@ def reload(request: Request, _actor: Actor) -> dict[str, Any]:
     "/cycles",
     status_code=202,
     response_model=TriggerCycleResponse,
-    responses={501: {"description": "No cycle runner wired into this process."}},
+    responses={
+        409: {"description": "The date is running or already succeeded (without force)."},
+        422: {"description": "Invalid body, or a date beyond today + RELOOP_CYCLE_FUTURE_DAYS."},
+        501: {"description": "No cycle runner wired into this process."},
+    },
     summary="Start a training cycle for a date",
 )
 async def trigger_cycle(request: Request, actor: Actor, body: TriggerCycleRequest) -> Any:
@@ -179,17 +226,57 @@ async def trigger_cycle(request: Request, actor: Actor, body: TriggerCycleReques
             },
             status_code=501,
         )
+    horizon = datetime.now(UTC).date() + timedelta(days=state_of(request).settings.cycle_future_days)
+    if body.date > horizon:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "date_too_far_ahead",
+                    "loc": ("body", "date"),
+                    "msg": f"cycle date {body.date} is after {horizon} "
+                    "(today UTC + RELOOP_CYCLE_FUTURE_DAYS)",
+                    "input": body.date.isoformat(),
+                }
+            ]
+        )
     log.info("cycle %s triggered by %s (force=%s), reason %r", body.date, actor, body.force, body.reason)
-    run_id = await run_in_threadpool(
-        admin.trigger_cycle, trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
+    run_id = await _off_loop(
+        state_of(request),
+        f"start cycle {body.date}",
+        lambda _deadline: admin.trigger_cycle(
+            trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
+        ),
     )
     return {"run_id": run_id}
 
 
 @router.get("/cycles", response_model=CycleRunList, summary="Cycle runs, newest cycle date first")
-def cycle_runs(
+async def cycle_runs(
     request: Request, _actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
     st = _st(request)
-    runs = admin.list_cycle_runs(engine=st.engine, model_name=st.settings.model_name, limit=limit)
+    runs = await _off_loop(
+        st,
+        "list cycle runs",
+        lambda deadline: admin.list_cycle_runs(
+            engine=st.engine, model_name=st.settings.model_name, limit=limit, deadline=deadline
+        ),
+    )
     return {"runs": [admin.to_json(r) for r in runs]}
+
+
+@router.get("/status", response_model=AdminStatus, summary="Registry and model-load details /readyz hides")
+async def status(request: Request, _actor: Actor) -> dict[str, Any]:
+    st = state_of(request)
+    holder = st.holder
+    current = holder.current
+    return {
+        "database": holder.registry_state(),
+        "database_url": safe_url(st.engine) if st.engine is not None else "",
+        "database_error": holder.db_error,
+        "last_poll_at": holder.last_poll_at,
+        "model_version": current.version if current else None,
+        "load_error": holder.last_load_error,
+        "load_failures": holder.load_failures,
+        "swaps": holder.swaps,
+    }

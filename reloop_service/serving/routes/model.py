@@ -17,9 +17,10 @@ router = APIRouter(tags=["model"])
     summary="The served model version",
 )
 def get_model(request: Request) -> ModelInfo:
-    current = state_of(request).holder.current
+    holder = state_of(request).holder
+    current = holder.current
     if current is None:
-        raise HTTPException(503, detail="no model loaded yet: promote a version to production")
+        raise HTTPException(503, detail=holder.unavailable_detail())
     info = current.info
     return ModelInfo(
         model_name=current.model_name,

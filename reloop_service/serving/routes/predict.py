@@ -111,7 +111,7 @@ def build_router(max_batch: int) -> APIRouter:
         features, ids = parse_predict_body(await request.body(), max_batch=max_batch)
         loaded = state.holder.current  # read once: this request finishes on this model
         if loaded is None:
-            raise HTTPException(503, detail="no model loaded yet: promote a version to production")
+            raise HTTPException(503, detail=state.holder.unavailable_detail())
         if len(features) <= INLINE_MAX_ITEMS:
             body = score(state, loaded, features, ids)
         else:
