@@ -31,6 +31,12 @@ class AdminWorkers:
 
     def __init__(self, size: int = ADMIN_THREADS) -> None:
         self._slots = asyncio.Semaphore(size)
+        self._count_lock = threading.Lock()
+        self.running = 0  # threads still working, including those whose request already gave up
+
+    def _started(self, delta: int) -> None:
+        with self._count_lock:
+            self.running += delta
 
     async def run(self, fn: Callable[[float], T], *, timeout_s: float, what: str) -> T:
         """``fn(deadline)`` in a worker thread; ``DeadlineExceededError`` (503) if it has not answered by
@@ -59,9 +65,12 @@ class AdminWorkers:
                 result = fn(deadline)
             except BaseException as exc:  # delivered to the awaiting request
                 error = exc
+            finally:
+                self._started(-1)
             with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody waits any more
                 loop.call_soon_threadsafe(deliver, result, error)
 
+        self._started(+1)
         threading.Thread(target=work, name="admin-db", daemon=True).start()
         remaining = max(0.0, deadline - time.monotonic()) + GRACE_S
         try:

@@ -186,6 +186,10 @@ class AdminStatus(BaseModel):
     load_error: str | None = Field(description="The last failed load, in full (URI, checksums).")
     load_failures: int
     swaps: int
+    admin_threads_busy: int = Field(
+        description="Admin database calls still running (one whose client gave up ends at the database's "
+        "next answer and is then rolled back)."
+    )
 
 
 # --- admin -----------------------------------------------------------------------------------------

@@ -279,4 +279,5 @@ async def status(request: Request, _actor: Actor) -> dict[str, Any]:
         "load_error": holder.last_load_error,
         "load_failures": holder.load_failures,
         "swaps": holder.swaps,
+        "admin_threads_busy": st.admin_workers.running if st.admin_workers is not None else 0,
     }
