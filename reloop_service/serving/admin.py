@@ -156,6 +156,17 @@ def list_cycle_runs(
         return store.list_cycle_runs(session, model_name=model_name, limit=limit)
 
 
+def get_cycle_run(*, engine: Engine, model_name: str, run_id: int, deadline: float | None = None) -> CycleRun:
+    """One run by id (``NotFoundError`` -> 404 when absent or of another model)."""
+    from reloop_service.registry.errors import NotFoundError
+
+    with session_scope(engine, readonly=True, deadline=deadline) as session:
+        run = store.get_cycle_run(session, run_id=run_id)
+    if run.model_name != model_name:
+        raise NotFoundError(f"no cycle run {run_id}")
+    return run
+
+
 def to_json(entity: Any) -> dict[str, Any]:
     """Entities to JSON-ready dicts (the shapes documented in docs/api.md)."""
     out: dict[str, Any] = entity.to_dict()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reloop_service.config import Settings
@@ -32,8 +33,16 @@ from reloop_service.registry.verify import load_version
 from reloop_service.serving.deadline import ADMIN_THREADS, AdminWorkers
 from reloop_service.serving.holder import ModelHolder
 from reloop_service.serving.metrics import ServingMetrics
+from reloop_service.serving.problems import (
+    one_line,
+    problem,
+    problem_type,
+    slug_of,
+    title_of,
+    validation_errors,
+)
 from reloop_service.serving.routes import admin, health, metrics, model, predict
-from reloop_service.serving.schemas import orjson_dumps, predict_request_model
+from reloop_service.serving.schemas import predict_request_model
 from reloop_service.serving.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -63,11 +72,31 @@ def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
 
 
 class _MetricsMiddleware:
-    """Counts requests and latency by route template, method and status (pure ASGI: cheap)."""
+    """Counts requests and latency by route template, method and status (pure ASGI: cheap).
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+    The label is the route's template (``/v1/admin/versions/{version}``), also for routes FastAPI
+    adds itself (``/docs``, ``/openapi.json``) that do not record themselves in the scope; only a
+    path that no route matches is ``unmatched``, so labels stay bounded.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, routes: list[Any] | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes if routes is not None else []
+
+    def _template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if path:
+            return str(path)
+        for candidate in self.routes:
+            try:
+                match, _ = candidate.matches(scope)
+            except Exception:  # a route that cannot judge this scope is not it
+                continue
+            if match == Match.FULL:
+                return str(getattr(candidate, "path", "unmatched"))
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,45 +114,56 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, _send)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(
-                route=path, method=scope["method"], status=status, seconds=time.perf_counter() - started
+                route=self._template(scope),
+                method=scope["method"],
+                status=status,
+                seconds=time.perf_counter() - started,
             )
 
 
-def _safe(value: Any) -> Any:
-    """Error inputs echoed back must stay valid JSON (no NaN, no raw bytes)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value[:200]).decode("utf-8", errors="replace")
-    if isinstance(value, dict):
-        return {str(k): _safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_safe(v) for v in value]
-    return value
-
-
-def _json(payload: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson_dumps(payload), status_code=status, media_type="application/json", headers=headers)
-
-
 def _install_handlers(app: FastAPI) -> None:
+    """Every error answers RFC 9457 problem details (``serving/problems.py``)."""
+
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        errors = [
-            {k: _safe(v) for k, v in err.items() if k in ("type", "loc", "msg", "input")}
-            for err in exc.errors()
-        ]
-        return _json({"detail": errors}, 422)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = validation_errors(list(exc.errors()))
+        return problem(
+            422,
+            one_line(errors),
+            type_=problem_type("validation"),
+            title="Invalid request",
+            instance=request.url.path,
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else title_of(exc.status_code)
+        return problem(
+            exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RegistryError)
-    async def _registry(_: Request, exc: RegistryError) -> Response:
+    async def _registry(request: Request, exc: RegistryError) -> Response:
         status = exc.status_code if exc.status_code in (404, 409, 422, 503) else 500
         if status == 500:
             log.error("registry error: %s", exc)
-        return _json({"detail": str(exc), "error": type(exc).__name__}, status)
+        detail = str(exc) if status != 500 else "registry error (see the server log)"
+        name = type(exc).__name__
+        return problem(
+            status, detail, type_=problem_type(slug_of(name)), instance=request.url.path, error=name
+        )
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(
+            500,
+            "internal error (see the server log)",
+            type_=problem_type("internal"),
+            instance=request.url.path,
+        )
 
 
 def _custom_openapi(app: FastAPI, max_batch: int) -> None:
@@ -219,5 +259,6 @@ def create_app(
         app.include_router(ui.router)
     _install_handlers(app)
     _custom_openapi(app, settings.max_batch)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics_)
+    # The route list is passed by reference: it is the app's own, complete at this point.
+    app.add_middleware(_MetricsMiddleware, metrics=metrics_, routes=app.router.routes)
     return app

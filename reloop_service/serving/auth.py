@@ -7,6 +7,7 @@ open by default. A missing or wrong token is 401. The token is never logged or e
 from __future__ import annotations
 
 import hmac
+import re
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,6 +16,8 @@ from reloop_service.config import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token (RELOOP_ADMIN_TOKEN).")
 ADMIN_ACTOR = "admin-api"
+ACTOR_HEADER = "X-Reloop-Actor"
+ACTOR_PATTERN = re.compile(r"[A-Za-z0-9._@+:-]{1,64}")
 
 
 def check_admin_token(*, settings: Settings, presented: str | None) -> None:
@@ -33,6 +36,24 @@ def check_admin_token(*, settings: Settings, presented: str | None) -> None:
         )
 
 
+def actor_of(header: str | None) -> str:
+    """The audit actor: ``admin-api:<name>`` from ``X-Reloop-Actor``, or ``admin-api`` without it.
+
+    The name is who the caller says acts (an operator, the dashboard, a script); the token proves
+    the caller may act at all. A name that is not 1-64 of ``A-Za-z0-9._@+:-`` is a 422.
+    """
+    if header is None or not header.strip():
+        return ADMIN_ACTOR
+    name = header.strip()
+    if not ACTOR_PATTERN.fullmatch(name):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"{ACTOR_HEADER}: 1-64 characters of letters, digits and . _ @ + : - "
+            f"(got {len(name)} characters)",
+        )
+    return f"{ADMIN_ACTOR}:{name}"
+
+
 async def require_admin(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> str:
@@ -41,4 +62,4 @@ async def require_admin(
     ``async`` so it runs on the event loop: admin routes never queue on the threadpool predictions use."""
     settings: Settings = request.app.state.settings
     check_admin_token(settings=settings, presented=credentials.credentials if credentials else None)
-    return ADMIN_ACTOR
+    return actor_of(request.headers.get(ACTOR_HEADER))

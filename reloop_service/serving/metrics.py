@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -35,11 +35,19 @@ class _StateCollector(Collector):
         holder = self._holder()
         if holder is not None:
             current = holder.current
-            yield GaugeMetricFamily(
-                "reloop_model_version",
-                "Model version being served (0: none).",
-                value=current.version if current else 0,
+            info = InfoMetricFamily(
+                "reloop_model", "The model version this replica serves (none: no series)."
             )
+            if current is not None:
+                info.add_metric(
+                    [],
+                    {
+                        "model_name": current.model_name,
+                        "version": str(current.version),
+                        "sha256": current.info.artifact.sha256,
+                    },
+                )
+            yield info
             yield GaugeMetricFamily(
                 "reloop_model_loaded_timestamp_seconds",
                 "When the served version was loaded (Unix time).",

@@ -57,7 +57,7 @@ def test_predict_scores_with_the_training_transforms_and_assigns_ids(served) -> 
     assert _metric(metrics, "reloop_unknown_features_total") == 2.0
     assert _metric(metrics, "reloop_predictions_total", model_version="1") == 3.0
     assert _metric(metrics, "reloop_http_requests_total", route="/v1/predict", status="200") == 1.0
-    assert _metric(metrics, "reloop_model_version") == 1.0
+    assert _metric(metrics, "reloop_model_info", version="1", model_name="ctr") == 1.0
     assert "reloop_http_request_duration_seconds_bucket" in metrics
     for name in (
         "reloop_archive_queue_depth",
@@ -98,7 +98,10 @@ def test_bad_input_is_422_with_the_field_path(served, body: bytes, loc: list) ->
     client, _ = served
     r = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
-    locs = [e["loc"] for e in r.json()["detail"]]
+    problem = r.json()  # RFC 9457 problem details; each invalid field under "errors"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 422 and isinstance(problem["detail"], str)
+    locs = [e["loc"] for e in problem["errors"]]
     assert loc in locs, locs
 
 

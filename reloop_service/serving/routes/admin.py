@@ -7,19 +7,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
+from reloop_service.alerts import rollback_alert, send_alert
 from reloop_service.registry.db import safe_url
 from reloop_service.registry.events import VersionStatus
 from reloop_service.serving import admin
 from reloop_service.serving.auth import require_admin
 from reloop_service.serving.deadline import AdminWorkers
+from reloop_service.serving.problems import problem
 from reloop_service.serving.schemas import (
     MAX_VERSION,
     AdminStatus,
     CycleRunList,
+    CycleRunOut,
     EventList,
     ProductionOut,
     PromoteRequest,
@@ -147,6 +149,7 @@ async def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[
 )
 async def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dict[str, Any]:
     st = _st(request)
+    before = st.holder.current
     production = await _off_loop(
         st,
         "roll back",
@@ -160,6 +163,12 @@ async def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dic
             force=body.force,
             deadline=deadline,
         ),
+    )
+    # The operator's alert webhook hears of every rollback (sent in the background, with retries).
+    send_alert(
+        st.settings,
+        rollback_alert(production, reason=body.reason, from_version=before.version if before else None),
+        background=True,
     )
     return admin.to_json(production)
 
@@ -216,15 +225,14 @@ async def reload(request: Request, _actor: Actor) -> dict[str, Any]:
     },
     summary="Start a training cycle for a date",
 )
-async def trigger_cycle(request: Request, actor: Actor, body: TriggerCycleRequest) -> Any:
+async def trigger_cycle(request: Request, response: Response, actor: Actor, body: TriggerCycleRequest) -> Any:
     trigger = getattr(request.app.state, "cycle_trigger", None)
     if trigger is None:
-        return JSONResponse(
-            {
-                "detail": "cycle trigger not available in this process: run `reloop cycle run --date "
-                f"{body.date.isoformat()}` or the scheduler"
-            },
-            status_code=501,
+        return problem(
+            501,
+            "cycle trigger not available in this process: run `reloop cycle run --date "
+            f"{body.date.isoformat()}` or the scheduler",
+            instance=request.url.path,
         )
     horizon = datetime.now(UTC).date() + timedelta(days=state_of(request).settings.cycle_future_days)
     if body.date > horizon:
@@ -247,6 +255,7 @@ async def trigger_cycle(request: Request, actor: Actor, body: TriggerCycleReques
             trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
         ),
     )
+    response.headers["Location"] = f"{router.prefix}/cycles/{run_id}"
     return {"run_id": run_id}
 
 
@@ -263,6 +272,26 @@ async def cycle_runs(
         ),
     )
     return {"runs": [admin.to_json(r) for r in runs]}
+
+
+@router.get(
+    "/cycles/{run_id}",
+    response_model=CycleRunOut,
+    responses={404: {"description": "No such run."}},
+    summary="One cycle run (the Location of a triggered cycle)",
+)
+async def cycle_run(
+    request: Request, _actor: Actor, run_id: Annotated[int, Path(ge=1, le=MAX_VERSION)]
+) -> dict[str, Any]:
+    st = _st(request)
+    run = await _off_loop(
+        st,
+        f"read cycle run {run_id}",
+        lambda deadline: admin.get_cycle_run(
+            engine=st.engine, model_name=st.settings.model_name, run_id=run_id, deadline=deadline
+        ),
+    )
+    return admin.to_json(run)
 
 
 @router.get("/status", response_model=AdminStatus, summary="Registry and model-load details /readyz hides")
