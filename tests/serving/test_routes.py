@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +235,11 @@ def test_admin_reload_and_cycles(served) -> None:
     trig = client.post("/v1/admin/cycles", json={"date": "2024-05-03", "force": True}, headers=auth())
     assert trig.status_code == 501 and "reloop cycle run" in trig.json()["detail"]
     assert client.post("/v1/admin/cycles", json={"date": "nope"}, headers=auth()).status_code == 422
+    far = client.post("/v1/admin/cycles", json={"date": "9999-12-31"}, headers=auth())
+    assert far.status_code == 422 and far.json()["detail"][0]["loc"] == ["body", "date"], far.text
+    assert "RELOOP_CYCLE_FUTURE_DAYS" in far.json()["detail"][0]["msg"]
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    assert client.post("/v1/admin/cycles", json={"date": tomorrow}, headers=auth()).status_code == 501
     calls = []
     client.app.state.cycle_trigger = lambda d, force, actor: calls.append((d, force, actor)) or 17
     trig = client.post("/v1/admin/cycles", json={"date": "2024-05-03", "force": True}, headers=auth())

@@ -226,14 +226,6 @@ async def reload(request: Request, _actor: Actor) -> dict[str, Any]:
     summary="Start a training cycle for a date",
 )
 async def trigger_cycle(request: Request, response: Response, actor: Actor, body: TriggerCycleRequest) -> Any:
-    trigger = getattr(request.app.state, "cycle_trigger", None)
-    if trigger is None:
-        return problem(
-            501,
-            "cycle trigger not available in this process: run `reloop cycle run --date "
-            f"{body.date.isoformat()}` or the scheduler",
-            instance=request.url.path,
-        )
     horizon = datetime.now(UTC).date() + timedelta(days=state_of(request).settings.cycle_future_days)
     if body.date > horizon:
         raise RequestValidationError(
@@ -246,6 +238,14 @@ async def trigger_cycle(request: Request, response: Response, actor: Actor, body
                     "input": body.date.isoformat(),
                 }
             ]
+        )
+    trigger = getattr(request.app.state, "cycle_trigger", None)
+    if trigger is None:
+        return problem(
+            501,
+            "cycle trigger not available in this process: run `reloop cycle run --date "
+            f"{body.date.isoformat()}` or the scheduler",
+            instance=request.url.path,
         )
     log.info("cycle %s triggered by %s (force=%s), reason %r", body.date, actor, body.force, body.reason)
     run_id = await _off_loop(
