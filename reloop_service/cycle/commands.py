@@ -26,6 +26,7 @@ from reloop_service.clitools import (
     progress_bar,
 )
 
+EXIT_HELD = 3  # `reloop cycle run` did nothing: another live process holds the date
 DateOption = Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Cycle date.")]
 LogsOption = Annotated[
     str | None,
@@ -112,7 +113,11 @@ def cycle_run(
     json_out: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run the daily cycle for one date, exactly once (a date that succeeded is a no-op unless --force)."""
+    """Run the daily cycle for one date, exactly once (a date that succeeded is a no-op unless --force).
+
+    Exit codes: 0 ran and succeeded, or the date had already succeeded (nothing to do); 1 failed;
+    3 not run because another live process holds the date ("skipped (held)").
+    """
     day = _parse_date(date_, "--date")
     settings = _settings_for(data_dir, logs)
     from reloop_service.cycle.run import run_cycle
@@ -170,6 +175,40 @@ def cycle_run(
             console.print(f"report: {outcome.report.markdown_uri}")
     if outcome.status == "failed":
         raise typer.Exit(1)
+    if outcome.status == "skipped" and outcome.reason == "held":
+        raise typer.Exit(EXIT_HELD)
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    json_out: JsonOption = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Remove artifacts no version references (older than RELOOP_GC_GRACE_S) and work folders of cycle
+    attempts that are not running; print what was removed. The cycle runs the same sweep before each run."""
+    from reloop_service.cycle.gc import sweep
+    from reloop_service.registry.errors import RegistryError
+
+    settings = load_settings(data_dir)
+    try:
+        report = sweep(settings=settings, dry_run=dry_run)
+    except RegistryError as exc:
+        raise _registry_errors(exc) from None
+    if json_out:
+        print_json(report.to_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for uri in report.artifacts.removed:
+        console.print(f"{verb} artifact {uri}")
+    for folder in report.workdirs:
+        console.print(f"{verb} work folder {folder}")
+    a = report.artifacts
+    console.print(
+        f"gc: {verb} {len(a.removed)} unreferenced artifact file(s) ({a.removed_bytes} bytes) and "
+        f"{len(report.workdirs)} stale work folder(s); kept {a.kept_referenced} referenced, {a.kept_young} "
+        f"younger than {settings.gc_grace_s:g}s, {report.kept_workdirs} live work folder(s)"
+    )
 
 
 Reprocess = Literal["none", "failed", "all"]

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Any
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from reloop_service.registry.entities import ArtifactRef
 from reloop_service.registry.errors import ArtifactIntegrityError, ArtifactMissingError
 from reloop_service.storage import filesystem, is_local, join, write_atomic
 
-__all__ = ["ArtifactRef", "ArtifactStore", "sha256_hex"]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["ArtifactRef", "ArtifactStore", "ArtifactSweep", "sha256_hex", "sweep_artifacts"]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -76,3 +82,89 @@ class ArtifactStore:
         if size is not None and len(data) != size:  # pragma: no cover - implied by the hash
             raise ArtifactIntegrityError(f"artifact {uri} has {len(data)} bytes, expected {size}", uri=uri)
         return bytes(data)
+
+    def files(self) -> list[tuple[str, int, float]]:
+        """Every file under the root as ``(uri, size, modified time in epoch seconds)``."""
+        if not self._fs.exists(self._root):
+            return []
+        out = []
+        for path, info in self._fs.find(self._root, detail=True).items():
+            out.append((self._uri_of(path), int(info.get("size") or 0), _mtime(info)))
+        return out
+
+    def remove(self, uri: str) -> None:
+        """Delete one file of this store (and, locally, the folders it leaves empty)."""
+        fs, path = filesystem(uri, self.storage_options)
+        fs.rm(path)
+        if is_local(fs):
+            parent = posixpath.dirname(path)
+            root = self._root.rstrip("/")
+            while parent.startswith(root + "/") and not fs.ls(parent):
+                fs.rmdir(parent)
+                parent = posixpath.dirname(parent)
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return time.time()  # unknown age: treat as new, so the grace period keeps it
+
+
+@dataclass(frozen=True)
+class ArtifactSweep:
+    """What ``sweep_artifacts`` removed (or would remove, on a dry run) and what it left."""
+
+    removed: tuple[str, ...]
+    removed_bytes: int
+    kept_referenced: int
+    kept_young: int
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "removed": list(self.removed),
+            "removed_bytes": self.removed_bytes,
+            "kept_referenced": self.kept_referenced,
+            "kept_young": self.kept_young,
+            "dry_run": self.dry_run,
+        }
+
+
+def sweep_artifacts(
+    engine: Engine,
+    artifacts: ArtifactStore,
+    *,
+    grace_s: float,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> ArtifactSweep:
+    """Remove artifacts no version references and older than ``grace_s``.
+
+    Orphans come from a registration that failed after its artifact was written (the artifact goes first,
+    then the row) and from ``.tmp-`` files of a crash mid-write. The grace period is what keeps a
+    registration in flight safe: its artifact is new, so it is left alone even though no row names it yet.
+    The referenced set is read before the files are listed, so a file registered in between is young.
+    """
+    from reloop_service.registry import store
+    from reloop_service.registry.db import session_scope
+
+    with session_scope(engine, readonly=True) as session:
+        referenced = store.referenced_artifacts(session)
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    removed_bytes = kept_referenced = kept_young = 0
+    for uri, size, mtime in sorted(artifacts.files()):
+        if uri in referenced:
+            kept_referenced += 1
+        elif now - mtime < grace_s:
+            kept_young += 1
+        else:
+            if not dry_run:
+                artifacts.remove(uri)
+            removed.append(uri)
+            removed_bytes += size
+    return ArtifactSweep(tuple(removed), removed_bytes, kept_referenced, kept_young, dry_run)

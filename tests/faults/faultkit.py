@@ -142,6 +142,38 @@ def flip_bytes(path: Path, count: int = 3) -> None:
     path.write_bytes(bytes(data))
 
 
+# ----------------------------------------------------------------------------------------- cycles
+def cycle_env(tmp: Path, db_url: str, **settings: Any) -> dict[str, str]:
+    """Environment of ``reloop cycle run`` on generated click logs under ``tmp`` (tiny model, fast claims)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cycle"))
+    from cycle_data import SPEC_TOML
+
+    spec = tmp / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    values: dict[str, Any] = {
+        "spec_path": spec,
+        "embedding_dim": 8,
+        "mlp_hidden": "[32,16]",
+        "batch_size": 256,
+        "cycle_attempts": 1,
+        "heartbeat_s": 0.3,
+        "stale_after_s": 2.0,
+        "gate_max_auc_drop": 0.5,
+        "gate_max_logloss_rise": 0.5,
+        "report_history_plot": "false",
+    }
+    values.update(settings)
+    return reloop_env(tmp / "data", db_url, **values)
+
+
+def write_days(tmp: Path, days: list[date], rows: int = 3000) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cycle"))
+    from cycle_data import write_day
+
+    for day in days:
+        write_day(tmp / "data" / "logs", day, rows)
+
+
 # ---------------------------------------------------------------------------------------- processes
 def reloop_env(data_dir: Path, db_url: str, **settings: Any) -> dict[str, str]:
     """The environment of a ``reloop`` subprocess: ``RELOOP_<NAME>`` for each keyword."""
