@@ -236,8 +236,8 @@ def test_admin_reload_and_cycles(served) -> None:
     assert trig.status_code == 501 and "reloop cycle run" in trig.json()["detail"]
     assert client.post("/v1/admin/cycles", json={"date": "nope"}, headers=auth()).status_code == 422
     far = client.post("/v1/admin/cycles", json={"date": "9999-12-31"}, headers=auth())
-    assert far.status_code == 422 and far.json()["detail"][0]["loc"] == ["body", "date"], far.text
-    assert "RELOOP_CYCLE_FUTURE_DAYS" in far.json()["detail"][0]["msg"]
+    assert far.status_code == 422 and far.json()["errors"][0]["loc"] == ["body", "date"], far.text
+    assert "RELOOP_CYCLE_FUTURE_DAYS" in far.json()["errors"][0]["msg"]
     tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
     assert client.post("/v1/admin/cycles", json={"date": tomorrow}, headers=auth()).status_code == 501
     calls = []
