@@ -111,3 +111,35 @@ def test_concurrent_forced_runs_produce_exactly_one_run(db_url: str, tmp_path: P
         assert _versions(reg) == [1] and reg.production() == 1
     finally:
         reg.close()
+
+
+def test_cli_and_api_triggers_racing_produce_exactly_one_run(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'data' / 'registry.db'}"
+    reg = fk.Registry(url, tmp_path / "data")
+    try:
+        fk.write_days(tmp_path, [DAY1])
+        env = fk.cycle_env(tmp_path, url, epochs=80)
+        with fk.serving(env, tmp_path, ready=False) as server:  # no model yet: /readyz is 503
+            args = ("cycle", "run", "--date", DAY1.isoformat(), "--force")
+            procs = [fk.spawn(*args, env=env, log=tmp_path / f"cli{i}.log") for i in range(2)]
+            api = server.post(
+                "/v1/admin/cycles", json={"date": DAY1.isoformat(), "force": True}, headers=fk.AUTH
+            )
+            codes = [p.wait(timeout=180) for p in procs]
+            assert api.status_code in (202, 409), api.text
+            winners = codes.count(0) + (api.status_code == 202)
+            assert winners == 1, (api.text, codes, [(tmp_path / f"cli{i}.log").read_text() for i in range(2)])
+            assert codes.count(EXIT_HELD) == 2 - codes.count(0)
+
+            def finished() -> bool:
+                from reloop_service.registry import store
+                from reloop_service.registry.db import session_scope
+
+                with session_scope(reg.engine, readonly=True) as session:
+                    run = store.get_cycle_run(session, cycle_date=DAY1)
+                return run.status.value == "succeeded" and run.attempt == 1
+
+            fk.wait_for(finished, timeout=120, what="the one run to succeed", every=0.2)
+        assert _versions(reg) == [1] and reg.production() == 1
+    finally:
+        reg.close()
