@@ -15,6 +15,7 @@ from reloop_service.clitools import (
     JsonOption,
     LossName,
     app,
+    bench_app,
     console,
     cycle_app,
     err_console,
@@ -177,6 +178,21 @@ def cycle_run(
         raise typer.Exit(1)
     if outcome.status == "skipped" and outcome.reason == "held":
         raise typer.Exit(EXIT_HELD)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    seconds: Annotated[float, typer.Option(help="Seconds of traffic.")] = 60.0,
+    clients: Annotated[int, typer.Option(help="Concurrent keep-alive clients.")] = 4,
+    flush_seconds: Annotated[
+        float, typer.Option(help="RELOOP_ARCHIVE_FLUSH_SECONDS of the server (what a SIGKILL can lose).")
+    ] = 5.0,
+) -> None:
+    """A real server under mixed predict traffic with promotions, rollbacks and a cycle, then SIGKILL:
+    requests, errors, 5xx, predictions served vs archived, lost, peak RSS, versions served."""
+    from reloop_service.cycle.soak import print_result, run_soak
+
+    print_result(run_soak(seconds=seconds, clients=clients, flush_seconds=flush_seconds))
 
 
 @app.command("gc")
