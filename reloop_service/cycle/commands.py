@@ -202,7 +202,7 @@ def gc_command(
     data_dir: DataDirOption = None,
 ) -> None:
     """Remove artifacts no version references (older than RELOOP_GC_GRACE_S) and work folders of cycle
-    attempts that are not running; print what was removed. The cycle runs the same sweep before each run."""
+    attempts that are not running; print what was removed."""
     from reloop_service.cycle.gc import sweep
     from reloop_service.registry.errors import RegistryError
 

@@ -1,11 +1,12 @@
 """Garbage collection: artifacts no version references, and work folders of attempts that are not running.
 
-``sweep(settings=..., engine=...)`` is what ``reloop gc`` runs and what the cycle runs before each claimed
-run: the artifact part lives with the artifacts (``registry.artifacts.sweep_artifacts``), the work-folder
-part here. A work folder ``<data_dir>/work/cycle-<date>-run<id>-a<attempt>-*`` belongs to one attempt of one
-run; it is removed when that run is not running, when a later attempt took it over, or when its heartbeat is
-older than ``stale_after_s`` (its process died: a kill -9 skips the ``finally`` that removes it). Folders of a
-live attempt, of another process included, stay.
+``sweep(settings=..., engine=...)`` is what ``reloop gc`` runs, and ``sweep_quietly`` the cycle's pre-run
+sweep (never fails a cycle): the artifact part lives with the artifacts
+(``registry.artifacts.sweep_artifacts``), the work-folder part here. A work folder
+``<data_dir>/work/cycle-<date>-run<id>-a<attempt>-*`` belongs to one attempt of one run; it is removed
+when that run is not running, when a later attempt took it over, or when its heartbeat is older than
+``stale_after_s`` (its process died: a kill -9 skips the ``finally`` that removes it). Folders of a live
+attempt, of another process included, stay.
 """
 
 from __future__ import annotations

@@ -206,10 +206,8 @@ def execute_claimed(
     The final outcome is counted in the cycle metrics and, when an operator should look (failed,
     rejected, skipped), posted to ``RELOOP_ALERT_WEBHOOK_URL`` (``observe.cycle_finished``).
     """
-    from reloop_service.cycle.gc import sweep_quietly
     from reloop_service.cycle.observe import cycle_finished
 
-    sweep_quietly(settings=settings, engine=engine)  # orphans of crashed attempts (issue 12), logged
     outcome = _execute_claimed(
         settings=settings,
         engine=engine,

@@ -149,11 +149,13 @@ def sweep_artifacts(
     registration in flight safe: its artifact is new, so it is left alone even though no row names it yet.
     The referenced set is read before the files are listed, so a file registered in between is young.
     """
-    from reloop_service.registry import store
-    from reloop_service.registry.db import session_scope
+    from sqlalchemy import select
 
-    with session_scope(engine, readonly=True) as session:
-        referenced = store.referenced_artifacts(session)
+    from reloop_service.registry.db import session_scope
+    from reloop_service.registry.orm import ModelVersionRow
+
+    with session_scope(engine, readonly=True) as session:  # every version of every model
+        referenced = set(session.execute(select(ModelVersionRow.artifact_uri).distinct()).scalars())
     now = time.time() if now is None else now
     removed: list[str] = []
     removed_bytes = kept_referenced = kept_young = 0

@@ -247,11 +247,6 @@ def register_version_with_retry(engine: Engine, *, attempts: int = 8, **kwargs: 
     return run_transaction(engine, lambda session: register_version(session, **kwargs), attempts=attempts)
 
 
-def referenced_artifacts(session: Session) -> set[str]:
-    """The artifact URIs that any version of any model references (what a sweep must never remove)."""
-    return set(session.execute(select(ModelVersionRow.artifact_uri).distinct()).scalars())
-
-
 def get_version(session: Session, *, model_name: str = DEFAULT_MODEL, version: int) -> ModelVersion:
     """One version (``NotFoundError`` if absent)."""
     return _version(_version_row(session, model_name, version))
