@@ -42,17 +42,47 @@ class Settings(BaseSettings):
     model: Literal["dnn", "deepfm", "dcnv2", "lr"] = "dnn"
     loss: Literal["bce", "label_smoothing", "distill", "reloop"] = "reloop"
     loss_params: dict[str, float] = Field(default_factory=dict)
-    embedding_dim: int = 16
+    # The training recipe (training/recipe.py): one set of defaults for the cycle, `reloop train`, the
+    # demo and the replay, chosen on the replays' selection bins (docs/benchmarks.md, Model quality).
+    embedding_dim: int = Field(default=16, ge=1)
     mlp_hidden: tuple[int, ...] = (256, 128, 64)
-    learning_rate: float = 1e-3
-    sparse_learning_rate: float | None = None
-    epochs: int = 1
-    batch_size: int = 4096
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="MLP dropout while training.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, description="Adam learning rate of the MLP.")
+    sparse_learning_rate: float | None = Field(
+        default=None, gt=0.0, description="Embedding rows' Adam learning rate; default: the recipe's."
+    )
+    epochs: int = Field(default=1, ge=1, description="Passes over a day when warm-starting.")
+    cold_start_epochs: int = Field(default=2, ge=1, description="Passes when training from scratch.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Rows per step; default: scaled to the day (recipe.auto_batch_size)."
+    )
+    shuffle_buffer_rows: int = Field(
+        default=1_000_000, ge=1, description="Rows permuted together (a full shuffle of any smaller day)."
+    )
     threads: int | None = Field(default=None, description="torch intra-op threads; default: all cores.")
     seed: int = 0
 
     # --- cycle -----------------------------------------------------------------------------------
-    holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    holdout_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Share of a day's rows (by impression-id hash) the gate scores.",
+    )
+    train_on_holdout: bool = Field(
+        default=True, description="After the gate passes, train the candidate on the holdout rows too."
+    )
+    min_day_rows: int = Field(default=100, ge=1, description="Fewer valid rows: the cycle is skipped.")
+    min_positives: int = Field(default=5, ge=1, description="Fewer clicks in a day: the cycle is skipped.")
+    min_negatives: int = Field(default=5, ge=1, description="Fewer non-clicks: the cycle is skipped.")
+    collision_warn_fraction: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Flag a field when this share of its values share a bucket."
+    )
+    gate_min_gain_over_constant: float | None = Field(
+        default=0.0,
+        description="Refuse a candidate whose holdout logloss is not this much below the constant "
+        "predictor's (the training CTR); none turns the rule off (the replay does).",
+    )
     prior_source: PriorSource = "archive_then_recompute"
     gate_auc_floor: float | None = None
     gate_max_auc_drop: float | None = 0.01

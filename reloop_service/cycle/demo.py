@@ -81,38 +81,28 @@ def prepare_data_dir(path: Path) -> Path:
 def demo_settings(
     *, data_dir: Path, loss: str, seed: int, port: int, token: str, base: Settings | None = None
 ) -> Settings:
-    """Embedded defaults under the demo folder whatever the environment says, and a modest model."""
+    """The user's settings (the training recipe and the gate included) with every location under the
+    demo folder, so the demo shows what ``Settings()`` trains, and never touches a real registry."""
     base = base or Settings()
-    return Settings(
-        data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir / 'registry.db'}",
-        logs_uri=str(data_dir / "logs"),
-        artifacts_uri=str(data_dir / "artifacts"),
-        archive_uri=str(data_dir / "archive"),
-        reports_uri=str(data_dir / "reports"),
-        spec_path=None,
-        model=base.model,
-        loss=loss,  # type: ignore[arg-type]
-        seed=seed,
-        embedding_dim=8,
-        mlp_hidden=(64, 32),
-        batch_size=1024,
-        learning_rate=2e-3,
-        epochs=1,
-        threads=base.threads,
-        api_host="127.0.0.1",
-        api_port=port,
-        admin_token=token,
-        watch_interval_s=0.5,
-        archive_flush_seconds=1.0,
-        cycle_attempts=1,
-        heartbeat_s=5.0,
-        gate_auc_floor=base.gate_auc_floor,
-        gate_max_auc_drop=base.gate_max_auc_drop,
-        gate_max_logloss_rise=base.gate_max_logloss_rise,
-        holdout_fraction=base.holdout_fraction,
-        prior_source=base.prior_source,
-    )
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": f"sqlite:///{data_dir / 'registry.db'}",
+        "logs_uri": str(data_dir / "logs"),
+        "artifacts_uri": str(data_dir / "artifacts"),
+        "archive_uri": str(data_dir / "archive"),
+        "reports_uri": str(data_dir / "reports"),
+        "spec_path": None,
+        "loss": loss,
+        "seed": seed,
+        "api_host": "127.0.0.1",
+        "api_port": port,
+        "admin_token": token,
+        "watch_interval_s": 0.5,
+        "archive_flush_seconds": 1.0,
+        "cycle_attempts": 1,
+        "heartbeat_s": 5.0,
+    }
+    return Settings(**{**base.model_dump(), **overrides})
 
 
 class LocalServer:

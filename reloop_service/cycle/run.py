@@ -241,7 +241,11 @@ def _execute_claimed(
         outcome = _attempt(
             settings=settings, engine=engine, run=run, actor=actor, stop=stop, extra=extra, hook=hook
         )
-        if outcome.status == "succeeded" or tries >= settings.cycle_attempts or outcome.reason == "permanent":
+        if (
+            outcome.status in ("succeeded", "skipped")
+            or tries >= settings.cycle_attempts
+            or outcome.reason == "permanent"
+        ):
             return outcome
         wait = settings.cycle_backoff_s * (2 ** (tries - 1))
         log.warning(
@@ -320,6 +324,7 @@ def _attempt(
             prepared = steps.fetch_priors(ctx, ingested=ingested, parent=parent)
             record["ingest"] = prepared.ingest
             record["coverage"] = prepared.coverage.to_dict()
+            record["collisions"] = prepared.collisions
             if extra is not None:
                 record["extra"] = extra(prepared)
             step("train")
@@ -335,34 +340,13 @@ def _attempt(
             step("gate")
             verdict = steps.gate(ctx, prepared=prepared, candidate=trained.checkpoint, parent=parent)
             record["gate"] = verdict
+            if verdict["passed"] and settings.train_on_holdout:
+                step("train_holdout")
+                trained = steps.train_holdout(ctx, prepared=prepared, trained=trained)
+                record["train"]["holdout_trained_rows"] = trained.info["holdout_trained_rows"]
+                record["train"]["seconds"] = trained.seconds
             step("register")
-            paths: list[ReportPaths] = []
-
-            def write_report(version: Any, decision: str) -> None:
-                # Step 7 inside step 6's transaction: a report that cannot be written fails the run
-                # before anything is committed.
-                nonlocal current
-                current = "report"
-                ctx.check("report")
-                if hook is not None:
-                    hook("report", ctx)
-                final = {
-                    **record,
-                    "status": "succeeded",
-                    "version": version.version,
-                    "decision": decision,
-                    "finished_at": datetime.now(UTC).isoformat(),
-                }
-                paths[:] = [steps.report(settings=settings, record=final)]
-
-            registered = steps.register(
-                ctx,
-                trained=trained,
-                verdict=verdict,
-                parent=parent,
-                record=record,
-                before_commit=write_report,
-            )
+            registered = steps.register(ctx, trained=trained, verdict=verdict, parent=parent, record=record)
         record.update(
             status="succeeded",
             version=registered.version.version,
@@ -370,6 +354,16 @@ def _attempt(
             finished_at=datetime.now(UTC).isoformat(),
         )
         clog.info("succeeded: version %d %s", registered.version.version, registered.decision)
+        # Step 7 only after step 6 committed: a report never claims a version the registry lacks.
+        # A report that cannot be written is logged; the run and its version stand.
+        paths: list[ReportPaths] = []
+        current = "report"
+        if hook is not None:
+            hook("report", ctx)
+        try:
+            paths.append(steps.report(settings=settings, record=record))
+        except Exception as rep_err:
+            clog.error("could not write the report of version %d: %s", registered.version.version, rep_err)
         return CycleOutcome(
             cycle_date=run.cycle_date,
             status="succeeded",
@@ -382,6 +376,8 @@ def _attempt(
             record=record,
             report=paths[0] if paths else None,
         )
+    except steps.DaySkipped as skip:
+        return _skip_run(settings, engine, run, record, skip, clog)
     except Exception as exc:
         error = f"step {current}: {type(exc).__name__}: {exc}"
         clog.error("failed: %s", error)
@@ -414,6 +410,42 @@ def _attempt(
         )
     finally:
         steps.remove_workdir(ctx.workdir)
+
+
+def _skip_run(
+    settings: Settings,
+    engine: Engine,
+    run: CycleRun,
+    record: dict[str, Any],
+    skip: steps.DaySkipped,
+    clog: logging.LoggerAdapter[logging.Logger],
+) -> CycleOutcome:
+    """Close the run as ``skipped`` with its reason: nothing was trained, production is untouched."""
+    clog.warning("skipped (%s): %s", skip.code, skip)
+    record.update(
+        status="skipped", skip_reason=skip.code, error=str(skip), finished_at=datetime.now(UTC).isoformat()
+    )
+    details = {k: v for k, v in record.items() if k != "status"}
+    try:
+        steps.skip_run(engine=engine, run=run, code=skip.code, message=str(skip), details=details)
+    except RegistryError as db_err:
+        clog.error("could not mark the run skipped (its heartbeat will go stale): %s", db_err)
+    report_paths = None
+    try:
+        report_paths = steps.report(settings=settings, record=record)
+    except Exception as rep_err:
+        clog.error("could not write the skip report: %s", rep_err)
+    return CycleOutcome(
+        cycle_date=run.cycle_date,
+        status="skipped",
+        reason=skip.code,
+        run_id=run.id,
+        attempt=run.attempt,
+        parent_version=record.get("parent_version"),
+        error=str(skip),
+        record=record,
+        report=report_paths,
+    )
 
 
 # --------------------------------------------------------------------------------------- queries

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,19 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from reloop_service.config import Settings
+from reloop_service.data.collisions import CollisionCounter
 from reloop_service.data.spec import FeatureSpec, default_spec, load_spec
+from reloop_service.data.split import holdout_mask
 from reloop_service.registry import store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.service import artifact_store
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+from reloop_service.training.trainer import PRIOR_COLUMN
 
-PRIOR_COLUMN = "prior_ctr"
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
+READ_BATCH_ROWS = 65_536  # rows per Arrow batch when streaming a day (training batches are re-cut)
 
 
 class CycleCancelled(RuntimeError):
@@ -47,6 +50,18 @@ class CycleCancelled(RuntimeError):
 
 class CycleStepError(RuntimeError):
     """A step failed for a reason worth stating plainly (the message names the step and the cause)."""
+
+
+class DaySkipped(RuntimeError):
+    """The day is not trained on, by design: no partition, too few rows, or too few of one label.
+
+    The run ends as ``skipped`` with ``code`` and the message; production and the registry's versions
+    are untouched, and a scheduler, backfill or replay goes on with the next day.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --------------------------------------------------------------------------------------- context
@@ -119,6 +134,20 @@ def fail_run(*, engine: Engine, run: CycleRun, error: str, details: Mapping[str,
         )
 
 
+def skip_run(
+    *, engine: Engine, run: CycleRun, code: str, message: str, details: Mapping[str, Any]
+) -> CycleRun:
+    """Close the claim as skipped with its reason; the date can be claimed again (late data)."""
+    with session_scope(engine) as session:
+        return store.finish_cycle(
+            session,
+            run=run,
+            status=CycleStatus.SKIPPED,
+            error=f"{code}: {message}"[:4000],
+            details=_jsonable(dict(details)),
+        )
+
+
 # ---------------------------------------------------------------------------------------- parent
 @dataclass(frozen=True)
 class Parent:
@@ -180,13 +209,18 @@ def ingest(ctx: CycleContext, *, parent: Parent) -> Ingested:
     spec = (
         parent.checkpoint.feature_spec() if parent.checkpoint is not None else configured_spec(ctx.settings)
     )
-    day_log = open_days(
-        ctx.settings.resolved_logs_uri,
-        [ctx.cycle_date],
-        spec,
-        storage_options=ctx.settings.storage_options(),
-        batch_size=ctx.settings.batch_size,
-    )
+    from reloop_service.data.ingest import EmptyDayError
+
+    try:
+        day_log = open_days(
+            ctx.settings.resolved_logs_uri,
+            [ctx.cycle_date],
+            spec,
+            storage_options=ctx.settings.storage_options(),
+            batch_size=READ_BATCH_ROWS,
+        )
+    except EmptyDayError as exc:
+        raise DaySkipped("no_data", str(exc)) from exc
     return Ingested(day_log=day_log, spec=spec)
 
 
@@ -216,46 +250,49 @@ class Coverage:
 
 @dataclass
 class PreparedDay:
-    """The day with a ``prior_ctr`` column, staged as local Parquet, split by event time."""
+    """The day with a ``prior_ctr`` column, staged as two local Parquet files: training and holdout.
+
+    The holdout is a hash sample of impression ids (``data.split``), so it covers every hour of the
+    day; the gate scores it, and once the gate passes the candidate trains on it too.
+    """
 
     spec: FeatureSpec
     path: Path
-    cutoff_us: int
+    holdout_path: Path
     train_rows: int
     holdout_rows: int
+    positives: int
+    train_positives: int
     coverage: Coverage
     ingest: dict[str, Any]
-    batch_size: int
+    collisions: list[dict[str, Any]] = field(default_factory=list)
 
-    def _times(self, batch: pa.RecordBatch) -> np.ndarray:
-        return _time_us(batch.column(self.spec.event_time))
+    @property
+    def rows(self) -> int:
+        return self.train_rows + self.holdout_rows
 
-    def _iter(self, holdout: bool) -> Iterator[pa.RecordBatch]:
-        pf = pq.ParquetFile(self.path)
-        for batch in pf.iter_batches(batch_size=self.batch_size):
-            times = self._times(batch)
-            mask = times >= self.cutoff_us if holdout else times < self.cutoff_us
-            if mask.any():
-                yield batch.filter(pa.array(mask))
+    @property
+    def ctr(self) -> float:
+        """The day's click rate over every valid row (the constant predictor's value)."""
+        return self.positives / self.rows if self.rows else float("nan")
 
     def train_batches(self) -> Iterator[pa.RecordBatch]:
-        """Rows before the cutoff (re-iterable: call again for another epoch)."""
-        return self._iter(holdout=False)
+        """The training rows (re-iterable: call again for another epoch)."""
+        return pq.ParquetFile(self.path).iter_batches(batch_size=READ_BATCH_ROWS)
+
+    def holdout_batches(self) -> Iterator[pa.RecordBatch]:
+        return pq.ParquetFile(self.holdout_path).iter_batches(batch_size=READ_BATCH_ROWS)
 
     def holdout(self) -> pa.Table:
-        """The latest ``holdout_fraction`` of the day by event time (kept for both gate models)."""
-        batches = list(self._iter(holdout=True))
-        if not batches:
+        """The held-out rows, whole (kept in memory for both gate models)."""
+        table = pq.read_table(self.holdout_path)
+        if table.num_rows == 0:
             raise CycleStepError("holdout is empty")
-        return pa.Table.from_batches(batches)
+        return table
 
 
-def _time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Event times (ingest normalizes them to ``timestamp[us, UTC]``) as int64 microseconds."""
-    if not pa.types.is_timestamp(column.type):
-        raise CycleStepError(f"event-time column has type {column.type}, expected a timestamp")
-    arr = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+def _labels(spec: FeatureSpec, batch: pa.RecordBatch) -> np.ndarray:
+    return np.asarray(batch.column(spec.label).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def archive_window(cycle_date: date, parent_created: date) -> tuple[date, date]:
@@ -339,15 +376,18 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         predictor = Predictor(parent.checkpoint)
 
     assert ctx.workdir is not None
-    path = ctx.workdir / "day.parquet"
-    writer: pq.ParquetWriter | None = None
-    times: list[np.ndarray] = []
+    path, holdout_path = ctx.workdir / "train.parquet", ctx.workdir / "holdout.parquet"
+    writers: dict[bool, pq.ParquetWriter] = {}
+    counts = {True: 0, False: 0}  # rows by "held out"
+    positives = {True: 0, False: 0}
+    collisions = CollisionCounter(spec, warn_fraction=settings.collision_warn_fraction)
     rows = archived = recomputed = missing = 0
     try:
         for batch in ingested.day_log.iter_batches():
             n = batch.num_rows
             if n == 0:
                 continue
+            collisions.add(batch)
             prior = np.full(n, np.nan, dtype=np.float64)
             if len(archive_ids):
                 idx = pc.index_in(batch.column(spec.impression_id).cast(pa.string()), value_set=archive_ids)
@@ -365,26 +405,35 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
             if PRIOR_COLUMN in batch.schema.names:
                 batch = batch.drop_columns([PRIOR_COLUMN])
             out = batch.append_column(PRIOR_COLUMN, column)
-            if writer is None:
-                writer = pq.ParquetWriter(path, out.schema)
-            writer.write_batch(out)
-            times.append(_time_us(batch.column(spec.event_time)))
+            held = holdout_mask(batch.column(spec.impression_id), settings.holdout_fraction)
+            labels = _labels(spec, batch)
+            for side, target in ((False, path), (True, holdout_path)):
+                keep = held if side else ~held
+                if not keep.any():
+                    continue
+                if side not in writers:
+                    writers[side] = pq.ParquetWriter(target, out.schema)
+                writers[side].write_batch(out.filter(pa.array(keep)))
+                counts[side] += int(keep.sum())
+                positives[side] += int(labels[keep].sum())
             rows += n
     finally:
-        if writer is not None:
-            writer.close()
+        for w in writers.values():
+            w.close()
     report = ingested.report()
-    if rows == 0:
-        raise CycleStepError(f"no valid rows for {ctx.cycle_date} (ingest report: {report})")
-    all_times = np.sort(np.concatenate(times))
-    split = min(rows - 1, max(1, math.floor(rows * (1.0 - settings.holdout_fraction))))
-    cutoff = int(all_times[split])
-    train_rows = int(np.searchsorted(all_times, cutoff, side="left"))
-    if train_rows == 0 or train_rows == rows:
-        raise CycleStepError(
-            f"cannot split {rows} rows of {ctx.cycle_date} by event time into train and holdout "
-            f"(holdout_fraction={settings.holdout_fraction}; too few distinct times)"
-        )
+    flagged = [c for c in collisions.report() if c.flagged]
+    for c in flagged:
+        ctx.log.warning("bucket collisions: %s; raise its buckets in the feature spec", c.describe())
+    _refuse_small_day(
+        settings,
+        ctx.cycle_date,
+        rows=rows,
+        positives=positives[True] + positives[False],
+        holdout_rows=counts[True],
+        holdout_positives=positives[True],
+        train_rows=counts[False],
+        report=report,
+    )
     coverage = Coverage(
         source=source if parent.version is not None else "cold_start",
         rows=rows,
@@ -394,24 +443,70 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         parent_version=parent.number,
     )
     ctx.log.info(
-        "priors: %d rows, archived %d, recomputed %d, missing %d; holdout %d rows from %s",
+        "priors: %d rows, archived %d, recomputed %d, missing %d; holdout %d rows (hash sample %.0f%%)",
         rows,
         archived,
         recomputed,
         missing,
-        rows - train_rows,
-        np.datetime64(cutoff, "us"),
+        counts[True],
+        100 * settings.holdout_fraction,
     )
     return PreparedDay(
         spec=spec,
         path=path,
-        cutoff_us=cutoff,
-        train_rows=train_rows,
-        holdout_rows=rows - train_rows,
+        holdout_path=holdout_path,
+        train_rows=counts[False],
+        holdout_rows=counts[True],
+        positives=positives[True] + positives[False],
+        train_positives=positives[False],
         coverage=coverage,
         ingest=report,
-        batch_size=settings.batch_size,
+        collisions=[
+            {**asdict(c), "colliding_fraction": round(c.colliding_fraction, 6)} for c in collisions.report()
+        ],
     )
+
+
+def _refuse_small_day(
+    settings: Settings,
+    day: date,
+    *,
+    rows: int,
+    positives: int,
+    holdout_rows: int,
+    holdout_positives: int,
+    train_rows: int,
+    report: Mapping[str, Any],
+) -> None:
+    """Raise ``DaySkipped`` before training when the day cannot train or be gated meaningfully."""
+    negatives = rows - positives
+    if rows == 0:
+        quarantined = sum(dict(report.get("quarantined") or {}).values())
+        raise DaySkipped("no_data", f"no valid rows for {day} ({quarantined} quarantined)")
+    if rows < settings.min_day_rows:
+        raise DaySkipped(
+            "too_few_rows",
+            f"{day} has {rows} valid rows, fewer than RELOOP_MIN_DAY_ROWS={settings.min_day_rows}",
+        )
+    if positives < settings.min_positives:
+        raise DaySkipped(
+            "too_few_positives",
+            f"{day} has {positives} clicks in {rows} rows, "
+            f"fewer than RELOOP_MIN_POSITIVES={settings.min_positives}",
+        )
+    if negatives < settings.min_negatives:
+        raise DaySkipped(
+            "too_few_negatives",
+            f"{day} has {negatives} non-clicks in {rows} rows, "
+            f"fewer than RELOOP_MIN_NEGATIVES={settings.min_negatives}",
+        )
+    if train_rows == 0 or holdout_positives == 0 or holdout_positives == holdout_rows:
+        raise DaySkipped(
+            "holdout_unusable",
+            f"{day}: the {holdout_rows}-row holdout ({settings.holdout_fraction:.0%} of {rows} rows) has "
+            f"{holdout_positives} clicks: the gate needs both labels (raise RELOOP_HOLDOUT_FRACTION "
+            "or RELOOP_MIN_DAY_ROWS)",
+        )
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -434,6 +529,7 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     """
     from reloop_service.data.transforms import fit_numeric
     from reloop_service.training.distributed import StagedDay, train_staged_day
+    from reloop_service.training.recipe import recipe_config
 
     settings = ctx.settings
     # ``warm_start=False`` (the replay's full_retrain) trains from scratch on whatever the day holds.
@@ -444,28 +540,32 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
         spec = fit_numeric(spec, prepared.train_batches())
         ctx.log.info("fitted numeric statistics on the first training")
     loss = "bce" if cold else settings.loss
-    config = train_config(settings, loss=loss)
+    config = recipe_config(settings, loss=loss, rows=prepared.train_rows, cold=cold)
     started = time.perf_counter()
     # One process normally; under torchrun (``reloop cycle run --nproc N``) every rank trains its
     # shard of the staged day's row groups and this rank (0) gets the common result.
     result = train_staged_day(
         config=config,
         spec=spec,
-        day=StagedDay(
-            uri=str(prepared.path),
-            time_column=spec.event_time,
-            cutoff_us=prepared.cutoff_us,
-            batch_size=prepared.batch_size,
-        ),
+        day=StagedDay(uri=str(prepared.path), batch_size=READ_BATCH_ROWS),
         batches=prepared.train_batches,
         init=init,
         first_day=ctx.cycle_date if cold else None,
         last_day=ctx.cycle_date,
         progress=False,
         storage_options=settings.storage_options(),
+        base_rate=prepared.train_positives / max(prepared.train_rows, 1),
     )
     seconds = time.perf_counter() - started
-    ctx.log.info("trained %s on %d rows in %.1fs (loss %s)", settings.model, result.rows, seconds, loss)
+    ctx.log.info(
+        "trained %s on %d rows in %.1fs (loss %s, %d epoch(s), batch %d)",
+        settings.model,
+        result.rows,
+        seconds,
+        loss,
+        config.epochs,
+        config.batch_size,
+    )
     return Trained(
         checkpoint=result.checkpoint,
         loss=loss,
@@ -473,10 +573,48 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
         seconds=seconds,
         info={
             "rows": int(result.rows),
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
             "first_batch_loss": _finite(result.first_batch_loss),
             "trainer_prior_coverage": _finite(result.coverage),
             "notes": list(result.notes),
         },
+    )
+
+
+def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained) -> Trained:
+    """Step 5b: once the gate has passed, one pass of the candidate over the holdout rows.
+
+    The gate judged the candidate on rows it had not seen; those rows are the day's freshest
+    evidence too, so the version that ships learns from them (the verdict keeps the figures of the
+    model it judged). Skipped with ``train_on_holdout=False``.
+    """
+    from reloop_service.training.recipe import recipe_config
+    from reloop_service.training.trainer import train as train_rows
+
+    config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.holdout_rows, cold=False)
+    started = time.perf_counter()
+    result = train_rows(
+        config=replace(config, epochs=1),
+        spec=None,
+        batches=prepared.holdout_batches,
+        init=trained.checkpoint,
+        last_day=ctx.cycle_date,
+        progress=False,
+    )
+    seconds = time.perf_counter() - started
+    ctx.log.info("trained on the %d holdout rows in %.1fs", result.rows, seconds)
+    checkpoint = result.checkpoint
+    checkpoint.metrics = {
+        **trained.checkpoint.metrics,
+        "train_rows": int(trained.info["rows"]) + int(result.rows),
+        "holdout_trained_rows": int(result.rows),
+    }
+    return replace(
+        trained,
+        checkpoint=checkpoint,
+        seconds=trained.seconds + seconds,
+        info={**trained.info, "holdout_trained_rows": int(result.rows)},
     )
 
 
@@ -488,69 +626,58 @@ def _finite(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def train_config(settings: Settings, *, loss: str) -> Any:
-    """The trainer's config from settings (model size, loss, learning rates, epochs, seed, threads)."""
-    from reloop_service.training.trainer import TrainConfig
-
-    kwargs: dict[str, Any] = {
-        "model": settings.model,
-        "model_args": {"embedding_dim": settings.embedding_dim, "hidden": list(settings.mlp_hidden)},
-        "loss": loss,
-        "loss_params": dict(settings.loss_params) if loss == settings.loss else {},
-        "lr": settings.learning_rate,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "seed": settings.seed,
-        "threads": settings.threads,
-    }
-    if settings.sparse_learning_rate is not None:
-        kwargs["sparse_lr"] = settings.sparse_learning_rate
-    return TrainConfig(**kwargs)
-
-
 # ------------------------------------------------------------------------------------------ gate
 def gate(
     ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, parent: Parent
 ) -> dict[str, Any]:
-    """Step 5: evaluate candidate and parent on the same holdout and apply the configured rules.
+    """Step 5: evaluate candidate, parent and the constant predictor on the same holdout; apply the rules.
 
-    The verdict always carries its numbers, even when no rule applies (e.g. a cold start with no
-    AUC floor): ``passed``, every rule with threshold and value, and both models' metrics.
+    The constant predictor (the training rows' click rate) is the floor every model must beat in
+    logloss, cold start included: a model that cannot is worse than knowing nothing. Every rule
+    fails on a non-finite value (a NaN AUC passes no comparison). The verdict always carries its
+    numbers: ``passed``, every rule with threshold and value, and all models' metrics.
     """
+    from reloop_service.data.transforms import labels_of
     from reloop_service.training.metrics import evaluate
     from reloop_service.training.predict import Predictor
 
     settings = ctx.settings
     holdout = prepared.holdout()
-    from reloop_service.data.transforms import labels_of
-
     y = labels_of(prepared.spec, holdout).numpy()
     cand = evaluate(y, Predictor(candidate).predict_batch(holdout))
     prod = evaluate(y, Predictor(parent.checkpoint).predict_batch(holdout)) if parent.checkpoint else None
+    base_ctr = min(max(prepared.train_positives / max(prepared.train_rows, 1), 1e-6), 1 - 1e-6)
+    const = evaluate(y, np.full(len(y), base_ctr))
     rules: list[dict[str, Any]] = []
 
     def rule(name: str, threshold: float, value: float, ok: bool) -> None:
-        rules.append({"name": name, "threshold": threshold, "value": value, "passed": bool(ok)})
+        finite = math.isfinite(value)
+        rules.append(
+            {
+                "name": name,
+                "threshold": threshold,
+                "value": value if finite else None,
+                "passed": finite and ok,
+            }
+        )
 
+    if settings.gate_min_gain_over_constant is not None:
+        gain = float(const["logloss"]) - float(cand["logloss"])
+        rule(
+            "beats_constant",
+            settings.gate_min_gain_over_constant,
+            gain,
+            gain > settings.gate_min_gain_over_constant,
+        )
     if settings.gate_auc_floor is not None:
         value = float(cand["auc"])
-        rule(
-            "auc_floor",
-            settings.gate_auc_floor,
-            value,
-            math.isfinite(value) and value >= settings.gate_auc_floor,
-        )
+        rule("auc_floor", settings.gate_auc_floor, value, value >= settings.gate_auc_floor)
     if prod is not None and settings.gate_max_auc_drop is not None:
         drop = float(prod["auc"]) - float(cand["auc"])
-        rule("max_auc_drop", settings.gate_max_auc_drop, drop, not (drop > settings.gate_max_auc_drop))
+        rule("max_auc_drop", settings.gate_max_auc_drop, drop, drop <= settings.gate_max_auc_drop)
     if prod is not None and settings.gate_max_logloss_rise is not None:
         rise = float(cand["logloss"]) - float(prod["logloss"])
-        rule(
-            "max_logloss_rise",
-            settings.gate_max_logloss_rise,
-            rise,
-            not (rise > settings.gate_max_logloss_rise),
-        )
+        rule("max_logloss_rise", settings.gate_max_logloss_rise, rise, rise <= settings.gate_max_logloss_rise)
     failed = [r["name"] for r in rules if not r["passed"]]
     verdict = {
         "passed": not failed,
@@ -558,15 +685,17 @@ def gate(
         "rules": rules,
         "candidate": cand,
         "production": prod,
+        "constant": {**const, "prediction": base_ctr},
         "production_version": parent.number,
         "holdout_rows": len(y),
-        "holdout_from_us": prepared.cutoff_us,
+        "holdout": f"hash sample of impression ids, {settings.holdout_fraction:.0%}",
     }
     ctx.log.info(
-        "gate %s: candidate auc %.4f logloss %.4f; production %s",
+        "gate %s: candidate auc %.4f logloss %.4f; constant logloss %.4f; production %s",
         "passed" if not failed else f"rejected ({', '.join(failed)})",
         cand["auc"],
         cand["logloss"],
+        const["logloss"],
         "none" if prod is None else f"auc {prod['auc']:.4f} logloss {prod['logloss']:.4f}",
     )
     return verdict
@@ -589,7 +718,6 @@ def register(
     verdict: dict[str, Any],
     parent: Parent,
     record: dict[str, Any],
-    before_commit: Callable[[ModelVersion, str], None] | None = None,
 ) -> Registered:
     """Step 6: write the artifact, then register + promote/reject + finish the run in ONE transaction.
 
@@ -664,8 +792,6 @@ def register(
                 details={"verdict": _jsonable(verdict)},
             )
             decision = "rejected"
-        if before_commit is not None:
-            before_commit(version, decision)
         run = store.finish_cycle(
             session,
             run=ctx.run,

@@ -31,3 +31,4 @@ class CycleStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SKIPPED = "skipped"  # not trained on by design (no data, too few rows or labels); claimable again

@@ -51,7 +51,7 @@ PortableJSON = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 VERSION_STATUSES = ("candidate", "production", "archived", "rejected", "failed")
 EVENT_KINDS = ("registered", "promoted", "rolled_back", "rejected", "failed")
-CYCLE_STATUSES = ("running", "succeeded", "failed")
+CYCLE_STATUSES = ("running", "succeeded", "failed", "skipped")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

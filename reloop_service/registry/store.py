@@ -692,7 +692,8 @@ def claim_cycle(
     - ``running`` with a heartbeat fresher than ``stale_after_s``: not acquired — ``held`` (even with force);
     - ``running`` but stale, ``failed`` (when ``retry_failed``), or ``succeeded`` with ``force``: taken over
       with ``attempt + 1`` by a compare-and-set on the attempt — ``taken_over``;
-    - ``succeeded`` without force: a no-op — ``succeeded``; ``failed`` without ``retry_failed``: ``failed``.
+    - ``succeeded`` without force: a no-op — ``succeeded``; ``failed`` without ``retry_failed``: ``failed``;
+    - ``skipped`` (no data or too little of it): taken over — late data may have arrived since.
     Commit promptly: the claim is only visible to others once the transaction commits.
     """
     now = now or _now()
@@ -792,12 +793,14 @@ def finish_cycle(
     details: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> CycleRun:
-    """Close the claim as ``succeeded`` or ``failed``; ``details`` (JSON) merge into the run's details."""
+    """Close the claim as ``succeeded``, ``failed`` or ``skipped``; ``details`` merge into the run's."""
     final = CycleStatus(status)
     if final == CycleStatus.RUNNING:
-        raise InvalidTransitionError("finish_cycle needs a final status: succeeded or failed")
+        raise InvalidTransitionError("finish_cycle needs a final status: succeeded, failed or skipped")
     if final == CycleStatus.FAILED and not error:
         raise InvalidTransitionError("a failed cycle run needs its error text")
+    if final == CycleStatus.SKIPPED and not error:
+        raise InvalidTransitionError("a skipped cycle run needs its reason")
     current = get_cycle_run(session, run_id=run.id)
     now = now or _now()
     return _update_claimed(

@@ -32,7 +32,18 @@ SparseLr = Annotated[float, typer.Option("--sparse-lr", help="Embedding-table Ad
 Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Epochs per cycle.")]
 EmbDim = Annotated[int, typer.Option("--embedding-dim", min=1)]
 Mlp = Annotated[str, typer.Option("--mlp", help="MLP widths, e.g. 256,128,64.")]
-Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size (bins are ~3k rows).")]
+Batch = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Training batch size [default: the recipe's, by rows]."),
+]
+Dropout = Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="MLP dropout.")]
+ClusterBy = Annotated[
+    str | None,
+    typer.Option("--cluster-by", help="Column whose values are the bootstrap's clusters [default: user_id]."),
+]
+Bootstrap = Annotated[
+    int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for the paired 95% CI (0: off).")
+]
 Alpha = Annotated[float, typer.Option("--alpha", help="reloop's α.")]
 Epsilon = Annotated[float, typer.Option("--epsilon", help="label_smoothing's ε.")]
 Beta = Annotated[float, typer.Option("--beta", help="distill's β.")]
@@ -66,6 +77,7 @@ class Options:
     workers: int
     keep: bool
     select: bool
+    bootstrap: int
 
 
 def _options(**kw: Any) -> Options:
@@ -104,6 +116,8 @@ def _options(**kw: Any) -> Options:
         embedding_dim=kw["embedding_dim"],
         mlp_hidden=mlp,
         batch_size=kw["batch_size"],
+        dropout=kw["dropout"],
+        cluster_by=kw["cluster_by"],
         default=base,
         strategies=per,
         gate=kw["gate"],
@@ -124,6 +138,7 @@ def _options(**kw: Any) -> Options:
         workers=kw["workers"],
         keep=kw["keep_data"],
         select=kw["select"],
+        bootstrap=kw["bootstrap"],
     )
 
 
@@ -172,7 +187,7 @@ def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dic
         shutil.rmtree(opts.out / "work", ignore_errors=True)
     for r in results:
         r["label"] = r["strategy"]
-    summary = summarize(results, bins_from=opts.protocol.report_from)
+    summary = summarize(results, bins_from=opts.protocol.report_from, bootstrap=opts.bootstrap)
     paths = write_outputs(
         opts.out,
         title=title,
@@ -203,13 +218,13 @@ def _command(ctx: typer.Context) -> str:
     return "reloop " + " ".join(sys.argv[1:]) if sys.argv else ctx.command_path
 
 
-def _run(data_fn: Any, ctx: typer.Context, title: str, kw: dict[str, Any]) -> None:
+def _run(data_fn: Any, ctx: typer.Context, title: str, kw: dict[str, Any]) -> dict[str, Any]:
     from reloop_service.replay.runner import ReplayError
 
     opts = _options(**kw)
     try:
         data = data_fn()
-        execute(data, opts, title=title, command=_command(ctx))
+        return execute(data, opts, title=title, command=_command(ctx))
     except ReplayError as exc:
         raise fail(str(exc)) from None
 
@@ -228,7 +243,10 @@ def movielens(
     epochs: Epochs = 1,
     embedding_dim: EmbDim = 16,
     mlp: Mlp = "256,128,64",
-    batch_size: Batch = 256,
+    batch_size: Batch = None,
+    dropout: Dropout = 0.1,
+    cluster_by: ClusterBy = None,
+    bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.5,
     epsilon: Epsilon = 0.1,
     beta: Beta = 0.5,
@@ -269,8 +287,16 @@ def synthetic(
     bins: Annotated[int, typer.Option("--bins", min=2, help="Simulated days (one bin each).")] = 31,
     impressions: Annotated[int, typer.Option("--impressions", min=10, help="Impressions per day.")] = 3000,
     data_seed: Annotated[
-        int, typer.Option("--data-seed", help="Simulator seed (the same data for every run).")
+        int, typer.Option("--data-seed", help="First simulator seed (the same data for every run).")
     ] = 0,
+    data_seeds: Annotated[
+        int,
+        typer.Option(
+            "--data-seeds",
+            min=1,
+            help="Simulated worlds (seeds data-seed..+N-1), each replayed in OUT/data<K>.",
+        ),
+    ] = 1,
     strategies: Strategies = ",".join(STRATEGIES),
     seeds: Seeds = 5,
     model: Model = "dnn",
@@ -279,7 +305,10 @@ def synthetic(
     epochs: Epochs = 1,
     embedding_dim: EmbDim = 16,
     mlp: Mlp = "256,128,64",
-    batch_size: Batch = 256,
+    batch_size: Batch = None,
+    dropout: Dropout = 0.1,
+    cluster_by: ClusterBy = None,
+    bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.5,
     epsilon: Epsilon = 0.1,
     beta: Beta = 0.5,
@@ -301,14 +330,30 @@ def synthetic(
     kw = {
         k: v
         for k, v in locals().items()
-        if k not in ("ctx", "bins", "impressions", "data_seed", "synthetic_data")
+        if k not in ("ctx", "bins", "impressions", "data_seed", "data_seeds", "synthetic_data")
     }
-    _run(
-        lambda: synthetic_data(bins=bins, impressions=impressions, data_seed=data_seed),
-        ctx,
-        f"synthetic ({bins} days x {impressions} impressions)",
-        kw,
-    )
+    if data_seeds == 1:
+        _run(
+            lambda: synthetic_data(bins=bins, impressions=impressions, data_seed=data_seed),
+            ctx,
+            f"synthetic ({bins} days x {impressions} impressions)",
+            kw,
+        )
+        return
+    from reloop_service.replay.report import across_worlds
+
+    worlds: dict[int, dict[str, Any]] = {}
+    for d in range(data_seed, data_seed + data_seeds):
+        console.print(f"[bold]simulated world {d}[/] ({d - data_seed + 1}/{data_seeds})")
+        worlds[d] = _run(
+            lambda d=d: synthetic_data(bins=bins, impressions=impressions, data_seed=d),  # type: ignore[misc]
+            ctx,
+            f"synthetic world {d} ({bins} days x {impressions} impressions)",
+            {**kw, "out": kw["out"] / f"data{d}"},
+        )
+    text = across_worlds(worlds, order=STRATEGIES)
+    (kw["out"] / "worlds.md").write_text(text)
+    console.print(text, markup=False, highlight=False)
 
 
 @replay_app.command("parquet")
@@ -326,7 +371,10 @@ def parquet(
     epochs: Epochs = 1,
     embedding_dim: EmbDim = 16,
     mlp: Mlp = "256,128,64",
-    batch_size: Batch = 256,
+    batch_size: Batch = None,
+    dropout: Dropout = 0.1,
+    cluster_by: ClusterBy = None,
+    bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.5,
     epsilon: Epsilon = 0.1,
     beta: Beta = 0.5,

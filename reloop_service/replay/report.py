@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reloop_service.replay.stats import paired_bootstrap
 from reloop_service.training.metrics import auc, logloss
 
 BASELINE = "bce"
@@ -50,6 +52,17 @@ def run_figures(predictions: str | Path, *, bins_from: int, bins_to: int | None 
         out["bayes_logloss"] = logloss(y, t)
         out["gap_to_bayes"] = out["pooled_logloss"] / out["bayes_logloss"] - 1.0
         out["bayes_auc"] = auc(y, t)
+    if "hour" in table.column_names:
+        # Served calibration (mean prediction / observed CTR) per hour of the day, pooled over bins.
+        hours = np.asarray(table.column("hour").to_numpy(zero_copy_only=False))[keep]
+        by_hour = {}
+        for h in sorted(set(hours.tolist()), key=str):
+            m = hours == h
+            by_hour[str(h)] = float(p[m].mean() / y[m].mean()) if y[m].sum() else float("nan")
+        out["calibration_by_hour"] = by_hour
+        finite = [v for v in by_hour.values() if math.isfinite(v)]
+        out["calibration_hour_min"] = min(finite) if finite else float("nan")
+        out["calibration_hour_max"] = max(finite) if finite else float("nan")
     return out
 
 
@@ -64,13 +77,82 @@ def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-FIGURES = ("pooled_auc", "pooled_logloss", "mean_bin_auc", "wall_seconds", "gap_to_bayes", "bayes_logloss")
+FIGURES = (
+    "pooled_auc",
+    "pooled_logloss",
+    "mean_bin_auc",
+    "wall_seconds",
+    "gap_to_bayes",
+    "bayes_logloss",
+    "calibration_hour_min",
+    "calibration_hour_max",
+)
+
+
+def _scored_rows(path: str | Path, bins_from: int, bins_to: int | None) -> pa.Table:
+    table = pq.read_table(path)
+    b = table.column("bin").to_numpy()
+    keep = b >= bins_from
+    if bins_to is not None:
+        keep &= b <= bins_to
+    return table.filter(pa.array(keep))
+
+
+def bootstrap_vs_baseline(
+    runs: Sequence[dict[str, Any]],
+    *,
+    name: str,
+    baseline: str,
+    bins_from: int,
+    bins_to: int | None,
+    replicates: int = 1000,
+) -> dict[str, Any] | None:
+    """The paired difference ``name`` - ``baseline`` with a 95% bootstrap interval over clusters (users).
+
+    Seeds present for both are paired; the rows must be the same (same data, same order).
+    """
+    by_seed: dict[str, dict[int, pa.Table]] = {name: {}, baseline: {}}
+    for run in runs:
+        label = run.get("label") or run["strategy"]
+        if label in by_seed:
+            by_seed[label][int(run["seed"])] = _scored_rows(run["predictions"], bins_from, bins_to)
+    common = sorted(set(by_seed[name]) & set(by_seed[baseline]))
+    if not common:
+        return None
+    ref = by_seed[baseline][common[0]]
+    ids = ref.column("impression_id")
+    for label in (name, baseline):
+        for s in common:
+            if not by_seed[label][s].column("impression_id").equals(ids):
+                raise ValueError(f"{label} seed {s} scored other rows than {baseline}: cannot pair them")
+    clusters = ref.column("cluster") if "cluster" in ref.column_names else ids
+    y = ref.column("label").to_numpy().astype(np.float64)
+    result = paired_bootstrap(
+        y,
+        [by_seed[name][s].column("ctr").to_numpy() for s in common],
+        [by_seed[baseline][s].column("ctr").to_numpy() for s in common],
+        np.asarray(clusters.to_numpy(zero_copy_only=False)),
+        replicates=replicates,
+    )
+    return {
+        **{k: v.to_dict() for k, v in result.items()},
+        "seeds": common,
+        "clusters": len(np.unique(np.asarray(clusters.to_numpy(zero_copy_only=False)))),
+        "replicates": replicates,
+    }
 
 
 def summarize(
-    runs: Sequence[dict[str, Any]], *, bins_from: int, bins_to: int | None = None, baseline: str = BASELINE
+    runs: Sequence[dict[str, Any]],
+    *,
+    bins_from: int,
+    bins_to: int | None = None,
+    baseline: str = BASELINE,
+    bootstrap: int = 1000,
 ) -> dict[str, Any]:
-    """Per strategy: every seed's figures, mean and std across seeds, paired difference vs ``baseline``."""
+    """Per strategy: every seed's figures, mean and std across seeds, and the paired difference vs
+    ``baseline``: mean ± std across seeds, and a 95% bootstrap interval over users (``bootstrap``
+    replicates; 0 turns it off)."""
     per: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
         figs = run_figures(run["predictions"], bins_from=bins_from, bins_to=bins_to)
@@ -90,6 +172,15 @@ def summarize(
                 fig: {**_mean_std([seeds[s][fig] - base[s][fig] for s in common]), "seeds": common}
                 for fig in ("pooled_auc", "pooled_logloss", "mean_bin_auc")
             }
+            if bootstrap:
+                entry["bootstrap_vs_" + baseline] = bootstrap_vs_baseline(
+                    runs,
+                    name=name,
+                    baseline=baseline,
+                    bins_from=bins_from,
+                    bins_to=bins_to,
+                    replicates=bootstrap,
+                )
         out["strategies"][name] = entry
     return out
 
@@ -124,6 +215,14 @@ def _fmt(stat: dict[str, Any] | None, digits: int = 4, signed: bool = False) -> 
     return f"{stat['mean']:{sign}.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _fmt_ci(ci: dict[str, Any] | None, digits: int = 4) -> str:
+    """``+0.0012 [-0.0003, +0.0027]``, bold when the interval excludes zero."""
+    if not ci or ci.get("diff") is None:
+        return "-"
+    text = f"{ci['diff']:+.{digits}f} [{ci['low']:+.{digits}f}, {ci['high']:+.{digits}f}]"
+    return f"**{text}**" if ci.get("excludes_zero") else text
+
+
 def markdown(summary: dict[str, Any], *, title: str, order: Sequence[str] | None = None) -> str:
     """The results table: mean ± std across seeds, and the paired per-seed difference vs the baseline."""
     strategies = summary["strategies"]
@@ -134,7 +233,11 @@ def markdown(summary: dict[str, Any], *, title: str, order: Sequence[str] | None
     head = ["strategy", "seeds", f"pooled AUC ({rng})", "pooled logloss", "mean per-bin AUC"]
     if synthetic:
         head += ["gap to Bayes logloss"]
-    head += [f"Δ AUC vs {base} (paired)", f"Δ logloss vs {base} (paired)", "wall s / run"]
+    head += [
+        f"Δ AUC vs {base} [95% CI over users]",
+        f"Δ logloss vs {base} [95% CI over users]",
+        "wall s / run",
+    ]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
         e = strategies[n]
@@ -151,9 +254,10 @@ def markdown(summary: dict[str, Any], *, title: str, order: Sequence[str] | None
             row.append(
                 f"{gap['mean']:.2%} ± {gap['std']:.2%}" if gap and gap.get("mean") is not None else "-"
             )
+        boot = e.get("bootstrap_vs_" + base) or {}
         row += [
-            _fmt(paired.get("pooled_auc"), signed=True),
-            _fmt(paired.get("pooled_logloss"), signed=True),
+            _fmt_ci(boot.get("pooled_auc")) if boot else _fmt(paired.get("pooled_auc"), signed=True),
+            _fmt_ci(boot.get("pooled_logloss")) if boot else _fmt(paired.get("pooled_logloss"), signed=True),
             _fmt(e.get("wall_seconds"), digits=1),
         ]
         lines.append("| " + " | ".join(row) + " |")
@@ -215,6 +319,41 @@ def plots(runs: Sequence[dict[str, Any]], out_dir: Path, *, baseline: str = BASE
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def across_worlds(worlds: dict[int, dict[str, Any]], *, order: Sequence[str]) -> str:
+    """One table over several simulated worlds: gap to Bayes and the served calibration's worst hours.
+
+    Each cell is the mean over that world's seeds; the last columns pool the worlds (mean, and the
+    extreme hour over all worlds), which is what the model-quality targets are stated on.
+    """
+    names = [n for n in order if any(n in w["strategies"] for w in worlds.values())]
+    head = [
+        "strategy",
+        *[f"gap to Bayes, world {d}" for d in worlds],
+        "mean gap",
+        "calibration by hour (min..max)",
+    ]
+    lines = ["### Simulator, several worlds", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        gaps: list[float] = []
+        lows: list[float] = []
+        highs: list[float] = []
+        cells = []
+        for w in worlds.values():
+            e = w["strategies"].get(n) or {}
+            g = (e.get("gap_to_bayes") or {}).get("mean")
+            cells.append(f"{g:.2%}" if g is not None else "-")
+            if g is not None:
+                gaps.append(g)
+            for seed_figs in (e.get("seeds") or {}).values():
+                if math.isfinite(seed_figs.get("calibration_hour_min", float("nan"))):
+                    lows.append(seed_figs["calibration_hour_min"])
+                    highs.append(seed_figs["calibration_hour_max"])
+        mean_gap = f"{np.mean(gaps):.2%}" if gaps else "-"
+        cal = f"{min(lows):.3f}..{max(highs):.3f}" if lows else "-"
+        lines.append("| " + " | ".join([n, *cells, mean_gap, cal]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from reloop_service.config import Settings
 from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.transforms import canonical_strings
 from reloop_service.training.metrics import auc, logloss
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class StrategyConfig:
     loss_params: dict[str, float] = field(default_factory=dict)
     lr: float = 1e-3
     sparse_lr: float = 5e-2
-    epochs: int = 1
+    epochs: int = 1  # per cycle; for full_retrain, the passes of each from-scratch training
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,16 @@ class ReplayConfig:
     model: str = "dnn"
     embedding_dim: int = 16
     mlp_hidden: tuple[int, ...] = (256, 128, 64)
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the recipe's, scaled to each cycle's rows
+    dropout: float = 0.1
+    cold_start_epochs: int = 2  # the warm-up cycle's passes (the recipe's)
     default: StrategyConfig = field(default_factory=StrategyConfig)
     strategies: dict[str, StrategyConfig] = field(default_factory=dict)
     gate: bool = False
-    holdout_fraction: float | None = None  # None: 0.1 with the gate, else only the bin's last instant
+    holdout_fraction: float = 0.1  # the gate's hash sample; trained on after the gate either way
     threads: int = 1
     max_batch: int = 1000
+    cluster_by: str | None = None  # column for the bootstrap over clusters (default: user_id if any)
 
     def for_strategy(self, strategy: str) -> StrategyConfig:
         return self.strategies.get(strategy, self.default)
@@ -178,14 +182,17 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
     """Embedded settings under ``workdir`` for one run (gate rules off unless ``config.gate``)."""
     sc = config.for_strategy(strategy)
     loss = LOSS_OF[strategy]
-    holdout = config.holdout_fraction
-    if holdout is None:
-        holdout = 0.1 if config.gate else 1e-9
     gate: dict[str, Any] = (
         {}
         if config.gate
-        else {"gate_auc_floor": None, "gate_max_auc_drop": None, "gate_max_logloss_rise": None}
+        else {
+            "gate_auc_floor": None,
+            "gate_max_auc_drop": None,
+            "gate_max_logloss_rise": None,
+            "gate_min_gain_over_constant": None,
+        }
     )
+    full = strategy == "full_retrain"
     return Settings(
         data_dir=workdir,
         database_url=f"sqlite:///{workdir / 'registry.db'}",
@@ -199,15 +206,21 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
         loss_params=dict(sc.loss_params) if loss != "bce" else {},
         embedding_dim=config.embedding_dim,
         mlp_hidden=config.mlp_hidden,
+        dropout=config.dropout,
         learning_rate=sc.lr,
         sparse_learning_rate=sc.sparse_lr,
         epochs=sc.epochs,
+        cold_start_epochs=sc.epochs if full else config.cold_start_epochs,
         batch_size=config.batch_size,
         threads=config.threads,
         seed=seed,
-        warm_start=strategy != "full_retrain",
+        warm_start=not full,
         prior_source="archive",
-        holdout_fraction=holdout,
+        holdout_fraction=config.holdout_fraction,
+        # Replays run small bins; a skip would silently change what is compared.
+        min_day_rows=1,
+        min_positives=1,
+        min_negatives=1,
         auto_promote=True,
         report_history_plot=False,  # redrawn from every run JSON each cycle: the largest overhead
         cycle_attempts=1,
@@ -248,12 +261,16 @@ def _production(engine: Any, settings: Settings) -> Any:
 
 
 def _cycle(settings: Settings, engine: Any, day: date, k: int, gate: bool) -> Any:
+    """Run bin ``k``'s cycle; a skipped one (no rows that day) is returned, production unchanged."""
     from reloop_service.cycle.run import run_cycle
 
     outcome = run_cycle(settings=settings, cycle_date=day, actor="replay", engine=engine)
+    if outcome.status == "skipped" and outcome.reason not in ("held", "succeeded"):
+        log.info("bin %d (%s): cycle skipped: %s", k, day, outcome.error)
+        return outcome
     if outcome.status != "succeeded":
         raise ReplayError(f"bin {k} ({day}): cycle {outcome.status}: {outcome.error or outcome.reason}")
-    if not gate and outcome.decision != "promoted":
+    if not gate and outcome.decision != "promoted" and outcome.status == "succeeded":
         raise ReplayError(f"bin {k} ({day}): the gate is off but the cycle ended {outcome.decision}")
     return outcome
 
@@ -277,7 +294,6 @@ def run_one(
     import torch
     from fastapi.testclient import TestClient
 
-    from reloop_service.cycle.demo import score_day
     from reloop_service.registry.db import upgrade
     from reloop_service.registry.service import open_registry
     from reloop_service.serving.app import create_app
@@ -296,6 +312,13 @@ def run_one(
     engine = open_registry(settings)
     features = data.spec.feature_names
     has_truth = "true_ctr" in data.table.column_names
+    cluster = config.cluster_by or (
+        "user_id" if "user_id" in data.table.column_names else data.spec.impression_id
+    )
+    if cluster not in data.table.column_names:
+        raise ReplayError(
+            f"--cluster-by {cluster!r}: no such column (columns: {', '.join(data.table.column_names)})"
+        )
     bins: list[dict[str, Any]] = []
     frames: list[pa.Table] = []
     cycle_seconds = score_seconds = 0.0
@@ -315,39 +338,17 @@ def run_one(
                 day = data.dates[k]
                 rows = data.bin_rows(k)
                 t0 = time.perf_counter()
-                reload = client.post("/v1/admin/reload", headers=auth)
-                if reload.status_code != 200 or reload.json().get("error"):
-                    raise ReplayError(f"bin {k}: reload failed: {reload.status_code} {reload.text[:300]}")
-                prod = _production(engine, settings)
-                if reload.json()["model_version"] != prod.version:
-                    raise ReplayError(
-                        f"bin {k}: serving version {reload.json()['model_version']}, "
-                        f"production {prod.version}"
-                    )
-                impressions = rows.select([data.spec.impression_id, *features]).to_pylist()
-                answered: list[dict[str, Any]] = []
-                scored, served_by = score_day(
-                    client, impressions, features=features, max_batch=config.max_batch, collect=answered
-                )
-                before = archive.counters.written_rows if archive is not None else 0
-                if archive is not None:
-                    archive.flush()
-                archived = (archive.counters.written_rows if archive is not None else 0) - before
-                if served_by != prod.version or archived != rows.num_rows:
-                    raise ReplayError(
-                        f"bin {k}: {scored} rows scored by version {served_by} (production {prod.version}), "
-                        f"{archived} archived"
-                    )
-                ids = rows.column(data.spec.impression_id).to_pylist()
-                if [a["impression_id"] for a in answered] != ids:
-                    raise ReplayError(f"bin {k}: the predict path answered other impression ids than sent")
-                ctr = np.array([a["ctr"] for a in answered], dtype=np.float64)
-                y = np.asarray(rows.column(data.spec.label).to_numpy(zero_copy_only=False), dtype=np.float64)
+                prod = _reload(client, auth, engine, settings, k)
+                ids: list[Any] = []
+                ctr = y = np.zeros(0)
+                if rows.num_rows:
+                    ids, ctr, y = _score(client, archive, rows, data, features, prod.version, config, k)
                 score_seconds += time.perf_counter() - t0
 
                 t0 = time.perf_counter()
                 logged = data.bin_rows(k, upto=True) if strategy == "full_retrain" else rows
-                _write_log(settings, day, logged)
+                if logged.num_rows:  # a bin without rows is a day without a partition
+                    _write_log(settings, day, logged)
                 outcome = _cycle(settings, engine, day, k, config.gate)
                 cycle_s = time.perf_counter() - t0
                 cycle_seconds += cycle_s
@@ -357,31 +358,37 @@ def run_one(
                     "date": day.isoformat(),
                     "rows": int(rows.num_rows),
                     "clicks": int(y.sum()),
-                    "auc": auc(y, ctr),
-                    "logloss": logloss(y, ctr),
-                    "mean_ctr": float(ctr.mean()),
+                    "auc": auc(y, ctr) if rows.num_rows else None,
+                    "logloss": logloss(y, ctr) if rows.num_rows else None,
+                    "mean_ctr": float(ctr.mean()) if rows.num_rows else None,
                     "model_version": int(prod.version),
                     "model_data_last_day": prod.data_last_day.isoformat() if prod.data_last_day else None,
-                    "trained_version": outcome.version,
-                    "decision": outcome.decision,
+                    "trained_version": outcome.version if outcome.status == "succeeded" else None,
+                    "decision": outcome.decision if outcome.status == "succeeded" else outcome.status,
+                    "skip_reason": outcome.error if outcome.status == "skipped" else None,
                     "prior_archived": int(cov.get("archived", 0)),
-                    "train_rows": int((outcome.record.get("train") or {}).get("train_rows") or 0),
+                    # every row the version learned from: training split + the holdout after the gate
+                    "train_rows": _trained_rows(outcome.record.get("train") or {}),
                     "cycle_seconds": round(cycle_s, 3),
                 }
-                frame = {
-                    "impression_id": pa.array(ids, pa.string()),
-                    "bin": pa.array(np.full(len(ids), k, dtype=np.int64)),
-                    "label": pa.array(y.astype(np.int8)),
-                    "ctr": pa.array(ctr),
-                    "model_version": pa.array(np.full(len(ids), prod.version, dtype=np.int64)),
-                }
-                if has_truth:
-                    truth = np.asarray(
-                        rows.column("true_ctr").to_numpy(zero_copy_only=False), dtype=np.float64
-                    )
-                    frame["true_ctr"] = pa.array(truth)
-                    entry["bayes_logloss"] = logloss(y, truth)
-                frames.append(pa.table(frame))
+                if rows.num_rows:
+                    frame = {
+                        "impression_id": pa.array(ids, pa.string()),
+                        "bin": pa.array(np.full(len(ids), k, dtype=np.int64)),
+                        "label": pa.array(y.astype(np.int8)),
+                        "ctr": pa.array(ctr),
+                        "model_version": pa.array(np.full(len(ids), prod.version, dtype=np.int64)),
+                        "cluster": canonical_strings(rows.column(cluster), cluster),
+                    }
+                    for extra in ("true_ctr", "hour"):
+                        if extra in rows.column_names:
+                            frame[extra] = rows.column(extra).combine_chunks()
+                    if has_truth:
+                        truth = np.asarray(
+                            rows.column("true_ctr").to_numpy(zero_copy_only=False), dtype=np.float64
+                        )
+                        entry["bayes_logloss"] = logloss(y, truth)
+                    frames.append(pa.table(frame))
                 bins.append(entry)
                 if progress is not None:
                     progress(strategy, seed, k)
@@ -405,6 +412,58 @@ def run_one(
         "predictions": str(predictions_path),
         "bins": bins,
     }
+
+
+def _trained_rows(train: dict[str, Any]) -> int:
+    return int(train.get("train_rows") or 0) + int(train.get("holdout_trained_rows") or 0)
+
+
+def _reload(client: Any, auth: dict[str, str], engine: Any, settings: Settings, k: int) -> Any:
+    """Make the app serve the registry's production version; returns that version."""
+    reload = client.post("/v1/admin/reload", headers=auth)
+    if reload.status_code != 200 or reload.json().get("error"):
+        raise ReplayError(f"bin {k}: reload failed: {reload.status_code} {reload.text[:300]}")
+    prod = _production(engine, settings)
+    if reload.json()["model_version"] != prod.version:
+        raise ReplayError(
+            f"bin {k}: serving version {reload.json()['model_version']}, production {prod.version}"
+        )
+    return prod
+
+
+def _score(
+    client: Any,
+    archive: Any,
+    rows: pa.Table,
+    data: ReplayData,
+    features: tuple[str, ...],
+    version: int,
+    config: ReplayConfig,
+    k: int,
+) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Score bin ``k`` through ``POST /v1/predict`` and flush the archive: (ids, served ctr, labels)."""
+    from reloop_service.cycle.demo import score_day
+
+    impressions = rows.select([data.spec.impression_id, *features]).to_pylist()
+    answered: list[dict[str, Any]] = []
+    scored, served_by = score_day(
+        client, impressions, features=features, max_batch=config.max_batch, collect=answered
+    )
+    before = archive.counters.written_rows if archive is not None else 0
+    if archive is not None:
+        archive.flush()
+    archived = (archive.counters.written_rows if archive is not None else 0) - before
+    if served_by != version or archived != rows.num_rows:
+        raise ReplayError(
+            f"bin {k}: {scored} rows scored by version {served_by} (production {version}), "
+            f"{archived} archived"
+        )
+    ids = rows.column(data.spec.impression_id).to_pylist()
+    if [a["impression_id"] for a in answered] != ids:
+        raise ReplayError(f"bin {k}: the predict path answered other impression ids than sent")
+    ctr = np.array([a["ctr"] for a in answered], dtype=np.float64)
+    y = np.asarray(rows.column(data.spec.label).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return ids, ctr, y
 
 
 # ------------------------------------------------------------------------------------- many runs

@@ -42,16 +42,28 @@ def parquet_data(*, logs_uri: str, spec: FeatureSpec, start: date, end: date) ->
     Bad rows are counted and skipped here (``quarantine=False``: the user's log folder is not written);
     each run's cycle sees exactly the valid rows.
     """
-    from reloop_service.data.ingest import open_days
+    from reloop_service.data.ingest import EmptyDayError, open_days, output_schema
 
     if end < start:
         raise ReplayError(f"--end {end} is before --start {start}")
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     tables = []
+    missing = []
     for k, day in enumerate(days):
-        log = open_days(logs_uri, [day], spec, quarantine=False)
-        t = pa.Table.from_batches(list(log.iter_batches()), schema=log.schema)
+        try:
+            log = open_days(logs_uri, [day], spec, quarantine=False)
+        except EmptyDayError:
+            # A day without logs is a bin without rows: its cycle is skipped, the replay goes on.
+            missing.append(day)
+            t = output_schema(spec).empty_table()
+        else:
+            t = pa.Table.from_batches(list(log.iter_batches()), schema=log.schema)
         tables.append(t.append_column("bin", pa.array(np.full(t.num_rows, k, dtype=np.int64))))
+    if len(missing) == len(days):
+        raise ReplayError(f"{logs_uri}: no click logs for any day {start}..{end}")
     return ReplayData(
-        name=f"parquet:{logs_uri}", table=pa.concat_tables(tables), spec=spec, dates=tuple(days)
+        name=f"parquet:{logs_uri}",
+        table=pa.concat_tables(tables, promote_options="permissive"),
+        spec=spec,
+        dates=tuple(days),
     )

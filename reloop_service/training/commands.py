@@ -20,6 +20,7 @@ from reloop_service.clitools import (
     bench_app,
     console,
     fail,
+    load_settings,
     print_json,
 )
 
@@ -51,32 +52,52 @@ def train_command(
     from_checkpoint: Annotated[
         str | None, typer.Option("--from-checkpoint", help="Warm-start from this checkpoint.")
     ] = None,
-    model: Annotated[ModelName, typer.Option("--model", help="Model architecture.")] = "dnn",
-    loss: Annotated[LossName, typer.Option("--loss", help="Training loss.")] = "reloop",
+    model: Annotated[
+        ModelName | None, typer.Option("--model", help="Model architecture [default: RELOOP_MODEL, dnn].")
+    ] = None,
+    loss: Annotated[
+        LossName | None, typer.Option("--loss", help="Training loss [default: RELOOP_LOSS, reloop].")
+    ] = None,
     loss_params: Annotated[
         str | None, typer.Option("--loss-params", help="JSON object, e.g. '{\"alpha\": 0.3}'.")
     ] = None,
     model_args: Annotated[
-        str | None, typer.Option("--model-args", help="JSON object, e.g. '{\"hidden\": [128, 64]}'.")
+        str | None,
+        typer.Option(
+            "--model-args",
+            help="JSON object of embedding_dim, hidden, dropout, e.g. '{\"hidden\": [128, 64]}'.",
+        ),
     ] = None,
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="Feature spec TOML (default: the demo spec).")
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 4096,
-    lr: Annotated[float, typer.Option("--lr", help="Dense (MLP) learning rate.")] = 3e-3,
-    sparse_lr: Annotated[float, typer.Option("--sparse-lr", help="Embedding-table learning rate.")] = 5e-2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Passes [default: the recipe's, 2 cold / 1 warm].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Rows per step [default: scaled to the day].")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Dense (MLP) learning rate [default: 1e-3].")
+    ] = None,
+    sparse_lr: Annotated[
+        float | None, typer.Option("--sparse-lr", help="Embedding-row learning rate [default: the recipe's].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")] = None,
     holdout: Annotated[
-        float, typer.Option("--holdout", help="Latest fraction of rows (by event time) held out for eval.")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            "--holdout", help="Share of rows (hash of impression id) held out for eval [default: 0.1]."
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Train a CTR model on days of click logs, report hold-out metrics and write a checkpoint."""
     from reloop_service.data.ingest import IngestError
     from reloop_service.data.spec import SpecError, default_spec, load_spec
     from reloop_service.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from reloop_service.training.recipe import recipe_config
     from reloop_service.training.run import train_days
     from reloop_service.training.trainer import TrainConfig, TrainError
 
@@ -89,20 +110,42 @@ def train_command(
         if init is not None and spec_file is not None:
             raise fail("--spec and --from-checkpoint: a warm start uses the checkpoint's own feature spec")
         spec = load_spec(spec_file) if spec_file else default_spec()
-        config = TrainConfig(
+        # The cycle's recipe with this command's flags on top of RELOOP_* settings.
+        shape = _parse_json_object(model_args, "--model-args")
+        unknown = sorted(set(shape) - {"embedding_dim", "hidden", "dropout"})
+        if unknown:
+            known = "embedding_dim, hidden, dropout"
+            raise fail(f"--model-args: unknown key(s) {', '.join(unknown)} (known: {known})")
+        settings = load_settings(
+            embedding_dim=shape.get("embedding_dim"),
+            mlp_hidden=tuple(shape["hidden"]) if "hidden" in shape else None,
+            dropout=shape.get("dropout"),
             model=model,
-            model_args=_parse_json_object(model_args, "--model-args"),
             loss=loss,
-            loss_params=_parse_json_object(loss_params, "--loss-params"),
-            lr=lr,
-            sparse_lr=sparse_lr,
+            loss_params=_parse_json_object(loss_params, "--loss-params") if loss_params else None,
             epochs=epochs,
+            cold_start_epochs=epochs,
             batch_size=batch_size,
+            learning_rate=lr,
+            sparse_learning_rate=sparse_lr,
             seed=seed,
             threads=threads,
+            holdout_fraction=holdout,
         )
+        if init is not None and init.model_name != settings.model:
+            settings = settings.model_copy(update={"model": init.model_name})
+
+        def config(rows: int) -> TrainConfig:
+            return recipe_config(settings, loss=settings.loss, rows=rows, cold=init is None)
+
         outcome = train_days(
-            logs_uri=logs, end_day=end_day, days=days, spec=spec, config=config, init=init, holdout=holdout
+            logs_uri=logs,
+            end_day=end_day,
+            days=days,
+            spec=spec,
+            config=config,
+            init=init,
+            holdout=settings.holdout_fraction,
         )
         save_checkpoint(outcome.result.checkpoint, out)
     except (IngestError, SpecError, CheckpointError, TrainError, ValueError) as exc:
@@ -120,7 +163,6 @@ def train_command(
         "ingest": outcome.ingest.to_dict(),
         "train_rows": outcome.train_rows,
         "eval_rows": outcome.eval_rows,
-        "holdout_from": outcome.holdout_from,
         "prior_source": outcome.prior_source,
         "prior_coverage": outcome.result.coverage,
         "first_batch_loss": outcome.result.first_batch_loss,
@@ -148,7 +190,7 @@ def train_command(
     )
     if outcome.eval_rows:
         console.print(
-            f"eval on latest {outcome.eval_rows:,} rows: AUC {_fmt(metrics['auc'])}  "
+            f"eval on {outcome.eval_rows:,} held-out rows: AUC {_fmt(metrics['auc'])}  "
             f"logloss {_fmt(metrics['logloss'])}  calibration {_fmt(metrics['calibration'])}"
         )
     console.print(f"checkpoint written to {out}")

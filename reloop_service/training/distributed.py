@@ -401,14 +401,9 @@ def active_context() -> DistContext:
 
 @dataclass(frozen=True)
 class StagedDay:
-    """A day staged as one Parquet file (with ``prior_ctr``), and the event-time cutoff of its holdout.
-
-    Training rows are those with ``time_column`` before ``cutoff_us`` (microseconds, UTC).
-    """
+    """A day's training rows staged as one Parquet file (with ``prior_ctr``; the holdout is elsewhere)."""
 
     uri: str
-    time_column: str
-    cutoff_us: int
     batch_size: int
 
 
@@ -422,30 +417,25 @@ class TrainJob:
     day: StagedDay
     first_day: Any
     last_day: Any
+    base_rate: float | None = None  # every rank starts a new model from the same output bias
 
 
 def iter_shard(
     day: StagedDay, groups: Sequence[RowGroup], *, storage_options: dict[str, Any] | None = None
 ) -> Iterator[Any]:
     """The training rows of ``groups`` (this rank's row groups of the staged day), batch by batch."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from reloop_service.storage import filesystem
 
-    cutoff = pa.scalar(day.cutoff_us, pa.int64())
     for path in sorted({g.path for g in groups}):
         wanted = [g.index for g in groups if g.path == path]
         fs, inner = filesystem(path, storage_options)
         with fs.open(inner, "rb") as fh:
             pf = pq.ParquetFile(fh)
             for batch in pf.iter_batches(batch_size=day.batch_size, row_groups=wanted):
-                col = batch.column(day.time_column)
-                times = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
-                keep = pc.less(times, cutoff)
-                if pc.any(keep).as_py():
-                    yield batch.filter(keep)
+                if batch.num_rows:
+                    yield batch
 
 
 def train_staged_day(
@@ -459,6 +449,7 @@ def train_staged_day(
     last_day: Any = None,
     progress: bool | None = False,
     storage_options: dict[str, Any] | None = None,
+    base_rate: float | None = None,
 ) -> Any:
     """Train one version on a staged day: in this process, or data-parallel when under torchrun.
 
@@ -480,6 +471,7 @@ def train_staged_day(
             first_day=first_day,
             last_day=last_day,
             progress=progress,
+            base_rate=base_rate,
         )
     if not ctx.is_main:
         raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
@@ -493,6 +485,7 @@ def train_staged_day(
         day=_shared_day(day, ctx, storage_options),
         first_day=first_day,
         last_day=last_day,
+        base_rate=base_rate,
     )
     broadcast_object(("train", job), ctx)
     try:
@@ -520,9 +513,7 @@ def _shared_day(day: StagedDay, ctx: DistContext, storage_options: dict[str, Any
     with open(day.uri, "rb") as fh:
         write_atomic(fs, inner, fh.read())
     log.info("staged the day at %s for %d ranks on several hosts", target, ctx.world_size)
-    return StagedDay(
-        uri=target, time_column=day.time_column, cutoff_us=day.cutoff_us, batch_size=day.batch_size
-    )
+    return StagedDay(uri=target, batch_size=day.batch_size)
 
 
 def _settings_staging_uri() -> str:
@@ -550,7 +541,7 @@ def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | 
     groups = list_row_groups([job.day.uri], storage_options=storage_options)
     mine = shard_row_groups(groups, rank=ctx.rank, world_size=ctx.world_size)
     log.info(
-        "rank %d trains on %d of %d row groups (%d rows before the holdout cutoff or after)",
+        "rank %d trains on %d of %d row groups (%d rows)",
         ctx.rank,
         len(mine),
         len(groups),
@@ -565,6 +556,7 @@ def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | 
         last_day=job.last_day,
         progress=False,
         dist=ctx,
+        base_rate=job.base_rate,
     )
     # Every rank's final state, gathered on rank 0 for the outcome: equal hashes prove the ranks agree.
     mine_info = {

@@ -83,6 +83,14 @@ class CTRModel(nn.Module):
         sparse = {id(t.weight) for t in self.sparse_tables()}
         return [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
 
+    def output_bias(self) -> Tensor:
+        """The bias added to every logit (the final layer's): a cold start sets it to logit(CTR)."""
+        out = getattr(self, "out", None)
+        bias = out.bias if isinstance(out, nn.Linear) else getattr(self, "bias", None)
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"{type(self).__name__} has no output bias")
+        return bias
+
     def forward(self, batch: FeatureBatch) -> Tensor:
         emb = self.embedding(batch.cat, batch.multi)  # [B, F, D(+extra)]
         return self.head(emb, batch.num.to(torch.float32))

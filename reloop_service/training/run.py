@@ -1,6 +1,7 @@
-"""Train on days of click logs from storage: ingest, hold out the latest rows, fit, train, evaluate.
+"""Train on days of click logs from storage: ingest, hold out a hash sample, fit, train, evaluate.
 
-This is what ``reloop train`` runs; it is a plain function so scripts and the cycle can call it too.
+This is what ``reloop train`` runs, with the cycle's split (``data.split``) and recipe
+(``training.recipe``), so a model trained by hand is trained as the cycle would train it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from reloop_service.data.ingest import DayLog, IngestReport, open_days
 from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.split import holdout_mask
 from reloop_service.data.transforms import fit_numeric
 from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.predict import Predictor
@@ -36,7 +36,6 @@ class DaysTrainResult:
     days: list[date]
     train_rows: int
     eval_rows: int
-    holdout_from: str | None  # ISO event time from which rows were held out
     prior_source: str  # "checkpoint" or "none"
 
 
@@ -47,45 +46,19 @@ def day_range(end: date, days: int) -> list[date]:
     return [end - timedelta(days=days - 1 - i) for i in range(days)]
 
 
-def holdout_cutoff(daylog: DayLog, event_time: str, fraction: float) -> int | None:
-    """The event time (µs since epoch) from which the latest ``fraction`` of rows are held out.
-
-    One streaming pass over the event-time column (8 bytes per row); None when nothing is held out.
-    """
-    if fraction <= 0:
-        return None
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
-    times = [
-        np.asarray(b.column(event_time).cast(pa.int64()).to_numpy(zero_copy_only=False))
-        for b in daylog.iter_batches()
-    ]
-    all_times = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
-    if all_times.size < 2:
-        return None
-    k = int(np.floor(all_times.size * (1.0 - fraction)))
-    k = min(max(k, 1), all_times.size - 1)
-    return int(np.partition(all_times, k)[k])
-
-
-def _split(
-    daylog: DayLog, event_time: str, cutoff: int | None, *, held_out: bool
-) -> Callable[[], Iterator[pa.RecordBatch]]:
-    """Re-iterable stream of the rows before (training) or from (evaluation) ``cutoff``."""
-
-    def stream() -> Iterator[pa.RecordBatch]:
-        for batch in daylog.iter_batches():
-            if cutoff is None:
-                if not held_out:
-                    yield batch
-                continue
-            times = batch.column(event_time).cast(pa.int64())
-            keep = pc.greater_equal(times, cutoff) if held_out else pc.less(times, cutoff)
-            part = batch.filter(keep)
-            if part.num_rows:
-                yield part
-
-    return stream
+def _split(daylog: DayLog, impression_id: str, fraction: float) -> tuple[pa.Table, pa.Table]:
+    """The day's (training, holdout) rows by ``data.split.holdout_mask``, the cycle's own split."""
+    train_parts: list[pa.RecordBatch] = []
+    held_parts: list[pa.RecordBatch] = []
+    schema = None
+    for batch in daylog.iter_batches():
+        schema = batch.schema
+        held = holdout_mask(batch.column(impression_id), fraction)
+        train_parts.append(batch.filter(pa.array(~held)))
+        held_parts.append(batch.filter(pa.array(held)))
+    if schema is None:
+        raise ValueError("no valid rows to train on")
+    return pa.Table.from_batches(train_parts, schema), pa.Table.from_batches(held_parts, schema)
 
 
 def _with_prior(
@@ -107,51 +80,58 @@ def train_days(
     end_day: date,
     days: int = 1,
     spec: FeatureSpec,
-    config: TrainConfig,
+    config: TrainConfig | Callable[[int], TrainConfig],
     init: Checkpoint | None = None,
     holdout: float = DEFAULT_HOLDOUT,
     prior_from_checkpoint: bool = True,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> DaysTrainResult:
-    """Train on ``days`` days of logs ending ``end_day``; the latest ``holdout`` of rows (by event time)
-    are the evaluation slice whose metrics go into the checkpoint.
+    """Train on ``days`` days of logs ending ``end_day``; a ``holdout`` hash sample of the rows (the
+    cycle's split, ``data.split``) is the evaluation slice whose metrics go into the checkpoint.
 
-    Without ``init`` the spec's numeric statistics are fitted on the training rows and frozen. With
-    ``init`` and ``prior_from_checkpoint`` every row's prior is the checkpoint's own prediction, so
-    ``reloop``/``distill`` have a prior to correct against.
+    ``config`` may be a function of the training row count (``training.recipe``: the batch size
+    scales with the day). Without ``init`` the spec's numeric statistics are fitted on the training
+    rows and frozen. With ``init`` and ``prior_from_checkpoint`` every row's prior is the checkpoint's
+    own prediction, so ``reloop``/``distill`` have a prior to correct against.
     """
     day_list = day_range(end_day, days)
     if init is not None:
         spec = init.feature_spec()
     daylog = open_days(logs_uri, day_list, spec, storage_options=storage_options, batch_size=65536)
-    cutoff = holdout_cutoff(daylog, spec.event_time, holdout)
-    train_stream = _split(daylog, spec.event_time, cutoff, held_out=False)
-    eval_stream = _split(daylog, spec.event_time, cutoff, held_out=True) if cutoff is not None else None
+    train_rows, held_rows = _split(daylog, spec.impression_id, holdout)
+    if train_rows.num_rows == 0:
+        raise ValueError(f"no training rows left after holding out {holdout:.0%} of {held_rows.num_rows}")
+
+    def train_stream() -> Iterator[pa.RecordBatch]:
+        return iter(train_rows.to_batches(65536))
+
+    def eval_stream() -> Iterator[pa.RecordBatch]:
+        return iter(held_rows.to_batches(65536))
+
     if not spec.is_fitted:
         spec = fit_numeric(spec, train_stream())
     prior_source = "none"
+    stream: Callable[[], Iterator[pa.RecordBatch]] = train_stream
     if init is not None and prior_from_checkpoint:
-        train_stream = _with_prior(train_stream, Predictor(init))
+        stream = _with_prior(train_stream, Predictor(init))
         prior_source = "checkpoint"
+    cfg = config(train_rows.num_rows) if callable(config) else config
     result = train(
-        config=config,
+        config=cfg,
         spec=spec,
-        batches=train_stream,
+        batches=stream,
         init=init,
         first_day=day_list[0],
         last_day=day_list[-1],
-        eval_batches=eval_stream,
+        eval_batches=eval_stream if held_rows.num_rows else None,
         progress=progress,
     )
-    eval_rows = int(result.checkpoint.metrics.get("rows", 0)) if eval_stream is not None else 0
-    holdout_from = None
-    if cutoff is not None:
-        holdout_from = pa.scalar(cutoff, pa.timestamp("us", "UTC")).as_py().isoformat()
+    eval_rows = int(held_rows.num_rows)
     result.checkpoint.train_config["run"] = {
         "days": [d.isoformat() for d in day_list],
         "holdout": holdout,
-        "holdout_from": holdout_from,
+        "holdout_split": "hash of impression id",
         "prior_source": prior_source,
         "ingest": daylog.report.to_dict(),
     }
@@ -161,6 +141,5 @@ def train_days(
         days=day_list,
         train_rows=result.rows,
         eval_rows=eval_rows,
-        holdout_from=holdout_from,
         prior_source=prior_source,
     )

@@ -72,9 +72,11 @@ def test_cold_start_then_warm_start_idempotent_and_reported(sqlite_env: Env) -> 
     assert first.record["coverage"]["source"] == "cold_start"
     assert first.record["coverage"]["missing"] == ROWS
     assert first.record["train"]["loss"] == "bce" and first.record["train"]["cold_start"]
-    # The verdict is recorded with its numbers even when no rule applies.
+    # A cold start is still judged against the constant predictor (the training CTR).
     gate = first.record["gate"]
-    assert gate["passed"] and gate["rules"] == [] and gate["production"] is None
+    assert gate["passed"] and [r["name"] for r in gate["rules"]] == ["beats_constant"]
+    assert gate["production"] is None
+    assert gate["rules"][0]["value"] == gate["constant"]["logloss"] - gate["candidate"]["logloss"] > 0
     assert 0.5 < gate["candidate"]["auc"] <= 1.0 and gate["candidate"]["logloss"] > 0
     assert gate["holdout_rows"] == first.record["train"]["holdout_rows"] > 0
 
@@ -182,7 +184,16 @@ def test_stale_claim_is_taken_over_and_fresh_one_is_not(sqlite_env: Env) -> None
 
 
 # ----------------------------------------------------------------------------- failure injection
-FAIL_POINTS = ["resolve_parent", "ingest", "fetch_priors", "train", "gate", "register", "report", "promote"]
+FAIL_POINTS = [
+    "resolve_parent",
+    "ingest",
+    "fetch_priors",
+    "train",
+    "gate",
+    "train_holdout",
+    "register",
+    "promote",
+]
 
 
 @pytest.mark.parametrize("point", FAIL_POINTS)
@@ -213,9 +224,30 @@ def test_failure_in_any_step_fails_run_and_leaves_production(
     assert run.status == CycleStatus.FAILED and f"injected failure in {point}" in (run.error or "")
     assert run.produced_version is None
     assert _files(Path(settings.resolved_archive_uri)) == archive_before
-    if point in ("resolve_parent", "ingest", "fetch_priors", "train", "gate"):
+    if point in ("resolve_parent", "ingest", "fetch_priors", "train", "gate", "train_holdout"):
         assert _files(Path(settings.resolved_artifacts_uri)) == artifacts_before
     assert not list((settings.data_dir / "work").iterdir()), "scratch folders are removed"
+
+
+def test_report_is_written_after_commit_and_its_failure_keeps_the_version(
+    sqlite_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = sqlite_env()
+    day1 = DAY0 + timedelta(days=1)
+    write_day(_logs(settings), DAY0, ROWS)
+    write_day(_logs(settings), day1, ROWS)
+    _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
+    seen: list[Any] = []
+
+    def report_after_commit(*, settings: Any, record: Any) -> Any:
+        # The registry already holds the version the report names when the report is written.
+        seen.append(_registry(settings)["production"])
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(steps, "report", report_after_commit)
+    outcome = _ok(run_cycle(settings=settings, cycle_date=day1, actor="test"))
+    assert seen == [2] and outcome.version == 2 and outcome.report is None
+    assert _registry(settings)["runs"][day1].status == CycleStatus.SUCCEEDED
 
 
 def test_retry_after_transient_failure_logs_date_and_attempt(
@@ -245,14 +277,70 @@ def test_retry_after_transient_failure_logs_date_and_attempt(
     assert run.attempt == 2 and run.details["previous_attempt"]["error"].endswith("transient")
 
 
-def test_missing_day_fails_clearly_without_retry(sqlite_env: Env) -> None:
+def test_missing_day_is_skipped_with_the_reason_and_can_run_when_it_arrives(sqlite_env: Env) -> None:
     settings = sqlite_env(cycle_attempts=3)
     outcome = run_cycle(settings=settings, cycle_date=DAY0, actor="test")
-    assert outcome.status == "failed" and outcome.attempt == 1
-    assert "EmptyDayError" in (outcome.error or "") or "IngestError" in (outcome.error or "")
+    assert outcome.status == "skipped" and outcome.reason == "no_data" and outcome.attempt == 1
+    assert "no click logs for 2024-03-01" in (outcome.error or "")
+    reg = _registry(settings)
+    assert reg["production"] is None and reg["versions"] == {}
+    assert reg["runs"][DAY0].status == CycleStatus.SKIPPED and "no_data" in (reg["runs"][DAY0].error or "")
+    # The partition arrives late: the skipped date is claimed again without --force.
+    write_day(_logs(settings), DAY0, ROWS)
+    late = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
+    assert late.attempt == 2 and late.version == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "ctr", "code", "names"),
+    [
+        (40, 0.3, "too_few_rows", "RELOOP_MIN_DAY_ROWS=100"),
+        (400, 0.0, "too_few_positives", "RELOOP_MIN_POSITIVES=5"),
+        (400, 1.0, "too_few_negatives", "RELOOP_MIN_NEGATIVES=5"),
+    ],
+)
+def test_a_tiny_or_one_label_day_is_skipped_and_production_stays(
+    sqlite_env: Env, rows: int, ctr: float, code: str, names: str
+) -> None:
+    settings = sqlite_env()
+    write_day(_logs(settings), DAY0, ROWS)
+    _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
+    day1 = DAY0 + timedelta(days=1)
+    table = write_day(_logs(settings), day1, rows)
+    labels = np.zeros(rows, dtype=np.int64)
+    labels[: round(rows * ctr)] = 1
+    path = next((Path(settings.resolved_logs_uri) / f"dt={day1.isoformat()}").glob("*.parquet"))
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
+    artifacts_before = _files(Path(settings.resolved_artifacts_uri))
+    outcome = run_cycle(settings=settings, cycle_date=day1, actor="test")
+    assert outcome.status == "skipped" and outcome.reason == code, outcome.error
+    assert names in (outcome.error or "")
+    reg = _registry(settings)
+    assert reg["production"] == 1 and list(reg["versions"]) == [1]
+    assert reg["runs"][day1].status == CycleStatus.SKIPPED
+    assert _files(Path(settings.resolved_artifacts_uri)) == artifacts_before
 
 
 # ------------------------------------------------------------------------------------ the gate
+def test_gate_refuses_a_candidate_no_better_than_the_constant_predictor(sqlite_env: Env) -> None:
+    """Coin-flip labels carry nothing to learn: the candidate cannot beat the constant by the margin."""
+    settings = sqlite_env(gate_min_gain_over_constant=0.005)
+    table = write_day(_logs(settings), DAY0, ROWS)
+    noise = np.random.default_rng(3).random(ROWS) < 0.3
+    path = next((Path(settings.resolved_logs_uri) / f"dt={DAY0.isoformat()}").glob("*.parquet"))
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("label"), "label", pa.array(noise.astype(np.int64))),
+        path,
+    )
+    outcome = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
+    verdict = outcome.record["gate"]
+    assert outcome.decision == "rejected" and verdict["failed_rules"] == ["beats_constant"]
+    rule = verdict["rules"][0]
+    assert rule["value"] == verdict["constant"]["logloss"] - verdict["candidate"]["logloss"] <= 0.005
+    reg = _registry(settings)
+    assert reg["production"] is None and reg["versions"][1].status == VersionStatus.REJECTED
+
+
 def test_gate_rejection_keeps_production_and_operator_can_override(sqlite_env: Env) -> None:
     settings = sqlite_env()
     day1 = DAY0 + timedelta(days=1)
@@ -330,8 +418,9 @@ def test_prior_join_with_partly_missing_archive(
     seen: dict[str, Any] = {}
 
     def inspect(prepared: steps.PreparedDay) -> dict[str, Any]:
-        staged = pq.read_table(prepared.path, columns=["impression_id", steps.PRIOR_COLUMN])
-        seen.update(zip(staged.column(0).to_pylist(), staged.column(1).to_pylist(), strict=True))
+        for part in (prepared.path, prepared.holdout_path):
+            staged = pq.read_table(part, columns=["impression_id", steps.PRIOR_COLUMN])
+            seen.update(zip(staged.column(0).to_pylist(), staged.column(1).to_pylist(), strict=True))
         return {}
 
     outcome = _ok(run_cycle(settings=settings, cycle_date=day1, actor="test", extra=inspect))

@@ -24,7 +24,7 @@ from reloop_service.cycle.run import run_cycle
 from reloop_service.cycle.scheduler import CycleScheduler, target_day
 
 Env = Callable[..., Settings]
-ROWS = 1200
+ROWS = 2000
 
 
 class Receiver:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from reloop_service.cli import app
 from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
+from reloop_service.data.split import holdout_mask
 from reloop_service.training.checkpoint import load_checkpoint
 from reloop_service.training.predict import Predictor
 
@@ -55,7 +56,11 @@ def test_train_then_warm_start_from_the_cli(tmp_path: Path) -> None:
     assert "AUC" in res.output and "calibration" in res.output
     ckpt = load_checkpoint(str(first))
     assert ckpt.feature_spec().is_fitted  # numeric statistics fitted on the first training
-    assert ckpt.metrics["rows"] == 1000  # the latest 10% by event time were held out
+    # The cycle's split: a 10% hash sample of impression ids, not the latest rows.
+    day1 = pq.read_table(next((logs / "dt=2024-01-01").glob("*.parquet")))
+    held = holdout_mask(day1.column("impression_id"), 0.1)
+    assert ckpt.metrics["rows"] == int(held.sum())
+    assert 800 < held.sum() < 1200
     assert ckpt.metrics["auc"] > 0.65  # the simulator's Bayes AUC is about 0.8
     assert ckpt.last_day == D1
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -97,7 +98,8 @@ def test_warm_start_continues_instead_of_starting_over(
         eval_batches=lambda: [eval_table],
     )
     cold = train(config=config, spec=spec, batches=parquet_batches(logs["day2"]), first_day=D2, last_day=D2)
-    assert warm.first_batch_loss < cold.first_batch_loss - 0.1
+    # A new model starts as the constant predictor (output bias = logit(CTR)); the warm one knows more.
+    assert warm.first_batch_loss < cold.first_batch_loss - 0.05
     assert warm.checkpoint.first_day == D1  # the watermark spans both days
     assert warm.checkpoint.last_day == D2
     assert warm.checkpoint.metrics["auc"] >= day1.checkpoint.metrics["auc"] - 0.02
@@ -105,6 +107,22 @@ def test_warm_start_continues_instead_of_starting_over(
     steps_before = day1.checkpoint.optimizer_state["sparse"]["state"][0]["step"]
     steps_after = warm.checkpoint.optimizer_state["sparse"]["state"][0]["step"]
     assert steps_after > steps_before > 0
+
+
+def test_a_new_model_starts_at_the_training_click_rate(spec: FeatureSpec, logs: dict[str, Path]) -> None:
+    day = pq.read_table(logs["day2"])
+    ctr = float(np.mean(day.column("label").to_numpy()))
+    seen: list[float] = []
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=256, seed=1)
+    train(
+        config=config,
+        spec=spec,
+        batches=parquet_batches(logs["day2"]),
+        on_batch=lambda s, n, v: seen.append(v),
+    )
+    constant = -(ctr * np.log(ctr) + (1 - ctr) * np.log(1 - ctr))
+    assert abs(seen[0] - constant) < 0.05  # the first step's loss is the constant predictor's, not log 2
+    assert constant < 0.6
 
 
 def test_warm_start_rejects_another_spec_or_model(day1: TrainResult, logs: dict[str, Path]) -> None:
@@ -181,7 +199,7 @@ def test_bad_prior_value_names_the_column_and_row(spec: FeatureSpec) -> None:
     prior = np.full(100, 0.1)
     prior[42] = 1.5
     table = make_day(D1, 100, 5, prior=prior)
-    with pytest.raises(TrainError, match=r"'prior_ctr': row 42 has 1\.5"):
+    with pytest.raises(TrainError, match=rf"'prior_ctr': impression '{D1.isoformat()}-42' has 1\.5"):
         train(config=TrainConfig(model_args=SMALL, batch_size=1000), spec=spec, batches=lambda: [table])
 
 

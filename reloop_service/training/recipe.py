@@ -1,0 +1,51 @@
+"""The one training recipe: how settings and a day's size become a ``TrainConfig``.
+
+The cycle, ``reloop train``, the demo and the replay all call ``recipe_config`` so a model trained
+anywhere is trained the same way. The constants here were chosen on the replays' selection bins
+(docs/benchmarks.md, "Model quality"): shuffled rows, dropout 0.1, two passes for a model trained
+from scratch, and a batch that grows with the day so a 1,000-row day still takes tens of steps and a
+10-million-row day does not take millions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from reloop_service.config import Settings
+from reloop_service.training.trainer import TrainConfig
+
+MIN_BATCH = 128
+MAX_BATCH = 4096
+ROWS_PER_STEP_DIVISOR = 64  # about 64 steps per pass until the batch reaches MAX_BATCH
+
+
+def auto_batch_size(rows: int) -> int:
+    """A power of two near ``rows / 64``, clamped to [128, 4096]."""
+    if rows <= 0:
+        return MIN_BATCH
+    exp = round(math.log2(max(rows / ROWS_PER_STEP_DIVISOR, 1.0)))
+    return int(min(MAX_BATCH, max(MIN_BATCH, 2**exp)))
+
+
+def recipe_config(settings: Settings, *, loss: str, rows: int, cold: bool) -> TrainConfig:
+    """The trainer's config for ``rows`` training rows (``cold``: no warm start, so more passes)."""
+    model_args = {
+        "embedding_dim": settings.embedding_dim,
+        "hidden": list(settings.mlp_hidden),
+        "dropout": settings.dropout,
+    }
+    kwargs: dict[str, object] = {
+        "model": settings.model,
+        "model_args": model_args,
+        "loss": loss,
+        "loss_params": dict(settings.loss_params) if loss == settings.loss else {},
+        "lr": settings.learning_rate,
+        "epochs": settings.cold_start_epochs if cold else settings.epochs,
+        "batch_size": settings.batch_size or auto_batch_size(rows),
+        "seed": settings.seed,
+        "threads": settings.threads,
+        "shuffle_buffer_rows": settings.shuffle_buffer_rows,
+    }
+    if settings.sparse_learning_rate is not None:
+        kwargs["sparse_lr"] = settings.sparse_learning_rate
+    return TrainConfig(**kwargs)  # type: ignore[arg-type]
