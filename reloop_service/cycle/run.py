@@ -154,6 +154,10 @@ def run_cycle(
         claim = steps.claim(settings=settings, engine=eng, cycle_date=cycle_date, owner=owner, force=force)
         if not claim.acquired:
             return _skipped(claim)
+        # Orphaned artifacts and dead attempts' work folders go before this attempt makes its own.
+        from reloop_service.cycle.gc import sweep_quietly
+
+        sweep_quietly(settings=settings, engine=eng)
         return execute_claimed(
             settings=settings,
             engine=eng,
