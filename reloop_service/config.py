@@ -119,13 +119,33 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     admin_token: SecretStr | None = Field(default=None, description="Admin API bearer token; none = closed.")
-    max_batch: int = Field(default=1000, ge=1)
+    max_batch: int = Field(default=1000, ge=1, description="Items per predict request (422 above).")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Predict body size (413 above, before it is read whole).",
+    )
+    max_item_keys: int = Field(default=256, ge=1, description="Feature keys per predict item (422 above).")
+    max_string_length: int = Field(
+        default=1024,
+        ge=1,
+        description="Characters per feature name, string value or list element (422 above).",
+    )
+    max_list_length: int = Field(
+        default=256, ge=1, description="Elements per list feature value (422 above)."
+    )
     watch_interval_s: float = Field(default=1.0, gt=0.0)
     replica_id: str | None = Field(default=None, description="Distinguishes archive parts of replicas.")
     archive_enabled: bool = True
     archive_flush_rows: int = Field(default=50_000, ge=1)
     archive_flush_seconds: float = Field(default=5.0, gt=0.0)
     archive_buffer_rows: int = Field(default=500_000, ge=1)
+    archive_buffer_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of buffered predictions (features, ids) kept in memory; beyond, rows are dropped "
+        "and counted.",
+    )
     archive_block_ms: float = Field(default=50.0, ge=0.0)
     registry_stale_after_s: float | None = Field(
         default=None,

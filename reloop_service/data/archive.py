@@ -10,8 +10,9 @@ atomically (temporary dot-name then rename locally, a single PUT on object store
 never sees a partial part, and a crash loses at most what was still buffered.
 
 Buffer policy (bounded memory): ``append`` never raises. When the buffer holds ``buffer_rows``
-rows, it blocks up to ``block_ms`` for the flusher to make room, then drops the chunk and counts
-it in ``dropped_rows``. A failed write is logged and counted in ``write_errors``; its rows stay
+rows or ``buffer_bytes`` bytes (encoded features, ids and scores), it blocks up to ``block_ms``
+for the flusher to make room, then drops the chunk and counts it in ``overflow_rows`` and
+``dropped_rows``. A failed write is logged and counted in ``write_errors``; its rows stay
 buffered and are retried on the next flush, up to ``max_attempts`` tries, after which they are
 dropped and counted (a broken store must not grow memory without bound).
 """
@@ -105,6 +106,7 @@ class ArchiveCounters:
     written_rows: int = 0
     written_parts: int = 0
     dropped_rows: int = 0
+    overflow_rows: int = 0  # dropped because the buffer was full (rows or bytes)
     write_errors: int = 0
     blocked_appends: int = 0
 
@@ -117,6 +119,7 @@ class _Pending:
     blob: bytes = b""
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
     attempts: int = 0
+    nbytes: int = 0  # what this batch holds in memory (see ``_pack``)
 
 
 def _pack(rows: PredictionRows) -> _Pending:
@@ -124,13 +127,21 @@ def _pack(rows: PredictionRows) -> _Pending:
     feats: list[bytes] = list(rows.encoded().features)  # type: ignore[arg-type]
     offsets = np.zeros(len(feats) + 1, np.int32)
     np.cumsum(np.fromiter(map(len, feats), np.int64, len(feats)), out=offsets[1:])
-    return _Pending(replace(rows, features=()), b"".join(feats), offsets)
+    blob = b"".join(feats)
+    # the blob, offsets and scores, plus each id string (its characters + CPython's 49-byte header)
+    n = len(rows)
+    nbytes = len(blob) + offsets.nbytes + 8 * n + sum(map(len, rows.impression_ids)) + _STR_OVERHEAD * n
+    return _Pending(replace(rows, features=()), blob, offsets, nbytes=nbytes)
+
+
+_STR_OVERHEAD = 49
 
 
 @dataclass
 class _Buffer:
     chunks: deque[_Pending] = field(default_factory=deque)
     rows: int = 0  # buffered + being written: the memory bound covers both
+    nbytes: int = 0  # the same, in bytes (``_Pending.nbytes``)
 
 
 def now_us() -> int:
@@ -150,18 +161,20 @@ class PredictionArchive:
         flush_rows: int = 50_000,
         flush_seconds: float = 5.0,
         buffer_rows: int = 500_000,
+        buffer_bytes: int = 256 * 1024 * 1024,
         block_ms: float = 50.0,
         max_attempts: int = 3,
         start: bool = True,
     ) -> None:
-        if flush_rows < 1 or buffer_rows < 1 or flush_seconds <= 0:
-            raise ValueError("flush_rows and buffer_rows must be >= 1 and flush_seconds > 0")
+        if flush_rows < 1 or buffer_rows < 1 or buffer_bytes < 1 or flush_seconds <= 0:
+            raise ValueError("flush_rows, buffer_rows and buffer_bytes must be >= 1 and flush_seconds > 0")
         self.root_uri = root_uri
         self._fs, self._root = filesystem(root_uri, storage_options)
         self.replica_id = _safe_replica(replica_id or uuid.uuid4().hex[:8])
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.buffer_rows = buffer_rows
+        self.buffer_bytes = buffer_bytes
         self.block_s = block_ms / 1000.0
         self.max_attempts = max_attempts
         self.counters = ArchiveCounters()
@@ -191,33 +204,47 @@ class PredictionArchive:
                 self.counters.dropped_rows += n
                 log.error("archive closed: dropped %d prediction rows", n)
                 return False
-            if self._buf.rows + n > self.buffer_rows:
+            if self._full(n, pending.nbytes):
                 self.counters.blocked_appends += 1
                 self._flush_requested = True
                 self._cond.notify_all()
                 deadline = time.monotonic() + self.block_s
-                while self._buf.rows + n > self.buffer_rows and not self._closed:
+                while self._full(n, pending.nbytes) and not self._closed:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._cond.wait(left):
                         break
-                if self._buf.rows + n > self.buffer_rows or self._closed:
+                if self._full(n, pending.nbytes) or self._closed:
                     self.counters.dropped_rows += n
+                    self.counters.overflow_rows += n
                     log.warning(
-                        "archive buffer full (%d rows): dropped %d prediction rows", self._buf.rows, n
+                        "archive buffer full (%d rows, %d bytes): dropped %d prediction rows",
+                        self._buf.rows,
+                        self._buf.nbytes,
+                        n,
                     )
                     return False
             self._buf.chunks.append(pending)
             self._buf.rows += n
+            self._buf.nbytes += pending.nbytes
             self.counters.appended_rows += n
             if self._buf.rows >= self.flush_rows:
                 self._flush_requested = True
                 self._cond.notify_all()
         return True
 
+    def _full(self, rows: int, nbytes: int) -> bool:
+        """Whether adding a batch would pass either bound."""
+        return self._buf.rows + rows > self.buffer_rows or self._buf.nbytes + nbytes > self.buffer_bytes
+
     @property
     def queue_depth(self) -> int:
         """Rows held in memory (buffered or being written)."""
         return self._buf.rows
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held in memory (buffered or being written), as counted by ``_pack``."""
+        return self._buf.nbytes
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -273,7 +300,7 @@ class PredictionArchive:
             groups.setdefault((pending.rows.day, pending.rows.model_version), []).append(pending)
         written = 0
         retry: list[_Pending] = []
-        released = 0
+        released = released_bytes = 0
         for (day, version), chunks in groups.items():
             nrows = sum(len(c.rows) for c in chunks)
             path = part_path(self._root, day=day, version=version, replica_id=self.replica_id)
@@ -287,18 +314,21 @@ class PredictionArchive:
                     if c.attempts >= self.max_attempts:
                         self.counters.dropped_rows += len(c.rows)
                         released += len(c.rows)
+                        released_bytes += c.nbytes
                         log.error("archive gave up on %d rows after %d tries", len(c.rows), c.attempts)
                     else:
                         retry.append(c)
                 continue
             written += nrows
             released += nrows
+            released_bytes += sum(c.nbytes for c in chunks)
             self.counters.written_rows += nrows
             self.counters.written_parts += 1
         with self._cond:
             for c in reversed(retry):
                 self._buf.chunks.appendleft(c)
             self._buf.rows -= released
+            self._buf.nbytes -= released_bytes
             self._cond.notify_all()
         return written
 

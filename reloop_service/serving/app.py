@@ -42,7 +42,7 @@ from reloop_service.serving.problems import (
     validation_errors,
 )
 from reloop_service.serving.routes import admin, health, metrics, model, predict
-from reloop_service.serving.schemas import predict_request_model
+from reloop_service.serving.schemas import PredictLimits, predict_limits, predict_request_model
 from reloop_service.serving.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def _install_handlers(app: FastAPI) -> None:
         )
 
 
-def _custom_openapi(app: FastAPI, max_batch: int) -> None:
+def _custom_openapi(app: FastAPI, limits: PredictLimits) -> None:
     """Add the predict body schema (validated by hand for speed) to the generated document."""
 
     def openapi() -> dict[str, Any]:
@@ -175,11 +175,11 @@ def _custom_openapi(app: FastAPI, max_batch: int) -> None:
         schema = get_openapi(
             title=app.title, version=app.version, routes=app.routes, description=app.description
         )
-        body = predict_request_model(max_batch).model_json_schema(ref_template="#/components/schemas/{model}")
+        body = predict_request_model(limits).model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in body.pop("$defs", {}).items():
             components.setdefault(name, definition)
-        components[predict_request_model(max_batch).__name__] = body
+        components[predict_request_model(limits).__name__] = body
         app.openapi_schema = schema
         return schema
 
@@ -216,6 +216,7 @@ def create_app(
                 flush_rows=settings.archive_flush_rows,
                 flush_seconds=settings.archive_flush_seconds,
                 buffer_rows=settings.archive_buffer_rows,
+                buffer_bytes=settings.archive_buffer_bytes,
                 block_ms=settings.archive_block_ms,
             )
         metrics_.bind(holder=holder, archive=state.archive)
@@ -245,7 +246,8 @@ def create_app(
     app.state.serving = state
     app.state.settings = settings
     app.state.cycle_trigger = None  # the cycle domain sets (date, force, actor) -> run_id
-    app.include_router(predict.build_router(settings.max_batch))
+    limits = predict_limits(settings)
+    app.include_router(predict.build_router(limits))
     app.include_router(model.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -258,7 +260,10 @@ def create_app(
     else:
         app.include_router(ui.router)
     _install_handlers(app)
-    _custom_openapi(app, settings.max_batch)
+    _custom_openapi(app, limits)
+    # Well-formed predictions skip FastAPI's routing (errors still go through it); the metrics
+    # middleware is added last so it wraps (and counts) both paths.
+    app.add_middleware(predict.PredictFastPath, state=state, limits=limits)
     # The route list is passed by reference: it is the app's own, complete at this point.
     app.add_middleware(_MetricsMiddleware, metrics=metrics_, routes=app.router.routes)
     return app

@@ -221,7 +221,7 @@ def _cpu_breakdown(
 ) -> dict[str, float]:
     """Thread CPU µs per request of each serving step on one batch."""
     from reloop_service.data import transforms
-    from reloop_service.serving.schemas import parse_predict_body
+    from reloop_service.serving.schemas import PredictLimits, parse_predict_body
 
     spec = predictor.spec
 
@@ -232,7 +232,7 @@ def _cpu_breakdown(
         transforms.transform_records(spec, recs)
 
     return {
-        "cpu_parse_us": _cpu_us(lambda: parse_predict_body(body, max_batch=1000), k),
+        "cpu_parse_us": _cpu_us(lambda: parse_predict_body(body, limits=PredictLimits()), k),
         "cpu_arrow_path_us": _cpu_us(
             lambda: transforms.transform(spec, transforms.records_to_batch(spec, recs)), k
         ),

@@ -86,6 +86,16 @@ class _StateCollector(Collector):
                 "Prediction rows dropped (buffer full or gave up).",
                 value=c.dropped_rows,
             )
+            yield CounterMetricFamily(
+                "reloop_archive_overflow_rows",
+                "Prediction rows dropped because the buffer was full (RELOOP_ARCHIVE_BUFFER_ROWS or _BYTES).",
+                value=c.overflow_rows,
+            )
+            yield GaugeMetricFamily(
+                "reloop_archive_buffer_bytes",
+                "Bytes of prediction rows buffered, not yet written.",
+                value=archive.buffered_bytes,
+            )
 
 
 class ServingMetrics:

@@ -7,6 +7,7 @@ whose errors (with the offending field's path) become the 422. Same rules, a fra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Annotated, Any
@@ -15,14 +16,41 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from reloop_service.config import Settings
+
 MAX_ID_LEN = 128
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-FeatureValue = str | Int64 | float | bool | None | list[str]
-"""A feature value: string, integer, finite number, boolean, null or list of strings."""
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 MAX_VERSION = 2**31 - 1  # registry version numbers are SQL INTEGER
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
+
+@dataclass(frozen=True)
+class PredictLimits:
+    """Size limits on what a predict request may carry (``RELOOP_MAX_*`` settings).
+
+    ``max_body_bytes`` is enforced on the raw body (413, before it is read whole); the others by
+    the parser (422 naming the field): items per request, feature keys per item, characters per
+    string (feature names, values and list elements) and elements per list.
+    """
+
+    max_batch: int = 1000
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_keys: int = 256
+    max_string: int = 1024
+    max_list: int = 256
+
+
+def predict_limits(settings: Settings) -> PredictLimits:
+    """The predict route's limits from the ``RELOOP_MAX_*`` settings."""
+    return PredictLimits(
+        max_batch=settings.max_batch,
+        max_body_bytes=settings.max_body_bytes,
+        max_keys=settings.max_item_keys,
+        max_string=settings.max_string_length,
+        max_list=settings.max_list_length,
+    )
 
 
 class PredictItem(BaseModel):
@@ -30,26 +58,41 @@ class PredictItem(BaseModel):
 
     model_config = _STRICT
 
-    features: dict[str, FeatureValue] = Field(description="Feature name -> value, as in the click logs.")
+    features: dict[str, Any] = Field(description="Feature name -> value, as in the click logs.")
     impression_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)] | None = Field(
         default=None, description="Client impression id; the server assigns a UUIDv7 when absent."
     )
 
 
 class PredictRequestBase(BaseModel):
-    """A batch of items; the size limit comes from ``RELOOP_MAX_BATCH``."""
+    """A batch of items; the size limits come from ``RELOOP_MAX_BATCH`` and ``RELOOP_MAX_*``."""
 
     model_config = _STRICT
     items: list[PredictItem]
 
 
 @lru_cache(maxsize=8)
-def predict_request_model(max_batch: int) -> type[PredictRequestBase]:
-    """The request model with this deployment's batch limit (it shows in the OpenAPI schema)."""
+def predict_request_model(limits: PredictLimits) -> type[PredictRequestBase]:
+    """The request model with this deployment's limits (they show in the OpenAPI schema)."""
+    text = Annotated[str, Field(max_length=limits.max_string)]
+    value = text | Int64 | float | bool | None | Annotated[list[text], Field(max_length=limits.max_list)]
+    item = create_model(
+        "PredictItem",
+        __base__=PredictItem,
+        __doc__=PredictItem.__doc__,
+        features=(
+            dict[text, value],  # type: ignore[valid-type]
+            Field(
+                max_length=limits.max_keys,
+                description="Feature name -> value (a string, integer, finite number, boolean, null or "
+                "list of strings), as in the click logs.",
+            ),
+        ),
+    )
     return create_model(
         "PredictRequest",
         __base__=PredictRequestBase,
-        items=(list[PredictItem], Field(min_length=1, max_length=max_batch)),
+        items=(list[item], Field(min_length=1, max_length=limits.max_batch)),  # type: ignore[valid-type]
     )
 
 
@@ -63,12 +106,12 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALARS = frozenset({int, float, bool, type(None)})
 _ITEM_KEYS = frozenset({"features", "impression_id"})
 _I64 = 2**63
 
 
-def _fast_items(body: bytes, max_batch: int) -> tuple[list[dict[str, Any]], list[str | None]] | None:
+def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]], list[str | None]] | None:
     """Parse and check a well-formed body cheaply; ``None`` means "let the model decide"."""
     try:
         doc = orjson.loads(body)  # rejects NaN / Infinity / overflowing numbers: not JSON
@@ -77,26 +120,33 @@ def _fast_items(body: bytes, max_batch: int) -> tuple[list[dict[str, Any]], list
     if type(doc) is not dict or len(doc) != 1:
         return None
     items = doc.get("items")
-    if type(items) is not list or not 1 <= len(items) <= max_batch:
+    if type(items) is not list or not 1 <= len(items) <= limits.max_batch:
         return None
     features: list[dict[str, Any]] = []
     ids: list[str | None] = []
     scalars = _SCALARS
+    max_keys, max_string, max_list = limits.max_keys, limits.max_string, limits.max_list
     for item in items:
         if type(item) is not dict:
             return None
         feats = item.get("features")
-        if type(feats) is not dict or not item.keys() <= _ITEM_KEYS:
+        if type(feats) is not dict or not item.keys() <= _ITEM_KEYS or len(feats) > max_keys:
             return None
-        for value in feats.values():
+        for key, value in feats.items():
             kind = type(value)
-            if kind in scalars:
+            if kind is str:
+                if len(value) > max_string:
+                    return None
+            elif kind in scalars:
                 if kind is int and not -_I64 <= value < _I64:
                     return None
-                continue
-            if kind is list and all(type(x) is str for x in value):
-                continue
-            return None
+            elif kind is list:
+                if len(value) > max_list or not all(type(x) is str and len(x) <= max_string for x in value):
+                    return None
+            else:
+                return None
+            if len(key) > max_string:
+                return None
         iid = item.get("impression_id")
         if iid is not None and (type(iid) is not str or not 1 <= len(iid) <= MAX_ID_LEN):
             return None
@@ -105,21 +155,40 @@ def _fast_items(body: bytes, max_batch: int) -> tuple[list[dict[str, Any]], list
     return features, ids
 
 
+_VALUE_MESSAGE = (
+    "feature value must be a string, an integer, a finite number, a boolean, null or a list of strings"
+)
+_LIMIT_TYPES = frozenset({"string_too_long", "too_long"})
+
+
 def _collapse(errors: list[Any]) -> list[dict[str, Any]]:
-    """One error per offending field: union members of a feature value are folded together."""
+    """One error per offending field: union members of a feature value are folded together.
+
+    When one member of the union matched the value's type but the value is over a size limit
+    (a string or list too long, a feature name too long), that limit error is the one reported:
+    it says what to change. Oversized inputs are never echoed back.
+    """
+    limited: dict[tuple[Any, ...], Any] = {}
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if len(loc) >= 4 and loc[0] == "items" and loc[2] == "features" and err.get("type") in _LIMIT_TYPES:
+            limited.setdefault(loc[:4], err)
     out: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
     for err in errors:
         loc = tuple(err.get("loc", ()))
         if len(loc) >= 4 and loc[0] == "items" and loc[2] == "features":
             loc = loc[:4]
-            err = {
-                "type": "feature_value",
-                "loc": loc,
-                "msg": "feature value must be a string, an integer, a finite number, a boolean, null "
-                "or a list of strings",
-                "input": err.get("input"),
-            }
+            limit = limited.get(loc)
+            if limit is not None:
+                message = limit["msg"]
+                if tuple(limit["loc"])[-1] == "[key]":
+                    message = f"feature name: {message}"
+                err = {"type": limit["type"], "loc": loc, "msg": message, "input": None}
+            else:
+                err = {"type": "feature_value", "loc": loc, "msg": _VALUE_MESSAGE, "input": err.get("input")}
+        elif err.get("type") in _LIMIT_TYPES:
+            err = {**err, "input": None}
         if loc in seen:
             continue
         seen.add(loc)
@@ -127,12 +196,14 @@ def _collapse(errors: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def parse_predict_body(body: bytes, *, max_batch: int) -> tuple[list[dict[str, Any]], list[str | None]]:
+def parse_predict_body(
+    body: bytes, *, limits: PredictLimits
+) -> tuple[list[dict[str, Any]], list[str | None]]:
     """Return (features per item, client impression id or None per item), or raise a 422."""
-    fast = _fast_items(body, max_batch)
+    fast = _fast_items(body, limits)
     if fast is not None:
         return fast
-    model = predict_request_model(max_batch)
+    model = predict_request_model(limits)
     try:
         parsed = model.model_validate_json(body or b"")
     except ValidationError as exc:
