@@ -83,7 +83,7 @@ def test_limits_on_items_keys_strings_and_lists_are_422_naming_the_field(
     client, _ = limited
     r = _post(client, {"items": items})
     assert r.status_code == 422, r.text
-    errors = r.json()["detail"]
+    errors = r.json()["errors"]  # RFC 9457 problem details: each invalid field under "errors"
     match = [e for e in errors if e["loc"] == loc]
     assert match, errors
     assert words in match[0]["msg"]
