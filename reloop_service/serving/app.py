@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -48,8 +49,11 @@ from reloop_service.serving.state import ServingState
 log = logging.getLogger(__name__)
 
 
-def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
-    """A model holder fed by the registry's production alias and the artifact store."""
+def registry_holder(settings: Settings, engine: Any, *, reload_signal: Path | None = None) -> ModelHolder:
+    """A model holder fed by the registry's production alias and the artifact store.
+
+    ``reload_signal``: the file through which workers of one server pass forced reloads on.
+    """
     artifacts = ArtifactStore(settings.resolved_artifacts_uri, settings.storage_options())
     model_name = settings.model_name
 
@@ -68,6 +72,7 @@ def registry_holder(settings: Settings, engine: Any) -> ModelHolder:
         load_predictor=load,
         watch_interval_s=settings.watch_interval_s,
         stale_after_s=settings.registry_stale_after_s,
+        reload_signal=reload_signal,
     )
 
 
@@ -191,12 +196,18 @@ def create_app(
     *,
     holder: ModelHolder | None = None,
     engine: Any = None,
+    worker_dir: Path | None = None,
 ) -> FastAPI:
-    """Build the service. ``holder``/``engine`` default to the registry of ``settings``."""
+    """Build the service. ``holder``/``engine`` default to the registry of ``settings``.
+
+    ``worker_dir``: the folder the workers of one ``reloop serve --workers N`` share (forced reloads
+    pass through it); metrics switch to multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+    """
     if engine is None:
         engine = settings_engine(settings)
     if holder is None:
-        holder = registry_holder(settings, engine)
+        signal = worker_dir / "reload" if worker_dir is not None else None
+        holder = registry_holder(settings, engine, reload_signal=signal)
     metrics_ = ServingMetrics()
     state = ServingState(settings=settings, holder=holder, metrics=metrics_, engine=engine)
 
@@ -221,6 +232,7 @@ def create_app(
             )
         metrics_.bind(holder=holder, archive=state.archive)
         holder.start()
+        metrics_.publish()
         state.admin_workers = AdminWorkers(ADMIN_THREADS)
         log.info("serving model %r (archive %s)", settings.model_name, "on" if state.archive else "off")
         try:
@@ -236,6 +248,7 @@ def create_app(
                     c.dropped_rows,
                     c.write_errors,
                 )
+            metrics_.close()
 
     app = FastAPI(
         title="reloop-service",

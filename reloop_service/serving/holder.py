@@ -7,6 +7,11 @@ store), warms it with one prediction and only then swaps the reference. A failed
 old model, is logged and counted, and its reason is kept for ``/readyz`` and the 503 of a replica with
 no model. An unreachable database changes nothing but ``db_ok``: the replica keeps serving what it has.
 
+Several workers of one ``reloop serve --workers N`` each hold their own model and watcher; promote
+and rollback reach them all through the registry. A forced reload reaches them through
+``reload_signal``, a file in the workers' shared folder: ``reload_all`` rewrites it, and every
+watcher that sees it change reloads at its next poll.
+
 Health routes read only the attributes the watcher maintains (never the database, never a lock): a
 poll that hangs on a frozen database leaves ``last_ok_poll`` behind, and ``registry_state()`` then says
 ``stale`` once it is older than ``stale_after_s``.
@@ -15,11 +20,14 @@ poll that hangs on a frozen database leaves ``last_ok_poll`` behind, and ``regis
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +68,7 @@ class ModelHolder:
         load_predictor: LoadPredictor,
         watch_interval_s: float = 1.0,
         stale_after_s: float | None = None,
+        reload_signal: Path | None = None,
     ) -> None:
         self.model_name = model_name
         self._fetch = fetch_production
@@ -69,6 +78,7 @@ class ModelHolder:
         self.current: LoadedModel | None = None
         self.swaps = 0
         self.load_failures = 0
+        self.forced_reloads = 0  # forced polls (admin reload, here or relayed from another worker)
         self.db_ok = False
         self.db_error: str | None = None
         self.last_poll_at: datetime | None = None  # last poll that reached the registry
@@ -79,6 +89,9 @@ class ModelHolder:
         self._lock = threading.Lock()  # one load at a time (watcher or admin)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.reload_signal = reload_signal
+        self._signal_seen = self._read_signal()
+        self.after_poll: Callable[[], None] | None = None  # called by the watcher after each poll
 
     # --- polling ------------------------------------------------------------------------------
     def poll_once(self, *, force: bool = False) -> bool:
@@ -87,6 +100,8 @@ class ModelHolder:
         ``force`` reloads even when the version is unchanged (and retries a failed load now).
         """
         with self._lock:
+            if force:
+                self.forced_reloads += 1
             try:
                 wanted = self._fetch()
             except Exception as exc:
@@ -195,9 +210,39 @@ class ModelHolder:
     def _run(self) -> None:
         while not self._stop.wait(self.watch_interval_s):
             try:
-                self.poll_once()
+                signal = self._read_signal()
+                forced = signal != self._signal_seen
+                self._signal_seen = signal
+                self.poll_once(force=forced)
             except Exception:  # the watcher must never die
                 log.exception("model watcher poll failed")
+            if self.after_poll is not None:
+                try:
+                    self.after_poll()
+                except Exception:
+                    log.exception("model watcher after-poll hook failed")
+
+    # --- reloads across workers ------------------------------------------------------------------
+    def _read_signal(self) -> str | None:
+        if self.reload_signal is None:
+            return None
+        try:
+            return self.reload_signal.read_text()
+        except OSError:
+            return None
+
+    def reload_all(self) -> bool:
+        """Reload now in this worker, and tell every other worker to reload at its next poll.
+
+        Returns what ``poll_once(force=True)`` returns here.
+        """
+        if self.reload_signal is not None:
+            token = f"{os.getpid()}-{uuid.uuid4().hex}"
+            tmp = self.reload_signal.with_name(f".{self.reload_signal.name}.{token}")
+            tmp.write_text(token)
+            tmp.replace(self.reload_signal)  # atomic: a reader sees the old or the new token
+            self._signal_seen = token
+        return self.poll_once(force=True)
 
     def stop(self) -> None:
         self._stop.set()

@@ -159,8 +159,8 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(settings: Settings, tmp_path: Path, **env_extra: str) -> Server:
-    """``reloop serve`` in a subprocess on a free port; waits until /readyz answers 200."""
+def start_server(settings: Settings, tmp_path: Path, *args: str, **env_extra: str) -> Server:
+    """``reloop serve [args]`` in a subprocess on a free port; waits until /readyz answers 200."""
     port = free_port()
     env = {
         **os.environ,
@@ -176,7 +176,17 @@ def start_server(settings: Settings, tmp_path: Path, **env_extra: str) -> Server
     log_path = tmp_path / f"server-{port}.log"
     fh = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reloop_service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "reloop_service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
         env=env,
         stdout=fh,
         stderr=subprocess.STDOUT,

@@ -201,7 +201,7 @@ async def events(
 async def reload(request: Request, _actor: Actor) -> dict[str, Any]:
     st = state_of(request)
     holder = st.holder
-    changed = await _off_loop(st, "reload", lambda _deadline: holder.poll_once(force=True))
+    changed = await _off_loop(st, "reload", lambda _deadline: holder.reload_all())
     current = holder.current
     error = holder.last_load_error if not changed else None
     if not holder.db_ok:
