@@ -220,11 +220,13 @@ def load_settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def print_locations(settings: Settings, *, logs: bool = True) -> None:
+def print_locations(settings: Settings, *, logs: bool = True, registry: bool = True) -> None:
     """Say where this command reads and writes (to stderr, so ``--json`` output stays clean)."""
-    from reloop_service.registry.db import safe_url
+    parts = [f"data {settings.data_dir.resolve()}"]
+    if registry:
+        from reloop_service.registry.db import safe_url
 
-    parts = [f"data {settings.data_dir.resolve()}", f"registry {safe_url(settings.resolved_database_url)}"]
+        parts.append(f"registry {safe_url(settings.resolved_database_url)}")
     if logs:
         parts.append(f"logs {settings.resolved_logs_uri}")
     err_console.print("[dim]" + " · ".join(parts) + "[/]", highlight=False, soft_wrap=True)

@@ -336,6 +336,7 @@ def cycle_runs(
     from reloop_service.registry.service import open_registry
 
     settings = load_settings(data_dir)
+    print_locations(settings, logs=False)
     try:
         engine = open_registry(settings)
         with session_scope(engine, readonly=True) as session:

@@ -20,6 +20,7 @@ from reloop_service.clitools import (
     fail,
     load_settings,
     print_json,
+    print_locations,
 )
 
 if TYPE_CHECKING:  # imported inside the commands: ``reloop --help`` does not pay for torch
@@ -81,6 +82,7 @@ def logs_check(
     from reloop_service.data.ingest import EmptyDayError, IngestError, open_days
 
     settings = load_settings(data_dir, logs_uri=logs)
+    print_locations(settings, registry=False)
     first = _parse_date(date_, "--date")
     wanted = [first + timedelta(days=i) for i in range(days)]
     feature_spec = _spec(spec, settings.spec_path)
@@ -118,6 +120,7 @@ def simulate(
     from reloop_service.data.simulator import ClickSimulator, bayes_logloss
 
     settings = load_settings(data_dir, logs_uri=out)
+    print_locations(settings, registry=False)
     first = _parse_date(start, "--start")
     sim = ClickSimulator(seed, start=first)
     rows = []

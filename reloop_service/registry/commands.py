@@ -24,6 +24,7 @@ from reloop_service.clitools import (
     fail,
     load_settings,
     print_json,
+    print_locations,
     versions_app,
 )
 
@@ -70,7 +71,9 @@ ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded
 
 
 def _settings(data_dir: Any, database_url: str | None) -> Settings:
-    return load_settings(data_dir, database_url=database_url)
+    settings = load_settings(data_dir, database_url=database_url)
+    print_locations(settings, logs=False)
+    return settings
 
 
 def _actor(actor: str | None) -> str:

@@ -33,7 +33,7 @@ def test_simulate_then_check(tmp_path: Path) -> None:
         ],
     )
     assert out.exit_code == 0, out.output
-    days = json.loads(out.output)
+    days = json.loads(out.stdout)
     assert [d["date"] for d in days] == ["2024-02-01", "2024-02-02"]
     assert all(d["rows"] == 300 and 0 < d["bayes_logloss"] < 1 for d in days)
     assert (tmp_path / "logs" / "dt=2024-02-02" / "part-00000.parquet").exists()
@@ -42,7 +42,7 @@ def test_simulate_then_check(tmp_path: Path) -> None:
         app, ["logs", "check", "--logs", logs, "--date", "2024-02-01", "--days", "2", "--json"]
     )
     assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = json.loads(out.stdout)
     assert report["rows_read"] == 600 and report["rows_valid"] == 600 and report["quarantined"] == {}
 
     # corrupt a row: the human report names the reason and the quarantine location
