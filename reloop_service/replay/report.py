@@ -267,6 +267,26 @@ def markdown(summary: dict[str, Any], *, title: str, order: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
+# One colour per strategy in every figure (matplotlib's tab10), whichever strategies a figure shows.
+STRATEGY_COLORS = {
+    "bce": "#1f77b4",
+    "label_smoothing": "#ff7f0e",
+    "distill": "#2ca02c",
+    "reloop": "#d62728",
+    "full_retrain": "#9467bd",
+    "lr": "#8c564b",
+}
+_SPARE_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def strategy_color(name: str) -> str:
+    """The fixed colour of a strategy (a label like ``reloop#s0`` takes its strategy's colour)."""
+    base = name.split("#", 1)[0]
+    if base in STRATEGY_COLORS:
+        return STRATEGY_COLORS[base]
+    return _SPARE_COLORS[sum(base.encode()) % len(_SPARE_COLORS)]
+
+
 def plots(runs: Sequence[dict[str, Any]], out_dir: Path, *, baseline: str = BASELINE) -> list[Path]:
     """``auc_per_bin.png`` (mean over seeds per strategy) and ``gain_over_<baseline>.png`` (band = ±1 std)."""
     import matplotlib
@@ -284,7 +304,13 @@ def plots(runs: Sequence[dict[str, Any]], out_dir: Path, *, baseline: str = BASE
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, bins in series.items():
         ks = sorted(bins)
-        ax.plot(ks, [np.nanmean(list(bins[k].values())) for k in ks], marker=".", label=name)
+        ax.plot(
+            ks,
+            [np.nanmean(list(bins[k].values())) for k in ks],
+            marker=".",
+            label=name,
+            color=strategy_color(name),
+        )
     ax.set_xlabel("bin")
     ax.set_ylabel("AUC (mean over seeds)")
     ax.set_title("Per-bin AUC, test-then-train")
@@ -305,7 +331,7 @@ def plots(runs: Sequence[dict[str, Any]], out_dir: Path, *, baseline: str = BASE
             diffs = [[bins[k][s] - base[k][s] for s in bins[k] if s in base[k]] for k in ks]
             mean = np.array([np.mean(d) if d else np.nan for d in diffs])
             std = np.array([np.std(d, ddof=1) if len(d) > 1 else 0.0 for d in diffs])
-            (line,) = ax.plot(ks, mean, marker=".", label=name)
+            (line,) = ax.plot(ks, mean, marker=".", label=name, color=strategy_color(name))
             ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xlabel("bin")

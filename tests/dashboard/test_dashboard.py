@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -211,3 +212,80 @@ def test_cycle_triggered_from_the_page_runs_and_its_failure_shows(page: PageWatc
     assert p.locator("#chart-auc .failed-mark").count() == 2
     page.shot("06-cycle-failed")
     assert page.page_errors == [] and page.console_errors == []
+
+
+OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [];
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('.table-wrap, pre, dialog:not([open])')) continue;  // these scroll inside themselves
+    const r = el.getBoundingClientRect();
+    const name = `${el.tagName.toLowerCase()}#${el.id}.${el.className}`;
+    if (r.width > 0 && r.right > width + 0.5) wide.push(`${name} ${Math.round(r.right)}`);
+  }
+  return {scroll: document.documentElement.scrollWidth, width, wide: wide.slice(0, 12)};
+}"""
+
+
+@pytest.mark.parametrize("width", [1366, 390])
+def test_the_page_fits_the_screen_without_horizontal_scroll(browser, server: Server, width: int) -> None:
+    """A laptop and a phone (390 px, iPhone 12-15): nothing but a table or code block scrolls sideways."""
+    context = browser.new_context(viewport={"width": width, "height": 844}, service_workers="block")
+    try:
+        p = context.new_page()
+        p.set_default_timeout(15000)
+        errors: list[str] = []
+        p.on("pageerror", lambda exc: errors.append(str(exc)))
+        watch = PageWatch(p, [], errors, [])
+        open_dashboard(watch, server)
+        p.wait_for_selector("#runs-table tbody tr")
+        p.click(f"#versions-table tr[data-version='{server.demo.production}'] td:first-child a")
+        p.wait_for_selector("#detail-config")
+        fit = p.evaluate(OVERFLOW_JS)
+        assert fit["scroll"] <= width and not fit["wide"], fit
+        # the failed run's row keeps a readable error column (wraps inside the scrolling table)
+        failed = p.locator(f"#runs-table tr[data-cycle='{server.demo.failed_day}'] td.err")
+        assert failed.bounding_box()["width"] <= 460  # type: ignore[index]
+        # chart ticks are round numbers; the AUC chart draws the 0.5 no-skill line
+        for metric in ("auc", "logloss"):
+            ticks = p.locator(f"#chart-{metric} .axis .ytick").evaluate_all(
+                "ts => ts.map(t => t.textContent)"
+            )
+            values = [float(t) for t in ticks]
+            steps = {round(b - a, 6) for a, b in itertools.pairwise(values)}
+            assert len(ticks) >= 3 and len(steps) == 1, ticks  # evenly spaced
+            step = steps.pop()
+            assert any(abs(step - k * 10**e) < 1e-9 for k in (1, 2, 5) for e in range(-4, 1)), ticks
+            assert all(len(t.split(".")[-1]) <= 3 for t in ticks), ticks  # 0.55, not 0.5537
+        assert p.locator("#chart-auc .no-skill").count() == 1
+        assert p.locator("#chart-logloss .no-skill").count() == 0
+        if width == 390:
+            p.evaluate("window.scrollTo(0, 0)")
+            watch.shot("phone-390", full_page=False)  # docs/img/dashboard-phone.png
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_failed_cycles_are_in_the_audit_timeline_without_internal_ids(
+    page: PageWatch, server: Server
+) -> None:
+    open_dashboard(page, server)
+    p = page.page
+    failed = p.locator("#timeline li[data-kind='cycle_failed']", has_text=str(server.demo.failed_day))
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text("IngestError")
+    runs = server.admin("/v1/admin/cycles")["runs"]
+    owners = {r["owner"] for r in runs}
+    body = p.inner_text("body")
+    assert not any(o in body for o in owners), "claim owners are internal ids"
+    # the operator's name goes with every action as X-Reloop-Actor and lands in the audit row
+    p.fill("#actor-input", "maria")
+    p.fill("#rollback-reason", "named rollback")
+    p.click("#rollback-form button[type=submit]")
+    p.wait_for_selector("#confirm[open]")
+    p.click("#confirm-ok")
+    p.wait_for_selector("#action-result.ok")
+    events = server.admin("/v1/admin/events?limit=1")["events"]
+    assert events[0]["kind"] == "rolled_back" and events[0]["actor"] == "admin-api:maria"
+    assert page.page_errors == []

@@ -33,16 +33,30 @@ export function chartPoints(runs, metric) {
     .sort((a, b) => a.date - b.date);
 }
 
-function extent(values) {
-  let lo = Math.min(...values);
-  let hi = Math.max(...values);
-  if (!Number.isFinite(lo)) return [0, 1];
+/** A round tick step (1, 2 or 5 times a power of ten) giving about ``count`` intervals. */
+export function niceStep(span, count = 4) {
+  const raw = span / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const unit = raw / power;
+  return (unit <= 1 ? 1 : unit <= 2 ? 2 : unit <= 5 ? 5 : 10) * power;
+}
+
+/** Axis domain widened to round ticks: [lo, hi, step], ticks at lo, lo + step, ... hi. */
+export function niceAxis(values, include = []) {
+  let lo = Math.min(...values, ...include);
+  let hi = Math.max(...values, ...include);
+  if (!Number.isFinite(lo)) return [0, 1, 0.25];
   if (hi - lo < 1e-6) {
     lo -= 0.01;
     hi += 0.01;
   }
-  const pad = (hi - lo) * 0.12;
-  return [lo - pad, hi + pad];
+  const step = niceStep(hi - lo);
+  return [Math.floor(lo / step) * step, Math.ceil(hi / step) * step, step];
+}
+
+function tickText(v, step) {
+  const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return v.toFixed(decimals);
 }
 
 function path(points, key, x, y) {
@@ -88,7 +102,8 @@ export function metricChart(runs, metric, title) {
     return svg;
   }
   const values = points.flatMap((p) => [p.cand, p.prod]).filter((v) => v !== null);
-  const [lo, hi] = extent(values);
+  // AUC axes always show 0.5, the no-skill line: a model near it ranks no better than chance
+  const [lo, hi, tick] = niceAxis(values, metric === "auc" ? [0.5] : []);
   const t0 = points[0].date.getTime();
   const t1 = points[points.length - 1].date.getTime();
   const span = t1 - t0 || 1;
@@ -111,10 +126,11 @@ export function metricChart(runs, metric, title) {
   // grid and y axis
   const grid = el("g", { class: "grid" });
   const axis = el("g", { class: "axis" });
-  for (let i = 0; i <= 4; i++) {
-    const v = lo + ((hi - lo) * i) / 4;
+  const ticks = Math.round((hi - lo) / tick);
+  for (let i = 0; i <= ticks; i++) {
+    const v = lo + tick * i;
     grid.appendChild(el("line", { x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
-    axis.appendChild(el("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(metric === "auc" ? 3 : 4)));
+    axis.appendChild(el("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end", class: "ytick" }, tickText(v, tick)));
   }
   // x labels: at most ~7, always the first and the last
   const every = Math.max(1, Math.ceil(points.length / 7));
@@ -126,6 +142,12 @@ export function metricChart(runs, metric, title) {
   axis.appendChild(el("text", { x: m.l, y: H - 6, class: "lbl" }, points[0].label.slice(0, 4)));
   svg.appendChild(grid);
   svg.appendChild(axis);
+  if (metric === "auc") {
+    const g = el("g", {});
+    g.appendChild(el("line", { x1: m.l, x2: W - m.r, y1: y(0.5), y2: y(0.5), class: "no-skill" }));
+    g.appendChild(el("text", { x: W - m.r, y: y(0.5) - 4, "text-anchor": "end", class: "no-skill-lbl" }, "no skill (0.5)"));
+    svg.appendChild(g);
+  }
   // lines and dots
   svg.appendChild(el("path", { d: path(points, "prod", x, y), class: "prod" }));
   svg.appendChild(el("path", { d: path(points, "cand", x, y), class: "cand" }));

@@ -98,7 +98,17 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
+/** Who acts, sent as X-Reloop-Actor and stored in the audit row (``admin-api:<name>``). */
+function actorName() {
+  const typed = ($("#actor-input")?.value || "").trim().replace(/[^A-Za-z0-9._@+:-]/g, "").slice(0, 64);
+  return typed || "dashboard";
+}
+
 function detailText(body, status) {
+  // RFC 9457 problem details: ``detail`` is one line; ``errors`` (422) names each field
+  if (body && Array.isArray(body.errors) && body.errors.length) {
+    return body.errors.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("; ");
+  }
   if (body && typeof body.detail === "string") return body.detail;
   if (body && Array.isArray(body.detail)) {
     return body.detail.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("; ");
@@ -112,6 +122,7 @@ async function api(path, { method = "GET", body, admin = true } = {}) {
     const t = token();
     if (!t) throw new ApiError(0, "no admin token entered");
     headers.Authorization = `Bearer ${t}`;
+    headers["X-Reloop-Actor"] = actorName();
   }
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let resp;
@@ -340,7 +351,7 @@ function renderRuns() {
       h("td", {}, run.produced_version ? versionLink(run.produced_version) : "—"),
       h("td", {}, pair(gate.candidate)),
       h("td", {}, pair(gate.production)),
-      h("td", {}, d.actor || run.owner),
+      h("td", {}, d.actor || "—"),
       h("td", { class: "err" }, run.error || ""));
   }));
 }
@@ -454,6 +465,8 @@ const KIND_TEXT = {
   rolled_back: (e) => `rolled back v${e.from_version} → v${e.to_version}`,
   rejected: (e) => `v${e.version} rejected`,
   failed: (e) => `v${e.version} marked failed`,
+  cycle_failed: (e) => `cycle ${e.cycle_date} failed`,
+  cycle_skipped: (e) => `cycle ${e.cycle_date} skipped`,
   registered: (e) => `v${e.version} registered`,
 };
 
@@ -464,7 +477,21 @@ function renderTimeline() {
     return;
   }
   const all = $("#show-registered").checked;
-  const shown = state.events.filter((e) => all || e.kind !== "registered");
+  const cycles = (state.runs || [])
+    .filter((r) => r.status !== "succeeded" && r.status !== "running")
+    .map((r) => ({
+      id: `run-${r.id}`,
+      kind: `cycle_${r.status}`,
+      created_at: r.finished_at || r.heartbeat_at || r.started_at,
+      version: r.produced_version,
+      actor: (r.details && r.details.actor) || "—",
+      reason: r.error || (r.details && r.details.reason) || "",
+      cycle_date: r.cycle_date,
+    }));
+  const shown = state.events
+    .filter((e) => all || e.kind !== "registered")
+    .concat(cycles)
+    .sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
   if (!shown.length) {
     list.replaceChildren(h("li", { class: "muted" }, "Nothing happened yet."));
     return;
