@@ -13,7 +13,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from reloop_service.config import Settings
@@ -58,6 +58,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class _HideWebhook(logging.Filter):
+    """Drops httpx's own request log lines for webhook URLs (their query may hold a token)."""
+
+    urls: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(url in text for url in self.urls)
+
+
+_hide = _HideWebhook()
+logging.getLogger("httpx").addFilter(_hide)
+
+
 class _Retryable(Exception):
     """A 5xx or 429 answer: worth another attempt."""
 
@@ -71,6 +85,7 @@ def _post(settings: Settings, url: str, event: AlertEvent) -> bool:
     import httpx
     import stamina
 
+    _HideWebhook.urls.add(url)
     body = event.to_dict()
     try:
         for attempt in stamina.retry_context(
