@@ -110,6 +110,12 @@ def test_webhook_hears_a_failed_cycle_and_a_rollback(
     assert "step ingest" in event["reason"] and event["model_name"] == settings.model_name
     assert "secret-in-url" not in caplog.text  # only scheme and host are logged
 
+    no_data_day = DAY0 + timedelta(days=3)  # no partition at all: the cycle is skipped, not failed
+    skipped = run_cycle(settings=settings, cycle_date=no_data_day, actor="test")
+    assert skipped.status == "skipped"
+    event = receiver.wait_for("cycle_skipped")
+    assert event["cycle_date"] == no_data_day.isoformat() and "no click logs" in event["reason"]
+
     env = {
         "RELOOP_DATA_DIR": str(settings.data_dir),
         "RELOOP_DATABASE_URL": settings.resolved_database_url,
@@ -126,12 +132,13 @@ def test_webhook_hears_a_failed_cycle_and_a_rollback(
     assert history.exit_code == 0, history.output
     rows = json.loads(history.stdout)
     kinds = [r["kind"] for r in rows]
-    assert "cycle_failed" in kinds and "rolled_back" in kinds
+    assert "cycle_failed" in kinds and "cycle_skipped" in kinds and "rolled_back" in kinds
     failed_row = next(r for r in rows if r["kind"] == "cycle_failed")
     assert failed_row["cycle_date"] == bad_day.isoformat() and "ingest" in failed_row["reason"]
 
     # metrics of this process counted the three cycles
-    assert CYCLE_METRICS.last_status.labels("failed")._value.get() == 1
+    assert CYCLE_METRICS.last_status.labels("skipped")._value.get() == 1  # the last one run here
+    assert CYCLE_METRICS.runs.labels("failed")._value.get() >= 1
     assert CYCLE_METRICS.last_success_date._value.get() > 0
 
 

@@ -182,7 +182,7 @@ def test_wrong_token_says_so_and_production_does_not_move(page: PageWatch, serve
 
 
 def test_cycle_triggered_from_the_page_runs_and_its_failure_shows(page: PageWatch, server: Server) -> None:
-    """A cycle for a date without logs: the page starts it, the run fails, production stays."""
+    """A cycle for a date without logs: the page starts it, the run is skipped (no data), production stays."""
     open_dashboard(page, server)
     p = page.page
     day = "2024-05-07"
@@ -201,16 +201,19 @@ def test_cycle_triggered_from_the_page_runs_and_its_failure_shows(page: PageWatc
         if run["status"] != "running" or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert run["status"] == "failed" and run["cycle_date"] == day and run["error"]
+    assert run["status"] == "skipped" and run["cycle_date"] == day and "no click logs" in run["error"]
     assert server.production() == server.demo.production
     assert "'late logs'" in server.log()  # the reason is logged with the actor
 
     p.reload()
     row = p.locator(f"#runs-table tr[data-cycle='{day}']")
-    expect(row).to_contain_text("failed")
+    expect(row).to_contain_text("skipped")
     assert run["error"][:40] in row.inner_text()
-    assert p.locator("#chart-auc .failed-mark").count() == 2
-    page.shot("06-cycle-failed")
+    assert p.locator("#chart-auc .failed-mark").count() == 1  # skipped is not failed
+    skipped = p.locator("#timeline li[data-kind='cycle_skipped']", has_text=day)
+    expect(skipped).to_have_count(1)
+    assert "admin-api:dashboard" in skipped.inner_text()  # the page names itself as the actor
+    page.shot("06-cycle-skipped")
     assert page.page_errors == [] and page.console_errors == []
 
 
