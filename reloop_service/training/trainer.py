@@ -58,9 +58,9 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     loss: str = "reloop"
     loss_params: dict[str, float] = field(default_factory=dict)
-    # Adam learning rates: the tables' rows are updated only when they appear, so they take a larger
-    # step than the MLP (measured on the simulator: 3e-3 / 5e-2 beat 1e-3 / 1e-2 at batch 1024 and 4096).
-    lr: float = 3e-3
+    # Adam learning rates (the recipe's, chosen on the replays' selection bins): the tables' rows are
+    # updated only when they appear, so they take a larger step than the MLP.
+    lr: float = 1e-3
     sparse_lr: float = 5e-2
     epochs: int = 1
     batch_size: int = 4096

@@ -434,3 +434,31 @@ def test_prior_join_with_partly_missing_archive(
     assert seen[other] != 0.5, "another version's prediction is never the parent's prior"
     if source == "archive":
         assert seen[other] is None
+
+
+def test_reloop_train_and_the_cycle_train_the_same_model(sqlite_env: Env, tmp_path: Path) -> None:
+    """One recipe: the same settings, day and seed give the same candidate by hand and in the cycle."""
+    from typer.testing import CliRunner
+
+    from reloop_service.cli import app
+    from reloop_service.training.checkpoint import load_checkpoint
+
+    settings = sqlite_env()
+    write_day(_logs(settings), DAY0, 3000)
+    outcome = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
+    env = {
+        "RELOOP_EMBEDDING_DIM": str(settings.embedding_dim),
+        "RELOOP_MLP_HIDDEN": json.dumps(list(settings.mlp_hidden)),
+        "RELOOP_LEARNING_RATE": str(settings.learning_rate),
+        "RELOOP_BATCH_SIZE": str(settings.batch_size),
+        "RELOOP_THREADS": "1",
+    }
+    out = tmp_path / "by-hand.ckpt"
+    args = ["train", "--logs", _logs(settings).as_posix(), "--date", DAY0.isoformat(), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--spec", str(settings.spec_path), "--loss", "bce"], env=env)
+    assert res.exit_code == 0, res.output
+    by_hand = load_checkpoint(str(out)).metrics
+    candidate = outcome.record["gate"]["candidate"]
+    assert by_hand["rows"] == candidate["rows"] == outcome.record["train"]["holdout_rows"]
+    assert by_hand["auc"] == pytest.approx(candidate["auc"], abs=1e-9)
+    assert by_hand["logloss"] == pytest.approx(candidate["logloss"], abs=1e-9)
