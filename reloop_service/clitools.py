@@ -87,10 +87,11 @@ LossName = Literal["bce", "label_smoothing", "distill", "reloop"]
 
 
 class _Collapse(logging.Filter):
-    """Collapse repeated warnings: the 4th and later copies of one message are counted, not printed.
+    """Collapse repeated warnings: past the 3rd of one kind (logger and message template), they are
+    counted, not printed.
 
-    The count is reported by ``flush_collapsed()`` at exit, so a catch-up over many days prints
-    one line per distinct warning plus "repeated N more times" instead of hundreds of lines.
+    ``flush_collapsed()`` reports the counts when a long command ends, so a catch-up over many days
+    prints a few lines per kind of warning plus "N more like it" instead of hundreds of lines.
     """
 
     SHOWN = 3
@@ -98,6 +99,7 @@ class _Collapse(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[tuple[str, str], int] = {}
+        self.last: dict[tuple[str, str], str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
@@ -105,14 +107,15 @@ class _Collapse(logging.Filter):
         key = (record.name, str(record.msg))
         n = self.seen.get(key, 0) + 1
         self.seen[key] = n
-        if n == self.SHOWN:
-            record.msg = f"{record.msg} (repeats are counted, not shown)"
-        return n <= self.SHOWN
+        if n > self.SHOWN:
+            self.last[key] = record.getMessage()
+            return False
+        return True
 
     def summary(self) -> list[str]:
         return [
-            f"{msg!s} ({name}): repeated {n - self.SHOWN} more times"
-            for (name, msg), n in self.seen.items()
+            f"{n - self.SHOWN} more warning(s) like this one were not shown: {self.last.get(key, '')}"
+            for key, n in self.seen.items()
             if n > self.SHOWN
         ]
 
@@ -125,6 +128,7 @@ def flush_collapsed() -> None:
     for line in _collapse.summary():
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
     _collapse.seen.clear()
+    _collapse.last.clear()
 
 
 @app.callback()

@@ -113,3 +113,33 @@ def test_bench_cli_prints_the_help_time() -> None:
     res = CliRunner().invoke(app, ["bench", "cli", "--runs", "1"])
     assert res.exit_code == 0, res.output
     assert "reloop --help: median" in res.output and "heavy modules imported by the CLI: none" in res.output
+
+
+def test_repeated_warnings_are_collapsed() -> None:
+    import logging
+
+    from reloop_service.clitools import _Collapse
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("reloop-test-collapse")
+    logger.propagate = False
+    handler = Keep()
+    collapse = _Collapse()
+    handler.addFilter(collapse)
+    logger.addHandler(handler)
+    try:
+        for day in range(931):  # what `reloop scheduler` printed on an old registry
+            logger.warning("cycle %s is missing", day)
+        logger.warning("another kind")
+        logger.info("info is never collapsed")
+        logger.info("info is never collapsed")
+    finally:
+        logger.removeHandler(handler)
+    assert seen[:3] == ["cycle 0 is missing", "cycle 1 is missing", "cycle 2 is missing"]
+    assert seen[3:] == ["another kind", "info is never collapsed", "info is never collapsed"]
+    assert collapse.summary() == ["928 more warning(s) like this one were not shown: cycle 930 is missing"]

@@ -133,7 +133,7 @@ def test_everyday_use_runs_as_written(tmp_path: Path, where: str) -> None:
             _run_long(line, work, env, f"http://127.0.0.1:{port}{path}")
             continue
         res = _run(line, work, env)
-        if command in ("simulate", "cycle", "logs"):
+        if command in ("simulate", "cycle", "train", "logs"):
             assert str(expected_data.resolve()) in res.stderr, (line, res.stderr)  # says where
     assert (expected_data / "registry.db").exists()
     assert len(list((expected_data / "logs").glob("dt=2024-05-0*"))) == 3

@@ -515,7 +515,14 @@ def run_many(
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every ``RunSpec`` (in a spawn process pool of ``workers``), with rich progress bars."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bins_per_run = protocol.end(data) - protocol.warmup_bins + 2
     results: list[dict[str, Any]] = []
@@ -524,6 +531,8 @@ def run_many(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         disable=not show_progress,
     ) as bar:
         total = bar.add_task("[bold]replay[/] cycles", total=bins_per_run * len(runs))

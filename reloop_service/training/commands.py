@@ -13,6 +13,7 @@ import typer
 
 from reloop_service.clitools import (
     DATE_METAVAR,
+    DataDirOption,
     JsonOption,
     LossName,
     ModelName,
@@ -22,6 +23,8 @@ from reloop_service.clitools import (
     fail,
     load_settings,
     print_json,
+    print_locations,
+    progress_bar,
 )
 
 
@@ -45,7 +48,6 @@ def _fmt(value: Any) -> str:
 
 @app.command("train")
 def train_command(
-    logs: Annotated[str, typer.Option("--logs", help="Click-log root (local path or fsspec URI).")],
     day: Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Last day to train on.")],
     out: Annotated[str, typer.Option("--out", help="Where to write the checkpoint (path or URI).")],
     days: Annotated[int, typer.Option("--days", help="Number of days ending at --date.")] = 1,
@@ -91,6 +93,13 @@ def train_command(
             "--holdout", help="Share of rows (hash of impression id) held out for eval [default: 0.1]."
         ),
     ] = None,
+    logs: Annotated[
+        str | None,
+        typer.Option(
+            "--logs", help="Click-log root, path or fsspec URI (default: $RELOOP_LOGS_URI or <data>/logs)."
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Train a CTR model on days of click logs, report hold-out metrics and write a checkpoint."""
@@ -117,6 +126,8 @@ def train_command(
             known = "embedding_dim, hidden, dropout"
             raise fail(f"--model-args: unknown key(s) {', '.join(unknown)} (known: {known})")
         settings = load_settings(
+            data_dir,
+            logs_uri=logs,
             embedding_dim=shape.get("embedding_dim"),
             mlp_hidden=tuple(shape["hidden"]) if "hidden" in shape else None,
             dropout=shape.get("dropout"),
@@ -138,15 +149,21 @@ def train_command(
         def config(rows: int) -> TrainConfig:
             return recipe_config(settings, loss=settings.loss, rows=rows, cold=init is None)
 
-        outcome = train_days(
-            logs_uri=logs,
-            end_day=end_day,
-            days=days,
-            spec=spec,
-            config=config,
-            init=init,
-            holdout=settings.holdout_fraction,
-        )
+        print_locations(settings, registry=False)
+        with progress_bar("train", total=None, unit="rows") as advance:
+            outcome = train_days(
+                logs_uri=settings.resolved_logs_uri,
+                end_day=end_day,
+                days=days,
+                spec=spec,
+                config=config,
+                init=init,
+                holdout=settings.holdout_fraction,
+                storage_options=settings.storage_options(),
+                progress=False,  # this bar instead of the trainer's: it knows the total
+                on_total=lambda rows: advance(0, total_=rows),
+                on_batch=lambda _step, rows, loss: advance(rows, description=f"loss {loss:.4f}"),
+            )
         save_checkpoint(outcome.result.checkpoint, out)
     except (IngestError, SpecError, CheckpointError, TrainError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -86,6 +86,8 @@ def train_days(
     prior_from_checkpoint: bool = True,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
+    on_batch: Callable[[int, int, float], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> DaysTrainResult:
     """Train on ``days`` days of logs ending ``end_day``; a ``holdout`` hash sample of the rows (the
     cycle's split, ``data.split``) is the evaluation slice whose metrics go into the checkpoint.
@@ -93,7 +95,9 @@ def train_days(
     ``config`` may be a function of the training row count (``training.recipe``: the batch size
     scales with the day). Without ``init`` the spec's numeric statistics are fitted on the training
     rows and frozen. With ``init`` and ``prior_from_checkpoint`` every row's prior is the checkpoint's
-    own prediction, so ``reloop``/``distill`` have a prior to correct against.
+    own prediction, so ``reloop``/``distill`` have a prior to correct against. ``on_total(rows)`` is
+    told the training rows of all epochs before the first step and ``on_batch`` is the trainer's
+    per-step callback: together they drive ``reloop train``'s progress bar.
     """
     day_list = day_range(end_day, days)
     if init is not None:
@@ -117,6 +121,8 @@ def train_days(
         stream = _with_prior(train_stream, Predictor(init))
         prior_source = "checkpoint"
     cfg = config(train_rows.num_rows) if callable(config) else config
+    if on_total is not None:
+        on_total(train_rows.num_rows * cfg.epochs)
     result = train(
         config=cfg,
         spec=spec,
@@ -126,6 +132,7 @@ def train_days(
         last_day=day_list[-1],
         eval_batches=eval_stream if held_rows.num_rows else None,
         progress=progress,
+        on_batch=on_batch,
     )
     eval_rows = int(held_rows.num_rows)
     result.checkpoint.train_config["run"] = {

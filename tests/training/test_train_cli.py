@@ -82,7 +82,7 @@ def test_train_then_warm_start_from_the_cli(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)  # stderr says where the data lives
     assert summary["prior_source"] == "checkpoint"
     assert summary["prior_coverage"] == 1.0
     warm = load_checkpoint(str(second))
