@@ -143,3 +143,17 @@ def test_repeated_warnings_are_collapsed() -> None:
     assert seen[:3] == ["cycle 0 is missing", "cycle 1 is missing", "cycle 2 is missing"]
     assert seen[3:] == ["another kind", "info is never collapsed", "info is never collapsed"]
     assert collapse.summary() == ["928 more warning(s) like this one were not shown: cycle 930 is missing"]
+
+
+def test_serve_refuses_a_missing_registry_without_creating_it(tmp_path: Any) -> None:
+    """What `reloop serve` did after `reloop demo`: say where it looked, and leave no empty registry.db."""
+    res = subprocess.run(
+        [sys.executable, "-m", "reloop_service.cli", "serve", "--port", "1"],
+        env={**ENV, "RELOOP_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "registry.db does not exist" in res.stderr and "reloop db upgrade" in res.stderr
+    assert str(tmp_path / "data") in res.stderr  # the data folder it resolved
+    assert not (tmp_path / "data" / "registry.db").exists()

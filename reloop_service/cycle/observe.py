@@ -85,13 +85,24 @@ class CycleMetrics:
             registry=r,
         )
         self.ticks = Counter("reloop_scheduler_ticks", "Catch-up ticks started.", registry=r)
+        # plain copies for the scheduler's /healthz (the gauges above are write-only by design)
+        self.last_success_at: float = 0.0
+        self.pending_days = 0
+
+    def set_last_success(self, when: float, day: Any) -> None:
+        self.last_success_at = when
+        self.last_success.set(when)
+        self.last_success_date.set(_day_ts(day))
+
+    def set_pending(self, days: int) -> None:
+        self.pending_days = days
+        self.catchup_pending.set(days)
 
     def seed(self, runs: list[Any]) -> None:
         """Set the last-success figures from the registry's runs (newest first)."""
         for run in runs:
             if getattr(run.status, "value", run.status) == "succeeded" and run.finished_at is not None:
-                self.last_success.set(run.finished_at.timestamp())
-                self.last_success_date.set(_day_ts(run.cycle_date))
+                self.set_last_success(run.finished_at.timestamp(), run.cycle_date)
                 return
 
     def observe(self, outcome: Any) -> None:
@@ -107,8 +118,7 @@ class CycleMetrics:
             with contextlib.suppress(ValueError):
                 self.duration.set(max(0.0, now.timestamp() - datetime.fromisoformat(started).timestamp()))
         if status == "succeeded":
-            self.last_success.set(now.timestamp())
-            self.last_success_date.set(_day_ts(outcome.cycle_date))
+            self.set_last_success(now.timestamp(), outcome.cycle_date)
             if outcome.decision:
                 self.gate.labels(str(outcome.decision)).inc()
         gate = record.get("gate") or {}

@@ -127,7 +127,7 @@ def catch_up(
     started = time.monotonic()
     total = len(plan.to_run)
     for i, day in enumerate(plan.to_run):
-        CYCLE_METRICS.catchup_pending.set(total - i)
+        CYCLE_METRICS.set_pending(total - i)
         if stop is not None and stop.is_set():
             log.warning("stopping: cycle %s and later days left for the next start", day)
             break
@@ -135,7 +135,7 @@ def catch_up(
         outcome = runner(settings=settings, cycle_date=day, actor=actor, stop=stop)
         log.info("catch-up: cycle %s -> %s", day, getattr(outcome, "status", outcome))
         outcomes.append(outcome)
-    CYCLE_METRICS.catchup_pending.set(0)
+    CYCLE_METRICS.set_pending(0)
     return outcomes
 
 
@@ -248,13 +248,13 @@ class CycleScheduler:
 
         job = self.scheduler.get_job(DAILY_JOB_ID) if self.scheduler.running else None
         next_run = getattr(job, "next_run_time", None)
-        last = CYCLE_METRICS.last_success._value.get()
+        last = CYCLE_METRICS.last_success_at
         running = self.scheduler.running and not self.stop_event.is_set()
         return {
             "status": "ok" if running else "stopping",
             "next_run": next_run.isoformat() if next_run else None,
             "last_success": datetime.fromtimestamp(last).astimezone().isoformat() if last else None,
-            "catchup_pending_days": int(CYCLE_METRICS.catchup_pending._value.get()),
+            "catchup_pending_days": CYCLE_METRICS.pending_days,
         }
 
     def _update_next_run(self) -> None:

@@ -167,6 +167,8 @@ def test_reloop_demo_three_days_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "reloop db upgrade" in result.output and "logloss Bayes" in result.output
+    # the exact command that serves this demo's registry (it is not in the default data folder)
+    assert f"RELOOP_DATA_DIR={folder.resolve()} reloop serve" in result.output
 
     settings = Settings(data_dir=folder, database_url=f"sqlite:///{folder / 'registry.db'}")
     runs = _runs(settings)
