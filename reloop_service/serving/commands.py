@@ -130,9 +130,23 @@ def bench_serve(
     output: Annotated[
         str | None, typer.Option(help="Append a Serving section to this markdown file.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Also run batches of 100 against --workers N (1: skip).")
+    ] = 2,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Start a real server with a demo model and load it from another process; print p50/p95/p99."""
+    """Start a real server with a demo model and load it from another process; print p50/p95/p99.
+
+    Also measures a bare FastAPI route under the same load (the web stack's floor) and prints server
+    CPU per request and per prediction, and the archive's share of it.
+    """
     from reloop_service.serving.bench import run_bench
 
-    run_bench(requests=requests, rate=rate, concurrency=concurrency, output=output, data_dir=data_dir)
+    run_bench(
+        requests=requests,
+        rate=rate,
+        concurrency=concurrency,
+        output=output,
+        data_dir=data_dir,
+        workers=workers,
+    )

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -106,15 +107,37 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-_SCALARS = frozenset({int, float, bool, type(None)})
+_SCALARS = frozenset({str, float, bool, type(None)})  # need no further check
+_VALUE_TYPES = frozenset({str, int, float, bool, type(None), list})
 _ITEM_KEYS = frozenset({"features", "impression_id"})
 _I64 = 2**63
+_STR = frozenset({str})
+
+
+def _may_hold_long_strings(body: bytes, max_string: int) -> bool:
+    """Whether some JSON string of ``body`` could be longer than ``max_string`` characters.
+
+    A string lies between two quotes, so if no two consecutive quote bytes are more than
+    ``max_string`` + 1 apart, none is (escapes only lengthen the encoding; an escaped quote would
+    split a string, so a body holding one always answers True). NumPy finds the quotes in C.
+    """
+    if len(body) <= max_string:
+        return False
+    if b'\\"' in body:
+        return True
+    quotes = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == 34)
+    return quotes.size < 2 or int(np.diff(quotes).max()) > max_string + 1
 
 
 def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]], list[str | None]] | None:
-    """Parse and check a well-formed body cheaply; ``None`` means "let the model decide"."""
+    """Parse and check a well-formed body cheaply; ``None`` means "let the model decide".
+
+    The checks run in C where they can: value types per item as one set of types, string lengths
+    as one pass over the raw body's quotes (``_may_hold_long_strings``). Only
+    items holding integers or lists get a per-value look.
+    """
     try:
-        doc = orjson.loads(body)  # rejects NaN / Infinity / overflowing numbers: not JSON
+        doc = orjson.loads(body)  # rejects NaN / Infinity; integers beyond 64 bits become floats
     except orjson.JSONDecodeError:
         return None
     if type(doc) is not dict or len(doc) != 1:
@@ -122,37 +145,49 @@ def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]
     items = doc.get("items")
     if type(items) is not list or not 1 <= len(items) <= limits.max_batch:
         return None
+    check_strings = _may_hold_long_strings(body, limits.max_string)
     features: list[dict[str, Any]] = []
     ids: list[str | None] = []
-    scalars = _SCALARS
     max_keys, max_string, max_list = limits.max_keys, limits.max_string, limits.max_list
+    scalars, value_types = _SCALARS, _VALUE_TYPES
     for item in items:
         if type(item) is not dict:
             return None
         feats = item.get("features")
         if type(feats) is not dict or not item.keys() <= _ITEM_KEYS or len(feats) > max_keys:
             return None
-        for key, value in feats.items():
-            kind = type(value)
-            if kind is str:
-                if len(value) > max_string:
-                    return None
-            elif kind in scalars:
-                if kind is int and not -_I64 <= value < _I64:
-                    return None
-            elif kind is list:
-                if len(value) > max_list or not all(type(x) is str and len(x) <= max_string for x in value):
-                    return None
-            else:
+        values = feats.values()
+        kinds = set(map(type, values))
+        if not kinds <= scalars:
+            if not kinds <= value_types:
                 return None
-            if len(key) > max_string:
+            if int in kinds and not all(-_I64 <= v < _I64 for v in values if type(v) is int):
                 return None
+            if list in kinds:
+                for v in values:
+                    if type(v) is list and (len(v) > max_list or not set(map(type, v)) <= _STR):
+                        return None
+        if check_strings and _too_long(feats, max_string):
+            return None
         iid = item.get("impression_id")
         if iid is not None and (type(iid) is not str or not 1 <= len(iid) <= MAX_ID_LEN):
             return None
         features.append(feats)
         ids.append(iid)
     return features, ids
+
+
+def _too_long(feats: dict[str, Any], max_string: int) -> bool:
+    """Whether a feature name, string value or list element is longer than ``max_string``."""
+    for key, value in feats.items():
+        if len(key) > max_string:
+            return True
+        kind = type(value)
+        if kind is str and len(value) > max_string:
+            return True
+        if kind is list and any(len(x) > max_string for x in value):
+            return True
+    return False
 
 
 _VALUE_MESSAGE = (
