@@ -91,6 +91,35 @@ class RowGather(torch.autograd.Function):
         return out, None
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 [n]: a counter-based generator (value k depends on k only)."""
+    with np.errstate(over="ignore"):
+        x = (x + _GOLDEN) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def initial_rows(seed: int, ids: Tensor, dim: int) -> Tensor:
+    """The initial values of rows ``ids`` [U] of a table keyed ``seed``: N(0, EMBEDDING_INIT_STD²), [U, D].
+
+    A pure function of (seed, row, column) (SplitMix64 then Box-Muller), so a row gets the same
+    values whenever and wherever training first touches it: any process, any rank, any order.
+    """
+    n = int(ids.shape[0])
+    cells = ids.detach().cpu().numpy().astype(np.uint64)[:, None] * np.uint64(dim) + np.arange(
+        dim, dtype=np.uint64
+    )
+    bits = _splitmix64(cells.reshape(-1) ^ _splitmix64(np.full(1, seed, dtype=np.uint64)))
+    u1 = ((bits >> np.uint64(40)).astype(np.float64) + 1.0) / float(1 << 24)  # (0, 1]
+    u2 = ((bits & np.uint64(0xFFFFFF)).astype(np.float64)) / float(1 << 24)  # [0, 1)
+    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2) * EMBEDDING_INIT_STD
+    return torch.from_numpy(normal.astype(np.float32).reshape(n, dim))
+
+
 class RowSparseEmbedding(nn.Module):
     """An embedding table [num_rows, D] whose gradient covers only the rows a batch used.
 
@@ -103,6 +132,13 @@ class RowSparseEmbedding(nn.Module):
 
     In eval mode, under ``torch.no_grad``/``inference_mode``, or when ``track_rows`` is False
     (a frozen table) it is a plain lookup with identical values.
+
+    Rows are initialized lazily: a new table is all zeros (no page of it is even allocated). A
+    training lookup of a row that is still all zeros uses its initial N(0, 0.01²) values
+    (``initial_rows``: a pure function of the table's ``init_seed`` and the row), and the
+    optimizer's first update writes initial value + update into the table. Rows training never
+    updated stay zero, so they score as zero vectors everywhere (training's evaluation,
+    checkpoints, serving alike).
     """
 
     def __init__(self, num_rows: int, dim: int) -> None:
@@ -111,11 +147,16 @@ class RowSparseEmbedding(nn.Module):
             raise ValueError(f"embedding table needs at least one row and one column, got {num_rows}x{dim}")
         self.num_rows = num_rows
         self.dim = dim
-        self.weight = nn.Parameter(torch.empty(num_rows, dim), requires_grad=False)
+        # Zero-filled by calloc: the OS maps pages only when a row on them is first written, so a
+        # day that touches a fraction of a 2^23-row table pays for that fraction (lazy init below).
+        self.weight = nn.Parameter(
+            torch.from_numpy(np.zeros((num_rows, dim), dtype=np.float32)), requires_grad=False
+        )
         self.track_rows = True
         self._pending: list[tuple[Tensor, Tensor]] = []
-        if not _SKIP_TABLE_INIT.get():
-            nn.init.normal_(self.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        # Key of the rows' initial values, drawn from torch's generator (so ``torch.manual_seed``
+        # fixes it, identically on every data-parallel rank).
+        self.init_seed = 0 if _SKIP_TABLE_INIT.get() else int(torch.randint(0, 2**62, (1,)).item())
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids LongTensor [...] -> FloatTensor [..., D]."""
@@ -137,9 +178,30 @@ class RowSparseEmbedding(nn.Module):
         optimizer through ``collect_grads``. ``FieldEmbedding`` calls this directly after one
         ``torch.unique`` over all fields.
         """
-        rows = gather_rows(self.weight, uniq).requires_grad_()
+        rows = self.gather_initialized(uniq).requires_grad_()
         self._pending.append((uniq, rows))
         return rows
+
+    def gather_initialized(self, ids: Tensor) -> Tensor:
+        """``weight[ids]`` [U, D] for unique ``ids``, with the initial values of never-updated rows.
+
+        Nothing is written here: a row enters the table when the optimizer writes its first update
+        back, so a lookup whose gradient is never applied (a rank's padded step) leaves every
+        rank's table as it was. The optimizer gathers through this too: under data parallelism a
+        rank updates rows that only another rank's batch touched.
+        """
+        rows = gather_rows(self.weight, ids)
+        fresh = ~rows.any(dim=1)
+        if bool(fresh.any()):
+            rows[fresh] = initial_rows(self.init_seed, ids[fresh], self.dim).to(rows.device)
+        return rows
+
+    def materialize(self) -> None:
+        """Give every never-touched (all-zero) row its initial value now (tests, eager comparisons)."""
+        with torch.no_grad():
+            fresh = (~self.weight.any(dim=1)).nonzero().squeeze(1)
+            if fresh.numel():
+                scatter_rows(self.weight, fresh, initial_rows(self.init_seed, fresh, self.dim))
 
     def collect_grads(self) -> list[tuple[Tensor, Tensor]]:
         """Pop the ``(ids [U], grads [U, D])`` pairs of the forwards since the last call.

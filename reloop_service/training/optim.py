@@ -228,7 +228,10 @@ class RowSparseAdam(torch.optim.Optimizer):
                 steps.append(int(step))
             sizes = [ids.shape[0] for _, ids, _, _ in members]
             block = self._gather_state(packed, [ids for _, ids, _, _ in members], sum(sizes))  # [U, 2D]
-            rows = [r if r is not None else gather_rows(w, ids) for w, ids, _, r in members]
+            rows = [
+                r if r is not None else self._table_of[id(w)].gather_initialized(ids)
+                for w, ids, _, r in members
+            ]
             row = rows[0] if len(rows) == 1 else torch.cat(rows)  # [U, D]
             grad = members[0][2] if len(members) == 1 else torch.cat([g for _, _, g, _ in members])
             self._adam(block, row, grad, d, steps, sizes, group)

@@ -91,6 +91,7 @@ def sync_worker(local_rank: int, world_size: int, port: int, out_dir: str) -> No
         ref_tables = build(seed=0)[0]
         for table, ref in zip(model.tables, ref_tables.tables, strict=True):
             table.weight.data.copy_(ref.weight.data)
+            table.init_seed = ref.init_seed  # rows first touched later draw the same values on every rank
         ddp = wrap_dense(model, ctx)
         sync = SparseGradSync(list(model.tables), sparse, ctx)
         model.train()

@@ -17,7 +17,12 @@ from reloop_service.training.checkpoint import (
     checkpoint_from_bytes,
     checkpoint_to_bytes,
 )
-from reloop_service.training.layers import FieldEmbedding, RowSparseEmbedding, masked_mean_pool
+from reloop_service.training.layers import (
+    FieldEmbedding,
+    RowSparseEmbedding,
+    initial_rows,
+    masked_mean_pool,
+)
 from reloop_service.training.models import MODELS, build_model
 from reloop_service.training.optim import RowSparseAdam
 
@@ -68,6 +73,7 @@ def per_field_forward(emb: FieldEmbedding, tables: list[RowSparseEmbedding], f: 
 def test_fused_and_per_field_models_predict_the_same(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, spec(), embedding_dim=4, hidden=[8]).eval()
+    model.embedding.table.materialize()  # every row drawn now (tables start at zero)
     tables = per_field_tables(model.embedding)
     f = batch()
     with torch.inference_mode():
@@ -83,6 +89,7 @@ def test_fused_training_steps_equal_per_field_tables() -> None:
     """Same gradients and the same Adam updates, row for row, over several steps."""
     torch.manual_seed(0)
     fused = FieldEmbedding([30, 7], [50, 9], 4)
+    fused.table.materialize()
     tables = per_field_tables(fused)
     opt_f = RowSparseAdam(fused.tables(), lr=0.05)
     opt_s = RowSparseAdam(tables, lr=0.05)
@@ -152,3 +159,31 @@ def test_an_unknown_checkpoint_version_is_refused_with_the_readable_versions() -
     refusal = r"unsupported checkpoint version 99 \(this build reads versions 1, 2\)"
     with pytest.raises(CheckpointError, match=refusal):
         checkpoint_from_bytes(buffer.getvalue())
+
+
+def test_rows_are_initialized_lazily_on_first_training_touch() -> None:
+    """A new table is zeros; a training lookup uses a row's initial values, a pure function of
+    (seed, row), and the optimizer's first update writes them (plus the update) into the table."""
+    torch.manual_seed(0)
+    table = RowSparseEmbedding(1000, 4)
+    assert not table.weight.any()
+    table.eval()
+    assert not table(torch.tensor([5, 6])).any()  # inference reads what is stored: zeros
+    table.train()
+    out = table(torch.tensor([[5, 900], [5, 7]]))
+    touched = torch.tensor([5, 7, 900])
+    expected = initial_rows(table.init_seed, touched, 4)
+    assert torch.equal(out.detach()[0, 0], expected[0]) and torch.equal(out.detach()[0, 1], expected[2])
+    assert not table.weight.any()  # nothing written before an update
+    opt = RowSparseAdam([table], lr=0.01)
+    out.sum().backward()
+    opt.step()
+    assert int(table.weight.any(dim=1).sum()) == 3  # only the touched rows
+    # Adam's first step moves each coordinate by lr (against the gradient's sign, here +1)
+    torch.testing.assert_close(table.weight[touched], expected - 0.01, rtol=0, atol=1e-6)
+    assert 0.003 < float(initial_rows(1, torch.arange(5000), 4).std()) < 0.02  # N(0, 0.01^2)
+
+    other = RowSparseEmbedding(1000, 4)  # same seed, other order: same initial values
+    other.init_seed = table.init_seed
+    other.train()
+    assert torch.equal(other(torch.tensor([900, 7, 5])).detach(), expected.flip(0))

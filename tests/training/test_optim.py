@@ -12,7 +12,9 @@ from reloop_service.training.optim import RowSparseAdam
 
 def make_table(rows: int = 50, dim: int = 4) -> RowSparseEmbedding:
     torch.manual_seed(0)
-    return RowSparseEmbedding(rows, dim)
+    table = RowSparseEmbedding(rows, dim)
+    table.materialize()  # every row has its initial value (tables start at zero, drawn on first touch)
+    return table
 
 
 def loss_of(out: torch.Tensor) -> torch.Tensor:
