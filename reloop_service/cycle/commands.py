@@ -28,6 +28,7 @@ from reloop_service.clitools import (
 )
 
 EXIT_HELD = 3  # `reloop cycle run` did nothing: another live process holds the date
+EXIT_SKIPPED = 4  # the day was not trained on by design (no partition, too few rows or labels)
 DateOption = Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Cycle date.")]
 LogsOption = Annotated[
     str | None,
@@ -42,7 +43,7 @@ StrictSpecOption = Annotated[
         help="Refuse to run when RELOOP_SPEC_PATH differs from the production model's feature spec.",
     ),
 ]
-STEPS = ("parent", "ingest", "priors", "train", "gate", "register", "report")
+STEPS = ("parent", "ingest", "priors", "train", "gate", "train_holdout", "register", "report")
 
 
 def _parse_date(value: str, flag: str) -> date:
@@ -117,7 +118,8 @@ def cycle_run(
     """Run the daily cycle for one date, exactly once (a date that succeeded is a no-op unless --force).
 
     Exit codes: 0 ran and succeeded, or the date had already succeeded (nothing to do); 1 failed;
-    3 not run because another live process holds the date ("skipped (held)").
+    3 not run because another live process holds the date ("skipped (held)"); 4 skipped by design,
+    with the reason (no partition, too few rows, too few clicks or non-clicks): production unchanged.
     """
     day = _parse_date(date_, "--date")
     settings = _settings_for(data_dir, logs)
@@ -178,6 +180,8 @@ def cycle_run(
         raise typer.Exit(1)
     if outcome.status == "skipped" and outcome.reason == "held":
         raise typer.Exit(EXIT_HELD)
+    if outcome.status == "skipped" and outcome.reason != "succeeded":
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 @bench_app.command("soak")

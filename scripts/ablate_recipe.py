@@ -1,0 +1,147 @@
+"""Recipe ablation on ml100k-weekly, outside the loop: the trainer and predictor on the same bins.
+
+Each part of the training recipe switched on one at a time (docs/benchmarks.md, "Model quality").
+It calls the project's own trainer, model, optimizer and loss code on the protocol of docs/replay.md
+(warm-up on bins 0-3, then for every bin: score with the current model, train on the bin), without
+the registry, predict path and archive that `reloop replay movielens` adds, so it runs in seconds.
+The reported figures of the recipe itself come from `reloop replay movielens` (the real loop).
+
+    python scripts/ablate_recipe.py --data-dir ../shared/datasets/ml-100k --buckets 4096 --shuffle 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from reloop_service.data.spec import CategoricalField, FeatureSpec
+from reloop_service.replay.movielens import movielens_spec, movielens_table
+from reloop_service.training.checkpoint import Checkpoint
+from reloop_service.training.metrics import auc, logloss
+from reloop_service.training.predict import Predictor
+from reloop_service.training.trainer import PRIOR_COLUMN, TrainConfig, train
+
+ID_FIELDS = {"user_id", "item_id", "zip3"}
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="ml100k-weekly recipe ablation (outside the loop)")
+    ap.add_argument("--data-dir", type=Path, required=True, help="The ml-100k folder.")
+    ap.add_argument("--mode", default="inc", choices=["inc", "full"], help="incremental or full retrain")
+    ap.add_argument("--buckets", type=int, default=65536, help="Buckets of user_id, item_id and zip3.")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--slr", type=float, default=5e-2, help="Embedding rows' learning rate.")
+    ap.add_argument("--bs", type=int, default=256, help="Batch of a warm-started bin.")
+    ap.add_argument("--wbs", type=int, default=0, help="Batch from scratch (0: --bs).")
+    ap.add_argument("--div", type=int, default=0, help="Batch = pow2(rows/div) in 128..4096 (0: fixed).")
+    ap.add_argument("--epochs", type=int, default=1, help="Passes per warm-started bin.")
+    ap.add_argument("--wepochs", type=int, default=1, help="Passes from scratch.")
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--shuffle", type=int, default=1)
+    ap.add_argument("--loss", default="bce")
+    ap.add_argument("--alpha", type=float, default=None)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--last", type=int, default=30)
+    return ap.parse_args()
+
+
+def batch_of(a: argparse.Namespace, rows: int, fixed: int) -> int:
+    if not a.div:
+        return fixed
+    return int(min(4096, max(128, 2 ** round(np.log2(max(rows / a.div, 1))))))
+
+
+def config(a: argparse.Namespace, *, loss: str, batch: int, epochs: int, seed: int) -> TrainConfig:
+    params = {"alpha": a.alpha} if (a.alpha is not None and loss == "reloop") else {}
+    return TrainConfig(
+        model="dnn",
+        model_args={"embedding_dim": 16, "hidden": [256, 128, 64], "dropout": a.dropout},
+        loss=loss,
+        loss_params=params,
+        lr=a.lr,
+        sparse_lr=a.slr,
+        epochs=epochs,
+        batch_size=batch,
+        seed=seed,
+        threads=1,
+        shuffle=bool(a.shuffle),
+    )
+
+
+def fit(
+    a: argparse.Namespace, table: pa.Table, spec: FeatureSpec | None, cfg: TrainConfig, init: Any
+) -> Checkpoint:
+    def batches() -> Any:
+        return table.to_batches(65536)
+
+    return train(config=cfg, spec=spec, batches=batches, init=init, progress=False).checkpoint
+
+
+def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -> dict[str, Any]:
+    bins = t.column("bin").to_numpy()
+
+    def rows(k: int, upto: bool = False) -> pa.Table:
+        return t.filter(pa.array(bins <= k if upto else bins == k))
+
+    started = time.time()
+    warm = rows(3, upto=True)
+    scratch = config(
+        a, loss="bce", batch=batch_of(a, warm.num_rows, a.wbs or a.bs), epochs=a.wepochs, seed=seed
+    )
+    ck = fit(a, warm, spec, scratch, None)
+    ys, ps, bs = [], [], []
+    for k in range(4, a.last + 1):
+        r = rows(k)
+        p = Predictor(ck).predict_batch(r)
+        ys.append(r.column("label").to_numpy().astype(float))
+        ps.append(p)
+        bs.append(np.full(len(p), k))
+        if a.mode == "inc":
+            with_prior = r.append_column(PRIOR_COLUMN, pa.array(p.astype(np.float64)))
+            cfg = config(a, loss=a.loss, batch=batch_of(a, r.num_rows, a.bs), epochs=a.epochs, seed=seed)
+            ck = fit(a, with_prior, None, cfg, ck)
+        else:
+            upto = rows(k, upto=True)
+            cfg = config(
+                a, loss="bce", batch=batch_of(a, upto.num_rows, a.wbs or a.bs), epochs=a.wepochs, seed=seed
+            )
+            ck = fit(a, upto, spec, cfg, None)
+    y, p, b = np.concatenate(ys), np.concatenate(ps), np.concatenate(bs)
+    sel, rep = (b >= 4) & (b <= 10), b >= 11
+    return {
+        "seed": seed,
+        "sel_auc": auc(y[sel], p[sel]),
+        "rep_auc": auc(y[rep], p[rep]),
+        "rep_ll": logloss(y[rep], p[rep]),
+        "secs": round(time.time() - started, 1),
+    }
+
+
+def main() -> None:
+    a = parse()
+    torch.set_num_threads(1)
+    t = movielens_table(a.data_dir)
+    base = movielens_spec()
+    fields = tuple(
+        CategoricalField(f.name, a.buckets if f.name in ID_FIELDS else f.buckets) for f in base.categorical
+    )
+    spec = replace(base, categorical=fields)
+    results = []
+    for seed in range(a.seeds):
+        out = one_seed(a, t, spec, seed)
+        print(json.dumps(out), flush=True)
+        results.append(out)
+    mean = {k: float(np.mean([r[k] for r in results])) for k in ("sel_auc", "rep_auc", "rep_ll", "secs")}
+    print("MEAN", json.dumps(mean))
+
+
+if __name__ == "__main__":
+    main()
