@@ -318,11 +318,15 @@ def cycle_backfill(
     else:
         for day, known in not_run:
             hint = "" if known == "succeeded" else " (use --reprocess failed)"
-            console.print(f"{day}: not re-run (status {known}){hint}")
+            console.print(f"{day}: not re-run (status {known}){hint}", soft_wrap=True)
         console.print(
             f"backfill {start}..{end}: {len(todo)} run ({counts['succeeded']} succeeded, "
-            f"{counts['failed']} failed, {counts['skipped']} skipped), {len(not_run)} not re-run"
+            f"{counts['failed']} failed, {counts['skipped']} skipped), {len(not_run)} not re-run",
+            soft_wrap=True,
         )
+        if still_failed:
+            days_text = ", ".join(d.isoformat() for d in still_failed)
+            console.print(f"[red]still failed[/] (not re-run): {days_text}", soft_wrap=True)
     if counts["failed"] or still_failed:
         raise typer.Exit(1)
 
