@@ -462,3 +462,19 @@ def test_reloop_train_and_the_cycle_train_the_same_model(sqlite_env: Env, tmp_pa
     assert by_hand["rows"] == candidate["rows"] == outcome.record["train"]["holdout_rows"]
     assert by_hand["auc"] == pytest.approx(candidate["auc"], abs=1e-9)
     assert by_hand["logloss"] == pytest.approx(candidate["logloss"], abs=1e-9)
+
+
+def test_cli_exit_code_says_the_day_was_skipped(sqlite_env: Env) -> None:
+    from typer.testing import CliRunner
+
+    from reloop_service.cli import app
+
+    settings = sqlite_env()
+    env = {
+        "RELOOP_DATA_DIR": str(settings.data_dir),
+        "RELOOP_DATABASE_URL": settings.resolved_database_url,
+        "RELOOP_SPEC_PATH": str(settings.spec_path),
+    }
+    res = CliRunner().invoke(app, ["cycle", "run", "--date", DAY0.isoformat()], env=env)
+    assert res.exit_code == 4, res.output
+    assert "skipped" in res.output and "no click logs" in res.output
