@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from reloop_service import compose as _compose  # noqa: F401  (reloop serve)
 from reloop_service.clitools import app as app
 
 # Importing each domain's commands module registers its commands on the shared apps.

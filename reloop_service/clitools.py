@@ -228,9 +228,10 @@ def print_locations(settings: Settings, *, logs: bool = True, registry: bool = T
     """Say where this command reads and writes (to stderr, so ``--json`` output stays clean)."""
     parts = [f"data {settings.data_dir.resolve()}"]
     if registry:
-        from reloop_service.registry.db import safe_url
+        from sqlalchemy.engine import make_url  # the shared CLI tools import no domain
 
-        parts.append(f"registry {safe_url(settings.resolved_database_url)}")
+        url = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        parts.append(f"registry {url}")
     if logs:
         parts.append(f"logs {settings.resolved_logs_uri}")
     err_console.print("[dim]" + " · ".join(parts) + "[/]", highlight=False, soft_wrap=True)

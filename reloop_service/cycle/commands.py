@@ -129,28 +129,10 @@ def cycle_run(
     _check_spec(settings, strict=strict_spec)
     nproc = nproc or settings.nproc
     if nproc > 1:
-        import os
+        from reloop_service.cycle.distributed import TorchrunRunner
 
-        from reloop_service.training.distributed import launch_cycle
-
-        if logs is not None:  # torchrun's ranks read the settings from the environment
-            os.environ["RELOOP_LOGS_URI"] = logs
-        code, summary = launch_cycle(
-            nproc=nproc,
-            cycle_date=day,
-            force=force,
-            data_dir=None if data_dir is None else str(data_dir),
-            actor="cli",
-        )
-        if json_out:
-            print_json(summary or {"status": "failed", "error": f"torchrun exited with {code}"})
-        elif summary is not None:
-            console.print(
-                f"{day}: {summary.get('status')} on {nproc} ranks: version {summary.get('version')} "
-                f"{summary.get('decision') or ''} {summary.get('error') or ''}".rstrip()
-            )
-        if code != 0:
-            raise typer.Exit(1)
+        outcome = TorchrunRunner(nproc)(settings=settings, cycle_date=day, force=force, actor="cli")
+        _print_outcome(outcome, json_out=json_out)
         return
     try:
         with progress_bar(f"cycle {day}", total=len(STEPS), unit="steps") as advance:
@@ -170,8 +152,13 @@ def cycle_run(
     except RegistryError as exc:
         raise _registry_errors(exc) from None
     flush_collapsed()
+    _print_outcome(outcome, json_out=json_out)
+
+
+def _print_outcome(outcome: Any, *, json_out: bool) -> None:
+    """One cycle's outcome (one process or N ranks alike), then the exit code it implies."""
     if json_out:
-        print_json({k: v for k, v in outcome.__dict__.items() if k != "report"} | {"report": outcome.report})
+        print_json(outcome.to_dict())
     else:
         console.print(_outcome_line(outcome))
         if outcome.report is not None:
@@ -246,6 +233,12 @@ def cycle_backfill(
             "(default), or all (forced).",
         ),
     ] = "failed",
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
+        ),
+    ] = None,
     logs: LogsOption = None,
     strict_spec: StrictSpecOption = False,
     json_out: JsonOption = False,
@@ -256,6 +249,9 @@ def cycle_backfill(
     if end < start:
         raise fail(f"--to {end} is before --from {start}")
     settings = _settings_for(data_dir, logs)
+    import functools
+
+    from reloop_service.cycle.distributed import TorchrunRunner
     from reloop_service.cycle.run import run_cycle
     from reloop_service.cycle.scheduler import daterange
     from reloop_service.registry import store
@@ -282,13 +278,14 @@ def cycle_backfill(
             todo.append(day)
         else:
             not_run.append((day, known))
+    nproc = nproc or settings.nproc
+    # The same runner as `cycle run` and the scheduler: in this process, or on N local ranks.
+    runner = TorchrunRunner(nproc) if nproc > 1 else functools.partial(run_cycle, engine=engine)
     results: list[dict[str, Any]] = []
     with progress_bar("backfill", total=len(todo), unit="days") as advance:
         for day in todo:
             advance(0, description=day.isoformat())
-            outcome = run_cycle(
-                settings=settings, cycle_date=day, force=reprocess == "all", actor="backfill", engine=engine
-            )
+            outcome = runner(settings=settings, cycle_date=day, force=reprocess == "all", actor="backfill")
             if not json_out:
                 console.print(_outcome_line(outcome))
             results.append(

@@ -20,8 +20,6 @@ import logging
 import secrets
 import shutil
 import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -105,73 +103,6 @@ def demo_settings(
     return Settings(**{**base.model_dump(), **overrides})
 
 
-class LocalServer:
-    """The serving app under a real uvicorn on 127.0.0.1, in a thread of this process.
-
-    Running it in-process lets the demo flush the app's prediction archive before each cycle
-    (the same flush a graceful shutdown does) without waiting for the flush interval.
-    """
-
-    def __init__(self, settings: Settings, port: int) -> None:
-        import uvicorn
-
-        from reloop_service.cycle.run import make_cycle_trigger
-        from reloop_service.serving.app import create_app
-
-        self.app = create_app(settings)
-        self.app.state.cycle_trigger = make_cycle_trigger(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="reloop-demo-api", daemon=True)
-
-    def start(self, timeout_s: float = 30.0) -> int:
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise DemoError(
-                    f"the API did not start on 127.0.0.1:{self.server.config.port} (port in use? pass --port)"
-                )
-            time.sleep(0.05)
-        sock = self.server.servers[0].sockets[0]
-        return int(sock.getsockname()[1])
-
-    def flush_archive(self) -> int:
-        """Write what the archive buffers now; returns the rows it has written in total."""
-        archive = self.app.state.serving.archive
-        if archive is None:
-            return 0
-        archive.flush()
-        return int(archive.counters.written_rows)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def wait(self) -> None:
-        """Serve until Ctrl-C or SIGTERM, then stop gracefully (the app's shutdown flushes the archive).
-
-        uvicorn installs no signal handlers when it runs in a thread, so this does it.
-        """
-        import signal
-
-        stop = threading.Event()
-
-        def _on_signal(_signum: int, _frame: Any) -> None:
-            stop.set()
-
-        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while self.thread.is_alive() and not stop.wait(0.5):
-                pass
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -180,39 +111,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def score_day(
-    client: Any,
-    impressions: list[dict[str, Any]],
-    *,
-    features: tuple[str, ...],
-    max_batch: int,
-    collect: list[dict[str, Any]] | None = None,
-) -> tuple[int, int | None]:
-    """Score impressions through ``POST /v1/predict`` in batches; returns (rows scored, version).
-
-    ``collect`` receives every answered ``{"impression_id", "ctr"}`` in order (the replay keeps them).
-    """
-    version = None
-    scored = 0
-    for start in range(0, len(impressions), max_batch):
-        chunk = impressions[start : start + max_batch]
-        body = {
-            "items": [
-                {"impression_id": row["impression_id"], "features": {k: row.get(k) for k in features}}
-                for row in chunk
-            ]
-        }
-        resp = client.post("/v1/predict", json=body)
-        if resp.status_code != 200:
-            raise DemoError(f"POST /v1/predict answered {resp.status_code}: {resp.text[:300]}")
-        payload = resp.json()
-        version = payload["model_version"]
-        if collect is not None:
-            collect.extend(payload["predictions"])
-        scored += len(payload["predictions"]) if "predictions" in payload else len(chunk)
-    return scored, version
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -287,7 +185,7 @@ def run_demo(
     """Run the closed loop for ``days`` simulated days; see the module docstring."""
     import httpx
 
-    from reloop_service.cycle.run import run_cycle
+    from reloop_service.cycle.run import make_cycle_trigger, run_cycle
     from reloop_service.data.simulator import ClickSimulator, SimulatorConfig, bayes_logloss
     from reloop_service.registry.db import upgrade
 
@@ -314,8 +212,13 @@ def run_demo(
     upgrade(settings.resolved_database_url)
     out.print("reloop db upgrade: registry schema at head")
 
-    server = LocalServer(settings, settings.api_port)
-    bound = server.start()
+    from reloop_service.serving.harness import HarnessError, LocalServer, score
+
+    server = LocalServer(settings, settings.api_port, cycle_trigger=make_cycle_trigger(settings))
+    try:
+        bound = server.start()
+    except HarnessError as exc:
+        raise DemoError(str(exc)) from None
     base_url = f"http://127.0.0.1:{bound}"
     out.print(f"API: {base_url} (uvicorn, prediction archive on)")
     result = DemoResult(data_dir=folder, base_url=base_url, admin_token=token)
@@ -334,9 +237,7 @@ def run_demo(
                 ready = client.get("/readyz").status_code == 200
                 scored, served_by = (0, None)
                 if ready:
-                    scored, served_by = score_day(
-                        client, rows, features=features, max_batch=settings.max_batch
-                    )
+                    scored, served_by = score(client, rows, features=features, max_batch=settings.max_batch)
                 archived = server.flush_archive() - archived_before
                 archived_before += archived
                 sim.write_day(settings.resolved_logs_uri, day, table, labels=labels)
@@ -423,4 +324,4 @@ def coverage_of(outcome: Any) -> dict[str, Any]:
     return dict(outcome.record.get("coverage") or {})
 
 
-__all__ = ["DemoError", "DemoResult", "LocalServer", "coverage_of", "day_table", "run_demo", "serve_command"]
+__all__ = ["DemoError", "DemoResult", "coverage_of", "day_table", "run_demo", "serve_command"]

@@ -17,10 +17,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -33,6 +33,10 @@ from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, ConflictError, RegistryError
 from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.service import open_registry
+from reloop_service.training.distributed import LocalTrainer
+
+if TYPE_CHECKING:
+    from reloop_service.training.distributed import DayTrainer, RankReport
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,50 @@ class CycleOutcome:
     error: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     report: ReportPaths | None = None
+    world_size: int = 1  # ranks that trained (``--nproc``)
+    ranks: tuple[RankReport, ...] = ()  # each rank's final state hash and shard, on N ranks
 
     @property
     def promoted(self) -> bool:
         return self.decision == "promoted"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (``--json`` output, and what torchrun's rank 0 hands the launcher)."""
+        return {
+            "cycle_date": self.cycle_date.isoformat(),
+            "status": self.status,
+            "reason": self.reason,
+            "run_id": self.run_id,
+            "attempt": self.attempt,
+            "parent_version": self.parent_version,
+            "version": self.version,
+            "decision": self.decision,
+            "error": self.error,
+            "record": steps._jsonable(self.record),
+            "report": asdict(self.report) if self.report is not None else None,
+            "world_size": self.world_size,
+            "ranks": [r.to_dict() for r in self.ranks],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CycleOutcome:
+        from reloop_service.training.distributed import RankReport
+
+        return cls(
+            cycle_date=date.fromisoformat(str(d["cycle_date"])),
+            status=str(d["status"]),
+            reason=str(d["reason"]),
+            run_id=d.get("run_id"),
+            attempt=d.get("attempt"),
+            parent_version=d.get("parent_version"),
+            version=d.get("version"),
+            decision=d.get("decision"),
+            error=d.get("error"),
+            record=dict(d.get("record") or {}),
+            report=ReportPaths(**d["report"]) if d.get("report") else None,
+            world_size=int(d.get("world_size") or 1),
+            ranks=tuple(RankReport.from_dict(r) for r in d.get("ranks") or ()),
+        )
 
 
 class CycleBusyError(ConflictError):
@@ -140,12 +184,15 @@ def run_cycle(
     engine: Engine | None = None,
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
     hook: StepHook | None = None,
+    trainer: DayTrainer | None = None,
 ) -> CycleOutcome:
     """Claim ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
 
     ``stop`` cancels at the next step boundary (the run is then marked failed, its claim closed).
     ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
     ``hook`` is called with each step's name as it starts (the CLI's progress bar).
+    ``trainer`` trains the candidate: in this process by default, on every rank of a torchrun job
+    with ``training.distributed.DDPTrainer`` (``cycle.distributed``).
     """
     own_engine = engine is None
     eng = engine if engine is not None else open_registry(settings)
@@ -167,6 +214,7 @@ def run_cycle(
             stop=stop,
             extra=extra,
             hook=hook,
+            trainer=trainer,
         )
     finally:
         if own_engine:
@@ -204,6 +252,7 @@ def execute_claimed(
     stop: threading.Event | None = None,
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
     hook: StepHook | None = None,
+    trainer: DayTrainer | None = None,
 ) -> CycleOutcome:
     """Run an acquired claim to its end, with retries; the claim is always closed (or lost).
 
@@ -221,6 +270,7 @@ def execute_claimed(
         stop=stop,
         extra=extra,
         hook=hook,
+        trainer=trainer,
     )
     cycle_finished(settings, outcome)
     return outcome
@@ -236,6 +286,7 @@ def _execute_claimed(
     stop: threading.Event | None,
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
     hook: StepHook | None,
+    trainer: DayTrainer | None,
 ) -> CycleOutcome:
     run = claim.run
     cycle_date = run.cycle_date
@@ -243,7 +294,14 @@ def _execute_claimed(
     while True:
         tries += 1
         outcome = _attempt(
-            settings=settings, engine=engine, run=run, actor=actor, stop=stop, extra=extra, hook=hook
+            settings=settings,
+            engine=engine,
+            run=run,
+            actor=actor,
+            stop=stop,
+            extra=extra,
+            hook=hook,
+            trainer=trainer,
         )
         if (
             outcome.status in ("succeeded", "skipped")
@@ -281,11 +339,19 @@ def _attempt(
     stop: threading.Event | None,
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
     hook: StepHook | None,
+    trainer: DayTrainer | None,
 ) -> CycleOutcome:
     """One attempt: steps 2-7 under a heartbeat; any failure closes the run as failed."""
     clog = steps.cycle_logger("reloop_service.cycle", run.cycle_date, run.attempt)
     ctx = steps.CycleContext(
-        settings=settings, engine=engine, cycle_date=run.cycle_date, run=run, actor=actor, log=clog, stop=stop
+        settings=settings,
+        engine=engine,
+        cycle_date=run.cycle_date,
+        run=run,
+        actor=actor,
+        log=clog,
+        stop=stop,
+        trainer=trainer or LocalTrainer(),
     )
     record: dict[str, Any] = {
         "run_id": run.id,

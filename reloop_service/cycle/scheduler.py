@@ -21,10 +21,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -32,6 +31,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from reloop_service.config import Settings
+
+if TYPE_CHECKING:
+    from reloop_service.cycle.distributed import CycleRunner
+    from reloop_service.cycle.run import CycleOutcome
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +79,18 @@ def target_day(settings: Settings, now: datetime | None = None) -> date:
     return current.date() - timedelta(days=1)
 
 
-CycleFn = Callable[..., Any]
-
-
 def catch_up(
     *,
     settings: Settings,
     target: date,
     stop: threading.Event | None = None,
     actor: str = "scheduler",
-    run: CycleFn | None = None,
-) -> list[Any]:
+    run: CycleRunner | None = None,
+) -> list[CycleOutcome]:
     """Run every missing day up to ``target`` in order (see ``plan_catch_up``); returns the outcomes."""
     from reloop_service.cycle.run import cycle_history, run_cycle
 
-    runner = run or run_cycle
+    runner: CycleRunner = run or run_cycle
     succeeded, last_success = cycle_history(settings=settings)
     plan = plan_catch_up(
         target=target,
@@ -133,7 +133,7 @@ def catch_up(
             break
         log.info("catch-up: running cycle %s (%d/%d%s)", day, i + 1, total, _eta(started, i, total))
         outcome = runner(settings=settings, cycle_date=day, actor=actor, stop=stop)
-        log.info("catch-up: cycle %s -> %s", day, getattr(outcome, "status", outcome))
+        log.info("catch-up: cycle %s -> %s", day, outcome.status)
         outcomes.append(outcome)
     CYCLE_METRICS.set_pending(0)
     return outcomes
@@ -146,23 +146,6 @@ def _eta(started: float, done: int, total: int) -> str:
     left = (time.monotonic() - started) / done * (total - done)
     minutes, seconds = divmod(int(left), 60)
     return f", ETA {minutes}m{seconds:02d}s"
-
-
-def torchrun_runner(nproc: int) -> CycleFn:
-    """A cycle function that trains on ``nproc`` local DDP ranks (``RELOOP_NPROC`` > 1)."""
-
-    def run(*, settings: Settings, cycle_date: date, actor: str, stop: threading.Event | None = None) -> Any:
-        from types import SimpleNamespace
-
-        from reloop_service.training.distributed import launch_cycle
-
-        code, summary = launch_cycle(
-            nproc=nproc, cycle_date=cycle_date, data_dir=str(settings.data_dir), actor=actor
-        )
-        status = (summary or {}).get("status") or ("failed" if code else "unknown")
-        return SimpleNamespace(status=status, summary=summary, exit_code=code)
-
-    return run
 
 
 class StatusServer:
@@ -220,11 +203,14 @@ class StatusServer:
 class CycleScheduler:
     """The daily trigger plus catch-up, on a one-thread executor so ticks never overlap."""
 
-    def __init__(self, settings: Settings, *, run: CycleFn | None = None) -> None:
+    def __init__(self, settings: Settings, *, run: CycleRunner | None = None) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
         self.status_server: StatusServer | None = None
-        self._run = run if run is not None or settings.nproc <= 1 else torchrun_runner(settings.nproc)
+        from reloop_service.cycle.distributed import runner_for
+
+        # One process or N torchrun ranks: either way a CycleOutcome per date, and ``stop`` honoured.
+        self._run = run if run is not None else runner_for(settings.nproc)
         tz = ZoneInfo(settings.timezone)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},

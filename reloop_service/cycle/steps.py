@@ -38,10 +38,13 @@ from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.service import artifact_store
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+from reloop_service.training.distributed import DayTrainer, LocalTrainer, StagedDay
 from reloop_service.training.trainer import PRIOR_COLUMN
 
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
 READ_BATCH_ROWS = 65_536  # rows per Arrow batch when streaming a day (training batches are re-cut)
+STAGED_ROW_GROUPS = 64
+MIN_ROW_GROUP_ROWS = 1024
 
 
 class CycleCancelled(RuntimeError):
@@ -79,6 +82,7 @@ class CycleContext:
     claim_lost: threading.Event = field(default_factory=threading.Event)
     finishing: threading.Event = field(default_factory=threading.Event)
     workdir: Path | None = None
+    trainer: DayTrainer = field(default_factory=LocalTrainer)
 
     def check(self, step: str) -> None:
         """Raise at a step boundary when the process is stopping or another owner took the date."""
@@ -382,6 +386,9 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
     positives = {True: 0, False: 0}
     collisions = CollisionCounter(spec, warn_fraction=settings.collision_warn_fraction)
     rows = archived = recomputed = missing = 0
+    # Row groups are the unit a data-parallel training deals out to its ranks: a day is staged in
+    # about STAGED_ROW_GROUPS of them (at least MIN_ROW_GROUP_ROWS rows each) so every rank gets a share.
+    group_rows = max(MIN_ROW_GROUP_ROWS, math.ceil(ingested.day_log.report.rows_valid / STAGED_ROW_GROUPS))
     try:
         for batch in ingested.day_log.iter_batches():
             n = batch.num_rows
@@ -413,7 +420,7 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
                     continue
                 if side not in writers:
                     writers[side] = pq.ParquetWriter(target, out.schema)
-                writers[side].write_batch(out.filter(pa.array(keep)))
+                writers[side].write_batch(out.filter(pa.array(keep)), row_group_size=group_rows)
                 counts[side] += int(keep.sum())
                 positives[side] += int(labels[keep].sum())
             rows += n
@@ -528,7 +535,6 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     checkpoint's spec, so a feature keeps its meaning across versions.
     """
     from reloop_service.data.transforms import fit_numeric
-    from reloop_service.training.distributed import StagedDay, train_staged_day
     from reloop_service.training.recipe import recipe_config
 
     settings = ctx.settings
@@ -544,7 +550,7 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     started = time.perf_counter()
     # One process normally; under torchrun (``reloop cycle run --nproc N``) every rank trains its
     # shard of the staged day's row groups and this rank (0) gets the common result.
-    result = train_staged_day(
+    result = ctx.trainer.train_day(
         config=config,
         spec=spec,
         day=StagedDay(uri=str(prepared.path), batch_size=READ_BATCH_ROWS),
@@ -552,8 +558,6 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
         init=init,
         first_day=ctx.cycle_date if cold else None,
         last_day=ctx.cycle_date,
-        progress=False,
-        storage_options=settings.storage_options(),
         base_rate=prepared.train_positives / max(prepared.train_rows, 1),
     )
     seconds = time.perf_counter() - started

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,9 @@ from reloop_service.config import Settings
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import canonical_strings
 from reloop_service.training.metrics import auc, logloss
+
+if TYPE_CHECKING:
+    from reloop_service.serving.harness import InProcessService
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +295,10 @@ def run_one(
     to ``predictions_path`` so every figure can be recomputed.
     """
     import torch
-    from fastapi.testclient import TestClient
 
     from reloop_service.registry.db import upgrade
     from reloop_service.registry.service import open_registry
-    from reloop_service.serving.app import create_app
+    from reloop_service.serving.harness import in_process
 
     if strategy not in LOSS_OF:
         raise ReplayError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -329,11 +331,10 @@ def run_one(
         cycle_seconds += time.perf_counter() - t0
         if progress is not None:
             progress(strategy, seed, warm)
-        app = create_app(settings)
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         auth = {"Authorization": f"Bearer {token}"}
-        with TestClient(app) as client:
-            archive = app.state.serving.archive
+        with in_process(settings) as service:
+            client = service.client
             for k in range(protocol.warmup_bins, last + 1):
                 day = data.dates[k]
                 rows = data.bin_rows(k)
@@ -342,7 +343,7 @@ def run_one(
                 ids: list[Any] = []
                 ctr = y = np.zeros(0)
                 if rows.num_rows:
-                    ids, ctr, y = _score(client, archive, rows, data, features, prod.version, config, k)
+                    ids, ctr, y = _score(service, rows, data, features, prod.version, config, k)
                 score_seconds += time.perf_counter() - t0
 
                 t0 = time.perf_counter()
@@ -432,8 +433,7 @@ def _reload(client: Any, auth: dict[str, str], engine: Any, settings: Settings, 
 
 
 def _score(
-    client: Any,
-    archive: Any,
+    service: InProcessService,
     rows: pa.Table,
     data: ReplayData,
     features: tuple[str, ...],
@@ -442,17 +442,15 @@ def _score(
     k: int,
 ) -> tuple[list[Any], np.ndarray, np.ndarray]:
     """Score bin ``k`` through ``POST /v1/predict`` and flush the archive: (ids, served ctr, labels)."""
-    from reloop_service.cycle.demo import score_day
+    from reloop_service.serving.harness import score
 
     impressions = rows.select([data.spec.impression_id, *features]).to_pylist()
     answered: list[dict[str, Any]] = []
-    scored, served_by = score_day(
-        client, impressions, features=features, max_batch=config.max_batch, collect=answered
+    before = service.flush_archive()
+    scored, served_by = score(
+        service.client, impressions, features=features, max_batch=config.max_batch, collect=answered
     )
-    before = archive.counters.written_rows if archive is not None else 0
-    if archive is not None:
-        archive.flush()
-    archived = (archive.counters.written_rows if archive is not None else 0) - before
+    archived = service.flush_archive() - before
     if served_by != version or archived != rows.num_rows:
         raise ReplayError(
             f"bin {k}: {scored} rows scored by version {served_by} (production {version}), "

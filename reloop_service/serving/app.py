@@ -44,7 +44,7 @@ from reloop_service.serving.problems import (
 )
 from reloop_service.serving.routes import admin, health, metrics, model, predict
 from reloop_service.serving.schemas import PredictLimits, predict_limits, predict_request_model
-from reloop_service.serving.state import ServingState
+from reloop_service.serving.state import CycleTrigger, ServingState
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,19 @@ def _install_handlers(app: FastAPI) -> None:
         )
 
 
+def flush_archive(app: FastAPI) -> int:
+    """Write what the app's prediction archive buffers now (as a graceful shutdown does).
+
+    Returns the rows the archive has written in total (0 when the archive is off or not started).
+    For in-process harnesses (the demo, the replay) that must see every scored row before a cycle.
+    """
+    archive = app.state.serving.archive
+    if archive is None:
+        return 0
+    archive.flush()
+    return int(archive.counters.written_rows)
+
+
 def _custom_openapi(app: FastAPI, limits: PredictLimits) -> None:
     """Add the predict body schema (validated by hand for speed) to the generated document."""
 
@@ -197,8 +210,12 @@ def create_app(
     holder: ModelHolder | None = None,
     engine: Any = None,
     worker_dir: Path | None = None,
+    cycle_trigger: CycleTrigger | None = None,
 ) -> FastAPI:
     """Build the service. ``holder``/``engine`` default to the registry of ``settings``.
+
+    ``cycle_trigger`` backs ``POST /v1/admin/cycles`` (501 without one): serving never imports the
+    cycle; the composition root (``reloop_service.compose``) passes ``cycle.run.make_cycle_trigger``.
 
     ``worker_dir``: the folder the workers of one ``reloop serve --workers N`` share (forced reloads
     pass through it); metrics switch to multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set.
@@ -258,7 +275,7 @@ def create_app(
     )
     app.state.serving = state
     app.state.settings = settings
-    app.state.cycle_trigger = None  # the cycle domain sets (date, force, actor) -> run_id
+    app.state.cycle_trigger = cycle_trigger
     limits = predict_limits(settings)
     app.include_router(predict.build_router(limits))
     app.include_router(model.router)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -28,7 +28,6 @@ class ServingState:
     engine: Any = None  # sqlalchemy Engine of the registry
     # Admin database work runs here, never in the threadpool predictions use (set by the lifespan).
     admin_workers: AdminWorkers | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def state_of(request: Request) -> ServingState:

@@ -1,7 +1,8 @@
 """Data-parallel training with PyTorch's own engines: ``torchrun`` + DistributedDataParallel.
 
 How a cycle trains on N processes (one host with ``reloop cycle run --nproc N``, or many hosts with
-``torchrun … -m reloop_service.training.distributed``):
+``torchrun … -m reloop_service.cycle.distributed``, the cycle's entry point, which hands ``DDPTrainer``
+to the cycle):
 
 * Process group: ``gloo`` on CPU, ``nccl`` when every rank has a GPU. Rank, world size and the
   rendezvous come from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…).
@@ -25,7 +26,7 @@ How a cycle trains on N processes (one host with ``reloop cycle run --nproc N``,
   identical rows in the identical order, so tables and Adam moments stay bit-identical across
   ranks without ever being broadcast.
 * Rank 0 alone writes the artifact and registers the version; the other ranks wait for its
-  outcome (``broadcast_object``) so that ``torchrun`` exits with one verdict.
+  outcome (``DDPTrainer.follow``/``finish``) so that ``torchrun`` exits with one verdict.
 """
 
 from __future__ import annotations
@@ -35,19 +36,23 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from reloop_service.data.spec import FeatureSpec
+    from reloop_service.training.checkpoint import Checkpoint
     from reloop_service.training.layers import RowSparseEmbedding
     from reloop_service.training.optim import RowSparseAdam
+    from reloop_service.training.trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -390,15 +395,7 @@ class DataParallel:
         return [round(v) for v in all_reduce_sum([float(c) for c in counts], self.ctx)]
 
 
-# ------------------------------------------------------------------------- one cycle on N ranks
-_ACTIVE: DistContext = SINGLE
-
-
-def active_context() -> DistContext:
-    """The context the torchrun entry point set up for this process (a world of one otherwise)."""
-    return _ACTIVE
-
-
+# ------------------------------------------------------------------------- a day on N ranks
 @dataclass(frozen=True)
 class StagedDay:
     """A day's training rows staged as one Parquet file (with ``prior_ctr``; the holdout is elsewhere)."""
@@ -415,14 +412,41 @@ class TrainJob:
     spec: dict[str, Any]
     init: bytes | None
     day: StagedDay
-    first_day: Any
-    last_day: Any
+    first_day: date | None
+    last_day: date | None
     base_rate: float | None = None  # every rank starts a new model from the same output bias
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """One rank's view of a data-parallel training: equal ``state_sha256`` on every rank proves they agree."""
+
+    rank: int
+    state_sha256: str
+    row_groups: tuple[tuple[str, int], ...]
+    steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "state_sha256": self.state_sha256,
+            "row_groups": [list(g) for g in self.row_groups],
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RankReport:
+        return cls(
+            rank=int(d["rank"]),
+            state_sha256=str(d["state_sha256"]),
+            row_groups=tuple((str(p), int(i)) for p, i in d["row_groups"]),
+            steps=int(d["steps"]),
+        )
 
 
 def iter_shard(
     day: StagedDay, groups: Sequence[RowGroup], *, storage_options: dict[str, Any] | None = None
-) -> Iterator[Any]:
+) -> Iterator[pa.RecordBatch]:
     """The training rows of ``groups`` (this rank's row groups of the staged day), batch by batch."""
     import pyarrow.parquet as pq
 
@@ -438,31 +462,47 @@ def iter_shard(
                     yield batch
 
 
-def train_staged_day(
-    *,
-    config: Any,
-    spec: Any,
-    day: StagedDay,
-    batches: Any,
-    init: Any = None,
-    first_day: Any = None,
-    last_day: Any = None,
-    progress: bool | None = False,
-    storage_options: dict[str, Any] | None = None,
-    base_rate: float | None = None,
-) -> Any:
-    """Train one version on a staged day: in this process, or data-parallel when under torchrun.
+class DayTrainer(Protocol):
+    """How the cycle trains one version on a staged day: in this process, or on every rank of a job."""
 
-    In a world of one this is ``trainer.train(batches=batches, ...)``. On rank 0 of a torchrun job
-    it sends the job to the other ranks, and every rank (itself included) trains on its shard of
-    the day's row groups in one DDP group; the ranks end with identical weights, and rank 0 returns
-    the result for the cycle to gate, store and register.
-    """
-    from reloop_service.training.checkpoint import checkpoint_to_bytes
-    from reloop_service.training.trainer import train
+    @property
+    def world_size(self) -> int: ...
 
-    ctx = active_context()
-    if not ctx.active:
+    def train_day(
+        self,
+        *,
+        config: TrainConfig,
+        spec: FeatureSpec,
+        day: StagedDay,
+        batches: Callable[[], Iterable[pa.RecordBatch]],
+        init: Checkpoint | None,
+        first_day: date | None,
+        last_day: date | None,
+        base_rate: float | None,
+    ) -> TrainResult: ...
+
+
+@dataclass(frozen=True)
+class LocalTrainer:
+    """A world of one: ``trainer.train`` over the staged day's batches in this process."""
+
+    world_size: int = 1
+
+    def train_day(
+        self,
+        *,
+        config: TrainConfig,
+        spec: FeatureSpec,
+        day: StagedDay,
+        batches: Callable[[], Iterable[pa.RecordBatch]],
+        init: Checkpoint | None,
+        first_day: date | None,
+        last_day: date | None,
+        base_rate: float | None,
+    ) -> TrainResult:
+        from reloop_service.training.trainer import train
+
+        del day  # the batches already read it
         return train(
             config=config,
             spec=spec,
@@ -470,56 +510,143 @@ def train_staged_day(
             init=init,
             first_day=first_day,
             last_day=last_day,
-            progress=progress,
+            progress=False,
             base_rate=base_rate,
         )
-    if not ctx.is_main:
-        raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
-    # The configured batch is the global one: each rank takes its share, so a step sees about as
-    # many rows as in one process and ``--nproc`` changes speed, not the optimisation.
-    per_rank = dataclasses.replace(config, batch_size=max(1, math.ceil(config.batch_size / ctx.world_size)))
-    job = TrainJob(
-        config=per_rank.to_dict(),
-        spec=spec.to_dict(),
-        init=checkpoint_to_bytes(init) if init is not None else None,
-        day=_shared_day(day, ctx, storage_options),
-        first_day=first_day,
-        last_day=last_day,
-        base_rate=base_rate,
-    )
-    broadcast_object(("train", job), ctx)
-    try:
-        return _run_job(job, ctx, storage_options)
-    finally:
-        if job.day.uri != day.uri:
-            _remove_staged(job.day.uri, storage_options)
 
 
-def _shared_day(day: StagedDay, ctx: DistContext, storage_options: dict[str, Any] | None) -> StagedDay:
-    """On one host the staged file is shared as is; across hosts rank 0 puts it on shared storage."""
-    import fsspec
+class DDPTrainer:
+    """Rank 0's trainer in a torchrun job: every rank trains its shard of the day in one DDP group.
 
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world_size)))
-    protocol = fsspec.utils.get_protocol(day.uri)
-    if local_world == ctx.world_size or protocol not in ("file", "local"):
-        return day
-    staging = _settings_staging_uri()
-    import uuid
+    Rank 0 calls ``train_day`` (it sends the job to the other ranks, trains its own shard and
+    returns the common result); the other ranks call ``follow()``, which trains each job rank 0
+    sends until rank 0 calls ``finish(payload)``, and returns that payload. ``ranks`` holds every
+    rank's report of the last training (state hash, row groups, steps), gathered on each rank.
+    """
 
-    from reloop_service.storage import filesystem, join, write_atomic
+    def __init__(
+        self, ctx: DistContext, *, staging_uri: str, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.staging_uri = staging_uri
+        self.storage_options = storage_options
+        self.ranks: tuple[RankReport, ...] = ()
 
-    target = join(staging, "_staging", uuid.uuid4().hex, "day.parquet")
-    fs, inner = filesystem(target, storage_options)
-    with open(day.uri, "rb") as fh:
-        write_atomic(fs, inner, fh.read())
-    log.info("staged the day at %s for %d ranks on several hosts", target, ctx.world_size)
-    return StagedDay(uri=target, batch_size=day.batch_size)
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size
 
+    def train_day(
+        self,
+        *,
+        config: TrainConfig,
+        spec: FeatureSpec,
+        day: StagedDay,
+        batches: Callable[[], Iterable[pa.RecordBatch]],
+        init: Checkpoint | None,
+        first_day: date | None,
+        last_day: date | None,
+        base_rate: float | None,
+    ) -> TrainResult:
+        from reloop_service.training.checkpoint import checkpoint_to_bytes
 
-def _settings_staging_uri() -> str:
-    from reloop_service.config import Settings
+        del batches  # each rank reads its own row groups of the staged file
+        if not self.ctx.is_main:
+            raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
+        # The configured batch is the global one: each rank takes its share, so a step sees about as
+        # many rows as in one process and ``--nproc`` changes speed, not the optimisation.
+        per_rank = dataclasses.replace(
+            config, batch_size=max(1, math.ceil(config.batch_size / self.ctx.world_size))
+        )
+        job = TrainJob(
+            config=per_rank.to_dict(),
+            spec=spec.to_dict(),
+            init=checkpoint_to_bytes(init) if init is not None else None,
+            day=self._shared_day(day),
+            first_day=first_day,
+            last_day=last_day,
+            base_rate=base_rate,
+        )
+        broadcast_object(("train", job), self.ctx)
+        try:
+            return self._run_job(job)
+        finally:
+            if job.day.uri != day.uri:
+                _remove_staged(job.day.uri, self.storage_options)
 
-    return Settings().resolved_artifacts_uri
+    def follow(self) -> Any:
+        """Ranks other than 0: train every job rank 0 sends; returns what rank 0 passes to ``finish``."""
+        while True:
+            message: tuple[str, Any] = broadcast_object(None, self.ctx)
+            kind, payload = message
+            if kind == "train":
+                result = self._run_job(payload)
+                log.info("rank %d finished its shard: %d steps", self.ctx.rank, result.steps)
+            elif kind == "done":
+                return payload
+            else:  # pragma: no cover - a protocol bug
+                raise RuntimeError(f"unknown message from rank 0: {kind!r}")
+
+    def finish(self, payload: Any) -> None:
+        """Rank 0: release the followers with ``payload`` (the job's outcome)."""
+        broadcast_object(("done", payload), self.ctx)
+
+    def _shared_day(self, day: StagedDay) -> StagedDay:
+        """On one host the staged file is shared as is; across hosts rank 0 puts it on shared storage."""
+        import uuid
+
+        import fsspec
+
+        from reloop_service.storage import filesystem, join, write_atomic
+
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.ctx.world_size)))
+        protocol = fsspec.utils.get_protocol(day.uri)
+        if local_world == self.ctx.world_size or protocol not in ("file", "local"):
+            return day
+        target = join(self.staging_uri, "_staging", uuid.uuid4().hex, "day.parquet")
+        fs, inner = filesystem(target, self.storage_options)
+        with open(day.uri, "rb") as fh:
+            write_atomic(fs, inner, fh.read())
+        log.info("staged the day at %s for %d ranks on several hosts", target, self.ctx.world_size)
+        return StagedDay(uri=target, batch_size=day.batch_size)
+
+    def _run_job(self, job: TrainJob) -> TrainResult:
+        """Train this rank's shard of ``job`` in the DDP group (every rank runs this)."""
+        from reloop_service.data.spec import FeatureSpec
+        from reloop_service.training.checkpoint import checkpoint_from_bytes
+        from reloop_service.training.trainer import TrainConfig, train
+
+        ctx = self.ctx
+        groups = list_row_groups([job.day.uri], storage_options=self.storage_options)
+        mine = shard_row_groups(groups, rank=ctx.rank, world_size=ctx.world_size)
+        log.info(
+            "rank %d trains on %d of %d row groups (%d rows)",
+            ctx.rank,
+            len(mine),
+            len(groups),
+            sum(g.num_rows for g in mine),
+        )
+        result = train(
+            config=TrainConfig.from_dict(job.config),
+            spec=FeatureSpec.from_dict(job.spec),
+            batches=lambda: iter_shard(job.day, mine, storage_options=self.storage_options),
+            init=checkpoint_from_bytes(job.init) if job.init is not None else None,
+            first_day=job.first_day,
+            last_day=job.last_day,
+            progress=False,
+            dist=ctx,
+            base_rate=job.base_rate,
+        )
+        mine_report = RankReport(
+            rank=ctx.rank,
+            state_sha256=state_hash(result.checkpoint.state_dict),
+            row_groups=tuple((g.path, g.index) for g in mine),
+            steps=result.steps,
+        )
+        gathered: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(gathered, mine_report)
+        self.ranks = tuple(gathered)
+        return result
 
 
 def _remove_staged(uri: str, storage_options: dict[str, Any] | None) -> None:
@@ -530,197 +657,3 @@ def _remove_staged(uri: str, storage_options: dict[str, Any] | None) -> None:
         fs.rm(inner)
     except Exception as exc:  # cleanup must never fail a cycle
         log.warning("could not remove the staged day %s: %s", uri, exc)
-
-
-def _run_job(job: TrainJob, ctx: DistContext, storage_options: dict[str, Any] | None) -> Any:
-    """Train this rank's shard of ``job`` in the DDP group (every rank runs this)."""
-    from reloop_service.data.spec import FeatureSpec
-    from reloop_service.training.checkpoint import checkpoint_from_bytes
-    from reloop_service.training.trainer import TrainConfig, train
-
-    groups = list_row_groups([job.day.uri], storage_options=storage_options)
-    mine = shard_row_groups(groups, rank=ctx.rank, world_size=ctx.world_size)
-    log.info(
-        "rank %d trains on %d of %d row groups (%d rows)",
-        ctx.rank,
-        len(mine),
-        len(groups),
-        sum(g.num_rows for g in mine),
-    )
-    result = train(
-        config=TrainConfig.from_dict(job.config),
-        spec=FeatureSpec.from_dict(job.spec),
-        batches=lambda: iter_shard(job.day, mine, storage_options=storage_options),
-        init=checkpoint_from_bytes(job.init) if job.init is not None else None,
-        first_day=job.first_day,
-        last_day=job.last_day,
-        progress=False,
-        dist=ctx,
-        base_rate=job.base_rate,
-    )
-    # Every rank's final state, gathered on rank 0 for the outcome: equal hashes prove the ranks agree.
-    mine_info = {
-        "rank": ctx.rank,
-        "state_sha256": state_hash(result.checkpoint.state_dict),
-        "row_groups": [[g.path, g.index] for g in mine],
-        "steps": result.steps,
-    }
-    gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, mine_info)
-    _LAST_RANKS[:] = gathered
-    return result
-
-
-_LAST_RANKS: list[Any] = []
-
-
-def follow(ctx: DistContext, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ranks other than 0: train every job rank 0 sends, until it sends the cycle's outcome."""
-    while True:
-        message: tuple[str, Any] = broadcast_object(None, ctx)
-        kind, payload = message
-        if kind == "train":
-            result = _run_job(payload, ctx, storage_options)
-            log.info("rank %d finished its shard: %d steps", ctx.rank, result.steps)
-        elif kind == "done":
-            return dict(payload)
-        else:  # pragma: no cover - a protocol bug
-            raise RuntimeError(f"unknown message from rank 0: {kind!r}")
-
-
-def run_cycle_distributed(
-    *, cycle_date: Any, force: bool = False, actor: str = "torchrun", data_dir: str | None = None
-) -> dict[str, Any]:
-    """The torchrun entry point's work: rank 0 runs the cycle, the others train when it asks.
-
-    Every rank returns rank 0's outcome (``status``, ``version``, ``decision``, ``error``, metrics).
-    """
-    global _ACTIVE
-    from reloop_service.clitools import load_settings
-
-    settings = load_settings(data_dir=None if data_dir is None else Path(data_dir))
-    ctx = init_distributed()
-    _ACTIVE = ctx
-    if settings.threads is None:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    try:
-        if not ctx.is_main:
-            return follow(ctx, settings.storage_options())
-        summary: dict[str, Any] = {"status": "failed", "error": "rank 0 stopped before the cycle ended"}
-        try:
-            from reloop_service.cycle.run import run_cycle
-
-            outcome = run_cycle(settings=settings, cycle_date=cycle_date, force=force, actor=actor)
-            gate = (outcome.record or {}).get("gate") or {}
-            summary = {
-                "cycle_date": str(outcome.cycle_date),
-                "status": outcome.status,
-                "reason": outcome.reason,
-                "run_id": outcome.run_id,
-                "version": outcome.version,
-                "decision": outcome.decision,
-                "error": outcome.error,
-                "candidate": gate.get("candidate"),
-                "world_size": ctx.world_size,
-                "ranks": list(_LAST_RANKS),
-            }
-        except BaseException as exc:
-            summary = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "world_size": ctx.world_size,
-            }
-            raise
-        finally:
-            if ctx.active:
-                broadcast_object(("done", summary), ctx)
-        return summary
-    finally:
-        _ACTIVE = SINGLE
-        shutdown(ctx)
-
-
-def torchrun_command(
-    *, nproc: int, cycle_date: Any, force: bool = False, data_dir: str | None = None, actor: str = "cli"
-) -> list[str]:
-    """The one-host ``torchrun`` command line that ``reloop cycle run --nproc N`` executes."""
-    import sys
-
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "reloop_service.training.distributed",
-        "cycle",
-        "--date",
-        str(cycle_date),
-        "--actor",
-        actor,
-        "--json",
-    ]
-    if force:
-        argv.append("--force")
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    return argv
-
-
-def launch_cycle(
-    *, nproc: int, cycle_date: Any, force: bool = False, data_dir: str | None = None, actor: str = "cli"
-) -> tuple[int, dict[str, Any] | None]:
-    """Run one cycle on ``nproc`` local ranks through torchrun; (exit code, rank 0's outcome)."""
-    import json
-    import subprocess
-
-    argv = torchrun_command(nproc=nproc, cycle_date=cycle_date, force=force, data_dir=data_dir, actor=actor)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False)
-    outcome = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(_OUTCOME_PREFIX):
-            outcome = json.loads(line.removeprefix(_OUTCOME_PREFIX))
-    return proc.returncode, outcome
-
-
-_OUTCOME_PREFIX = "RELOOP_OUTCOME "
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``torchrun [--nnodes …] -m reloop_service.training.distributed cycle --date D``."""
-    import argparse
-    import json
-    from datetime import date
-
-    parser = argparse.ArgumentParser(prog="python -m reloop_service.training.distributed")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cyc = sub.add_parser(
-        "cycle", help="Run one daily cycle with data-parallel training (launch with torchrun)."
-    )
-    cyc.add_argument("--date", required=True, type=date.fromisoformat)
-    cyc.add_argument("--force", action="store_true")
-    cyc.add_argument("--actor", default="torchrun")
-    cyc.add_argument("--data-dir", default=None)
-    cyc.add_argument("--json", action="store_true", help="Print rank 0's outcome as one JSON line.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s rank%(process)d %(name)s: %(message)s"
-    )
-    summary = run_cycle_distributed(
-        cycle_date=args.date, force=args.force, actor=args.actor, data_dir=args.data_dir
-    )
-    if args.json and int(os.environ.get("RANK", "0")) == 0:
-        print(_OUTCOME_PREFIX + json.dumps(summary, default=str), flush=True)
-    return 0 if summary.get("status") in ("succeeded", "skipped") else 1
-
-
-if __name__ == "__main__":
-    # Run the imported module's ``main``, not this ``__main__`` copy: the cycle imports
-    # ``reloop_service.training.distributed`` and must see the context set up here.
-    from reloop_service.training.distributed import main as _main
-
-    raise SystemExit(_main())

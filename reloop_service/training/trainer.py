@@ -427,7 +427,11 @@ def train(
                 "sparse": sparse_opt.state_dict() if sparse_opt is not None else None,
             },
             train_config=config.to_dict(),
-            metrics={"train_rows": rows, "prior_coverage": coverage, "final_loss": losses[-1]},
+            metrics={
+                "train_rows": rows,
+                "prior_coverage": coverage,
+                "final_loss": losses[-1] if losses else float("nan"),
+            },
         )
         if eval_batches is not None:
             from reloop_service.training.predict import evaluate_checkpoint

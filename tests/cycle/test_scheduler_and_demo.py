@@ -130,8 +130,7 @@ def test_admin_trigger_runs_cycle_in_background(sqlite_env: Env) -> None:
 
     settings = sqlite_env(admin_token="s3cret")
     write_day(Path(settings.resolved_logs_uri), DAY0, ROWS)
-    app = create_app(settings)
-    app.state.cycle_trigger = make_cycle_trigger(settings)
+    app = create_app(settings, cycle_trigger=make_cycle_trigger(settings))
     auth = {"Authorization": "Bearer s3cret"}
     with TestClient(app) as client:
         resp = client.post("/v1/admin/cycles", json={"date": DAY0.isoformat()}, headers=auth)
