@@ -26,6 +26,7 @@ from reloop_service.registry.db import make_engine, run_transaction, upgrade
 from reloop_service.registry.entities import ArtifactRef, CycleRun
 from reloop_service.registry.events import CycleStatus
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
+from reloop_service.training.layers import skip_table_init
 from reloop_service.training.metrics import evaluate
 from reloop_service.training.models import build_model
 from reloop_service.training.predict import Predictor
@@ -41,6 +42,7 @@ SPEC = FeatureSpec(
 FIRST_DAY = date(2024, 5, 1)
 GATE = {"max_auc_drop": 0.01, "max_logloss_rise": 0.01}
 TRUTH_SEED = 1000
+EMBEDDING_STD = 0.01  # the trainer's initial row scale (training.layers)
 
 
 @dataclass
@@ -56,13 +58,24 @@ class Demo:
 
 def checkpoint(seed: int, day: date, noise: float = 0.0) -> Checkpoint:
     """A tiny real DNN: the hidden "true" model's weights plus ``noise`` (seeded); 0 is the truth."""
+    # The hidden "true" model: embedding rows N(0, 0.01^2) drawn first, then the MLP's init, from one
+    # seeded generator (tables start as zeros and draw rows lazily in training, so draw them here).
+    with skip_table_init():
+        shapes = build_model("dnn", SPEC, embedding_dim=4, hidden=[8])
+    tables = [
+        k for k, v in shapes.state_dict().items() if v.is_floating_point() and v.dim() >= 2 and not v.any()
+    ]
     torch.manual_seed(TRUTH_SEED)
-    model = build_model("dnn", SPEC, embedding_dim=4, hidden=[8])
+    drawn = {k: torch.empty(shapes.state_dict()[k].shape).normal_(0.0, EMBEDDING_STD) for k in tables}
+    with skip_table_init():
+        model = build_model("dnn", SPEC, embedding_dim=4, hidden=[8])
     gen = torch.Generator().manual_seed(seed % 2)  # one direction per parity: noise shrinks along it
-    state = {
-        k: (v + noise * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v).detach().clone()
-        for k, v in model.state_dict().items()
-    }
+    state = {}
+    for k, v in model.state_dict().items():
+        v = drawn.get(k, v)
+        state[k] = (
+            (v + noise * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v).detach().clone()
+        )
     return Checkpoint(
         model_name="dnn",
         model_args=model.model_args,
