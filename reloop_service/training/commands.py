@@ -252,7 +252,8 @@ def bench_train_command(
     console.print(
         f"measured (Parquet -> ingest -> transform -> train, RowSparseAdam): "
         f"{figures.measured_rows_per_s:,.0f} rows/s steady, "
-        f"{figures.measured_end_to_end_rows_per_s:,.0f} rows/s incl. model build"
+        f"{figures.measured_end_to_end_rows_per_s:,.0f} rows/s incl. model build "
+        f"(end to end / steady: {figures.end_to_end_ratio:.0%}, target >= 50%)"
     )
     console.print(
         f"ceiling (pre-built tensors, frozen tables):            {figures.ceiling_rows_per_s:,.0f} rows/s"
