@@ -596,7 +596,10 @@ def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained)
     from reloop_service.training.recipe import recipe_config
     from reloop_service.training.trainer import train as train_rows
 
-    config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.holdout_rows, cold=False)
+    # The same step size as the training it continues (the batch of the day's training rows): with
+    # the holdout's own, smaller batch a full retrain's last pass took as many steps as an epoch on
+    # a tenth of the rows (ml100k full retrain 0.705 instead of 0.713 pooled AUC).
+    config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.train_rows, cold=False)
     started = time.perf_counter()
     result = train_rows(
         config=replace(config, epochs=1),
