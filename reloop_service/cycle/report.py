@@ -24,6 +24,7 @@ from datetime import date
 from typing import Any
 
 from reloop_service.config import Settings
+from reloop_service.registry.records import GateVerdict
 from reloop_service.storage import filesystem, join, write_atomic
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,11 @@ def render_markdown(record: Mapping[str, Any]) -> str:
         ]
         for key in ("auc", "logloss", "calibration"):
             lines.append(f"| {key} | {_fmt(cand.get(key))} | {_fmt(prod.get(key))} |")
-        lines += ["", "| rule | threshold | value | passed |", "|---|---|---|---|"]
-        for rule in gate.get("rules") or []:
+        lines += ["", "| rule | passes when | threshold | value | passed |", "|---|---|---|---|---|"]
+        for rule in GateVerdict.model_validate(gate).rules:
             lines.append(
-                f"| {rule['name']} | {_fmt(rule.get('threshold'))} | {_fmt(rule.get('value'))} "
-                f"| {'yes' if rule.get('passed') else 'no'} |"
+                f"| {rule.name} | value {rule.comparison} threshold | {_fmt(rule.threshold)} "
+                f"| {_fmt(rule.value)} | {'yes' if rule.passed else 'no'} |"
             )
         if not gate.get("rules"):
             lines.append("| (no rule applies) | - | - | yes |")

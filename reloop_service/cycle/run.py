@@ -32,6 +32,7 @@ from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, ConflictError, RegistryError
 from reloop_service.registry.events import CycleStatus
+from reloop_service.registry.records import CycleRecord, GateVerdict
 from reloop_service.registry.service import open_registry
 from reloop_service.training.distributed import LocalTrainer
 
@@ -66,6 +67,16 @@ class CycleOutcome:
     @property
     def promoted(self) -> bool:
         return self.decision == "promoted"
+
+    @property
+    def verdict(self) -> GateVerdict | None:
+        """The gate's verdict, typed (None when the run did not reach the gate)."""
+        gate = self.record.get("gate")
+        return GateVerdict.model_validate(gate) if gate else None
+
+    def typed_record(self) -> CycleRecord:
+        """The run record as the registry stores it (``details``), typed."""
+        return CycleRecord.model_validate(steps._jsonable(self.record))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (``--json`` output, and what torchrun's rank 0 hands the launcher)."""
@@ -409,8 +420,8 @@ def _attempt(
             }
             step("gate")
             verdict = steps.gate(ctx, prepared=prepared, candidate=trained.checkpoint, parent=parent)
-            record["gate"] = verdict
-            if verdict["passed"] and settings.train_on_holdout:
+            record["gate"] = verdict.model_dump(mode="json")
+            if verdict.passed and settings.train_on_holdout:
                 step("train_holdout")
                 trained = steps.train_holdout(ctx, prepared=prepared, trained=trained)
                 record["train"]["holdout_trained_rows"] = trained.info["holdout_trained_rows"]

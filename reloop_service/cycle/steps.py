@@ -36,6 +36,7 @@ from reloop_service.registry import store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
+from reloop_service.registry.records import GateRule, GateVerdict, HoldoutMetrics
 from reloop_service.registry.service import artifact_store
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
 from reloop_service.training.distributed import DayTrainer, LocalTrainer, StagedDay
@@ -634,9 +635,7 @@ def _finite(value: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ gate
-def gate(
-    ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, parent: Parent
-) -> dict[str, Any]:
+def gate(ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, parent: Parent) -> GateVerdict:
     """Step 5: evaluate candidate, parent and the constant predictor on the same holdout; apply the rules.
 
     The constant predictor (the training rows' click rate) is the floor every model must beat in
@@ -655,48 +654,16 @@ def gate(
     prod = evaluate(y, Predictor(parent.checkpoint).predict_batch(holdout)) if parent.checkpoint else None
     base_ctr = min(max(prepared.train_positives / max(prepared.train_rows, 1), 1e-6), 1 - 1e-6)
     const = evaluate(y, np.full(len(y), base_ctr))
-    rules: list[dict[str, Any]] = []
-
-    def rule(name: str, threshold: float, value: float, ok: bool) -> None:
-        finite = math.isfinite(value)
-        rules.append(
-            {
-                "name": name,
-                "threshold": threshold,
-                "value": value if finite else None,
-                "passed": finite and ok,
-            }
-        )
-
-    if settings.gate_min_gain_over_constant is not None:
-        gain = float(const["logloss"]) - float(cand["logloss"])
-        rule(
-            "beats_constant",
-            settings.gate_min_gain_over_constant,
-            gain,
-            gain > settings.gate_min_gain_over_constant,
-        )
-    if settings.gate_auc_floor is not None:
-        value = float(cand["auc"])
-        rule("auc_floor", settings.gate_auc_floor, value, value >= settings.gate_auc_floor)
-    if prod is not None and settings.gate_max_auc_drop is not None:
-        drop = float(prod["auc"]) - float(cand["auc"])
-        rule("max_auc_drop", settings.gate_max_auc_drop, drop, drop <= settings.gate_max_auc_drop)
-    if prod is not None and settings.gate_max_logloss_rise is not None:
-        rise = float(cand["logloss"]) - float(prod["logloss"])
-        rule("max_logloss_rise", settings.gate_max_logloss_rise, rise, rise <= settings.gate_max_logloss_rise)
-    failed = [r["name"] for r in rules if not r["passed"]]
-    verdict = {
-        "passed": not failed,
-        "failed_rules": failed,
-        "rules": rules,
-        "candidate": cand,
-        "production": prod,
-        "constant": {**const, "prediction": base_ctr},
-        "production_version": parent.number,
-        "holdout_rows": len(y),
-        "holdout": f"hash sample of impression ids, {settings.holdout_fraction:.0%}",
-    }
+    verdict = judge(
+        settings,
+        candidate=cand,
+        production=prod,
+        constant=const,
+        constant_prediction=base_ctr,
+        production_version=parent.number,
+        holdout_rows=len(y),
+    )
+    failed = verdict.failed_rules
     ctx.log.info(
         "gate %s: candidate auc %.4f logloss %.4f; constant logloss %.4f; production %s",
         "passed" if not failed else f"rejected ({', '.join(failed)})",
@@ -704,6 +671,45 @@ def gate(
         cand["logloss"],
         const["logloss"],
         "none" if prod is None else f"auc {prod['auc']:.4f} logloss {prod['logloss']:.4f}",
+    )
+    return verdict
+
+
+def judge(
+    settings: Settings,
+    *,
+    candidate: Mapping[str, Any],
+    production: Mapping[str, Any] | None,
+    constant: Mapping[str, Any],
+    constant_prediction: float,
+    production_version: int | None,
+    holdout_rows: int,
+) -> GateVerdict:
+    """The gate's rules (``RELOOP_GATE_*``) applied to the three models' holdout metrics."""
+    cand, prod, const = candidate, production, constant
+    rules: list[GateRule] = []
+    if settings.gate_min_gain_over_constant is not None:
+        gain = float(const["logloss"]) - float(cand["logloss"])
+        rules.append(GateRule.judge("beats_constant", settings.gate_min_gain_over_constant, gain))
+    if settings.gate_auc_floor is not None:
+        rules.append(GateRule.judge("auc_floor", settings.gate_auc_floor, float(cand["auc"])))
+    if prod is not None and settings.gate_max_auc_drop is not None:
+        drop = float(prod["auc"]) - float(cand["auc"])
+        rules.append(GateRule.judge("max_auc_drop", settings.gate_max_auc_drop, drop))
+    if prod is not None and settings.gate_max_logloss_rise is not None:
+        rise = float(cand["logloss"]) - float(prod["logloss"])
+        rules.append(GateRule.judge("max_logloss_rise", settings.gate_max_logloss_rise, rise))
+    failed = [r.name for r in rules if not r.passed]
+    verdict = GateVerdict(
+        passed=not failed,
+        failed_rules=failed,
+        rules=rules,
+        candidate=HoldoutMetrics.of(dict(cand)),
+        production=HoldoutMetrics.of(dict(prod)) if prod is not None else None,
+        constant=HoldoutMetrics.of(dict(const), prediction=constant_prediction),
+        production_version=production_version,
+        holdout_rows=holdout_rows,
+        holdout=f"hash sample of impression ids, {settings.holdout_fraction:.0%}",
     )
     return verdict
 
@@ -722,7 +728,7 @@ def register(
     ctx: CycleContext,
     *,
     trained: Trained,
-    verdict: dict[str, Any],
+    verdict: GateVerdict,
     parent: Parent,
     record: dict[str, Any],
 ) -> Registered:
@@ -733,22 +739,22 @@ def register(
     """
     settings = ctx.settings
     checkpoint = trained.checkpoint
-    checkpoint.metrics = {**checkpoint.metrics, "holdout": verdict["candidate"]}
+    cand = verdict.candidate.model_dump(mode="json")
+    checkpoint.metrics = {**checkpoint.metrics, "holdout": cand}
     data = checkpoint_to_bytes(checkpoint)
     ref = artifact_store(settings).put(
         data, f"{settings.model_name}/cycle-{ctx.cycle_date.isoformat()}-run{ctx.run.id}.ckpt"
     )
     ctx.log.info("artifact written: %s (%d bytes)", ref.uri, ref.size)
     spec_hash = checkpoint.feature_spec().fingerprint()
-    cand = verdict["candidate"]
     metrics = {
-        "auc": cand.get("auc"),
-        "logloss": cand.get("logloss"),
-        "calibration": cand.get("calibration"),
+        "auc": verdict.candidate.auc,
+        "logloss": verdict.candidate.logloss,
+        "calibration": verdict.candidate.calibration,
         "rows": record.get("coverage", {}).get("rows"),
-        "holdout_rows": verdict.get("holdout_rows"),
+        "holdout_rows": verdict.holdout_rows,
         "prior_coverage": record.get("coverage"),
-        "production_on_holdout": verdict.get("production"),
+        "production_on_holdout": verdict.production.model_dump(mode="json") if verdict.production else None,
     }
     train_config = {
         "model": checkpoint.model_name,
@@ -759,7 +765,8 @@ def register(
         "cold_start": trained.cold_start,
         **checkpoint.train_config,
     }
-    passed = bool(verdict["passed"])
+    passed = verdict.passed
+    stored_verdict = verdict.model_dump(mode="json")
 
     def tx(session: Any) -> Registered:
         version = store.register_version(
@@ -774,7 +781,7 @@ def register(
             data_first_day=checkpoint.first_day or ctx.cycle_date,
             data_last_day=checkpoint.last_day or ctx.cycle_date,
             metrics=_jsonable(metrics),
-            gate_verdict=_jsonable(verdict),
+            gate_verdict=_jsonable(stored_verdict),
             cycle_date=ctx.cycle_date,
         )
         if passed and settings.auto_promote:
@@ -795,8 +802,8 @@ def register(
                 model_name=settings.model_name,
                 version=version.version,
                 actor=ctx.actor,
-                reason=f"cycle {ctx.cycle_date}: gate rejected ({', '.join(verdict['failed_rules'])})",
-                details={"verdict": _jsonable(verdict)},
+                reason=f"cycle {ctx.cycle_date}: gate rejected ({', '.join(verdict.failed_rules)})",
+                details={"verdict": _jsonable(stored_verdict)},
             )
             decision = "rejected"
         run = store.finish_cycle(

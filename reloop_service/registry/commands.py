@@ -273,19 +273,22 @@ def _metrics_table(v: ModelVersion) -> Table:
 
 
 def _gate_table(v: ModelVersion) -> Table | None:
-    gate = v.gate_verdict
-    if not gate:
+    from reloop_service.registry.records import GateVerdict
+
+    if not v.gate_verdict:
         return None
-    verdict = "passed" if gate.get("passed") else f"rejected ({', '.join(gate.get('failed_rules') or [])})"
+    gate = GateVerdict.model_validate(v.gate_verdict)
+    verdict = "passed" if gate.passed else f"rejected ({', '.join(gate.failed_rules)})"
     table = Table(title=f"gate: {verdict}")
-    for column in ("rule", "threshold", "value", "passed"):
-        table.add_column(column, justify="left" if column == "rule" else "right")
-    for rule in gate.get("rules") or []:
+    for column in ("rule", "passes when", "threshold", "value", "passed"):
+        table.add_column(column, justify="left" if column in ("rule", "passes when") else "right")
+    for rule in gate.rules:
         table.add_row(
-            str(rule.get("name")),
-            _num(rule.get("threshold")),
-            _num(rule.get("value")),
-            _num(rule.get("passed")),
+            rule.name,
+            f"value {rule.comparison} threshold",
+            _num(rule.threshold),
+            _num(rule.value),
+            _num(rule.passed),
         )
     return table
 

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from reloop_service.config import Settings
+from reloop_service.registry.records import CycleRecord, GateVerdict
 
 MAX_ID_LEN = 128
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -319,7 +320,7 @@ class VersionOut(BaseModel):
     data_first_day: date | None
     data_last_day: date | None
     metrics: dict[str, Any]
-    gate_verdict: dict[str, Any] | None
+    gate_verdict: GateVerdict | None
     cycle_date: date | None
     status_changed_at: datetime
     rolled_back_at: datetime | None
@@ -377,7 +378,9 @@ class CycleRunOut(BaseModel):
     finished_at: datetime | None
     error: str | None
     produced_version: int | None
-    details: dict[str, Any]
+    details: CycleRecord = Field(
+        description="The run's record as the cycle wrote it (gate verdict included)."
+    )
 
 
 class CycleRunList(BaseModel):

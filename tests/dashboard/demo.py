@@ -3,9 +3,10 @@
 Real tiny DNN checkpoints (training code) go through the real artifact store and are registered,
 promoted and rejected through the registry store verbs; their holdout metrics are computed with the
 real ``Predictor`` and ``evaluate`` on a small simulated holdout whose labels come from a hidden
-"true" model. Cycle runs are claimed and finished through the store with details shaped exactly as
-``cycle.steps.register`` records them (gate verdict with candidate and production metrics, decision,
-prior coverage, timings), including a rejected day and a failed day that needed a second attempt.
+"true" model. The verdicts come from the cycle's gate rules (``cycle.steps.judge``) and every
+successful day goes through the cycle's own register step (``cycle.steps.register``: artifact,
+version, promotion or rejection, the run's record), so the page reads what a real cycle writes;
+a rejected day, and a failed day that needed a second attempt, are among them.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import torch
 from sqlalchemy import Engine
 
 from reloop_service.config import Settings
+from reloop_service.cycle import steps
+from reloop_service.cycle.steps import judge
 from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
 from reloop_service.registry import store
-from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, upgrade
-from reloop_service.registry.entities import ArtifactRef, CycleRun
+from reloop_service.registry.entities import CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
-from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
+from reloop_service.registry.records import GateVerdict
+from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.layers import skip_table_init
 from reloop_service.training.metrics import evaluate
 from reloop_service.training.models import build_model
@@ -40,7 +43,7 @@ SPEC = FeatureSpec(
     multi=(MultiCategoricalField("tags", 51, 4),),
 )
 FIRST_DAY = date(2024, 5, 1)
-GATE = {"max_auc_drop": 0.01, "max_logloss_rise": 0.01}
+GATE = {"max_auc_drop": 0.01, "max_logloss_rise": 0.01, "auc_floor": 0.3}
 TRUTH_SEED = 1000
 EMBEDDING_STD = 0.01  # the trainer's initial row scale (training.layers)
 
@@ -110,40 +113,37 @@ def holdout(n: int = 400) -> tuple[list[dict[str, Any]], np.ndarray]:
     return records, labels
 
 
+def gate_settings(settings: Settings) -> Settings:
+    """The demo's gate: the cycle's rules with these thresholds (an AUC floor that every version clears)."""
+    return settings.model_copy(
+        update={
+            "gate_max_auc_drop": GATE["max_auc_drop"],
+            "gate_max_logloss_rise": GATE["max_logloss_rise"],
+            "gate_auc_floor": GATE["auc_floor"],
+            "gate_min_gain_over_constant": None,
+            "auto_promote": True,
+        }
+    )
+
+
 def verdict(
-    cand: dict[str, Any], prod: dict[str, Any] | None, parent: int | None, rows: int
-) -> dict[str, Any]:
-    """The gate's verdict, the same shape ``cycle.steps.gate`` returns."""
-    rules: list[dict[str, Any]] = []
-    if prod is not None:
-        drop = prod["auc"] - cand["auc"]
-        rise = cand["logloss"] - prod["logloss"]
-        rules.append(
-            {
-                "name": "max_auc_drop",
-                "threshold": GATE["max_auc_drop"],
-                "value": drop,
-                "passed": drop <= GATE["max_auc_drop"],
-            }
-        )
-        rules.append(
-            {
-                "name": "max_logloss_rise",
-                "threshold": GATE["max_logloss_rise"],
-                "value": rise,
-                "passed": rise <= GATE["max_logloss_rise"],
-            }
-        )
-    failed = [r["name"] for r in rules if not r["passed"]]
-    return {
-        "passed": not failed,
-        "failed_rules": failed,
-        "rules": rules,
-        "candidate": cand,
-        "production": prod,
-        "production_version": parent,
-        "holdout_rows": rows,
-    }
+    settings: Settings,
+    cand: dict[str, Any],
+    prod: dict[str, Any] | None,
+    parent: int | None,
+    labels: np.ndarray,
+) -> GateVerdict:
+    """The verdict of the cycle's own gate rules (``cycle.steps.judge``) on these metrics."""
+    ctr = float(labels.mean())
+    return judge(
+        settings,
+        candidate=cand,
+        production=prod,
+        constant=evaluate(labels, np.full(len(labels), ctr)),
+        constant_prediction=ctr,
+        production_version=parent,
+        holdout_rows=len(labels),
+    )
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -186,108 +186,65 @@ def _fail(engine: Engine, run: CycleRun, error: str, at: datetime, seconds: floa
 
 
 def _succeed(
+    settings: Settings,
     engine: Engine,
     *,
     run: CycleRun,
-    ref: ArtifactRef,
-    parent: int | None,
-    seed: int,
-    gate: dict[str, Any],
+    ckpt: Checkpoint,
+    parent: ModelVersion | None,
+    parent_ckpt: Checkpoint | None,
+    gate: GateVerdict,
     coverage: dict[str, Any],
     started: datetime,
     seconds: float,
 ) -> int:
-    """Register + promote/reject + finish the run in one transaction, as ``cycle.steps.register``."""
-    day = run.cycle_date
-    cand = gate["candidate"]
-    decision = "promoted" if gate["passed"] else "rejected"
-    finished = started + timedelta(seconds=seconds)
-    metrics = {
-        "auc": cand["auc"],
-        "logloss": cand["logloss"],
-        "calibration": cand["calibration"],
-        "rows": coverage["rows"],
-        "holdout_rows": gate["holdout_rows"],
-        "prior_coverage": coverage,
-        "production_on_holdout": gate["production"],
-    }
-    train_config = {
-        "model": "dnn",
-        "model_args": {"embedding_dim": 4, "hidden": [8]},
-        "loss": "reloop",
-        "loss_params": {"alpha": 0.5},
-        "seed": seed,
-        "cold_start": parent is None,
-        "lr": 0.001,
-        "epochs": 1,
-        "batch_size": 1024,
-    }
+    """Register + promote/reject + finish the run through the cycle's own register step."""
+    import logging
 
-    def tx(s: Any) -> int:
-        mv = store.register_version(
-            s,
-            artifact=ref,
-            actor="scheduler",
-            reason=f"cycle {day}",
-            parent_version=parent,
-            feature_spec_hash=SPEC.fingerprint(),
-            train_config=train_config,
-            data_first_day=FIRST_DAY,
-            data_last_day=day,
-            metrics=metrics,
-            gate_verdict=gate,
-            cycle_date=day,
-        )
-        if decision == "promoted":
-            store.promote(
-                s,
-                version=mv.version,
-                actor="scheduler",
-                reason=f"cycle {day}: gate passed",
-                expected_current=parent,
-            )
-        else:
-            store.reject_version(
-                s,
-                version=mv.version,
-                actor="scheduler",
-                reason=f"cycle {day}: gate rejected ({', '.join(gate['failed_rules'])})",
-                details={"verdict": gate},
-            )
-        details = {
-            "run_id": run.id,
-            "cycle_date": day.isoformat(),
-            "attempt": run.attempt,
-            "actor": "scheduler",
-            "owner": run.owner,
-            "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
-            "parent_version": parent,
-            "coverage": coverage,
-            "gate": gate,
-            "train": {"seconds": seconds - 8.0, "cold_start": parent is None},
-            "version": mv.version,
-            "decision": decision,
-        }
-        store.finish_cycle(
-            s,
-            run=run,
-            status=CycleStatus.SUCCEEDED,
-            produced_version=mv.version,
-            details=details,
-            now=finished,
-        )
-        return mv.version
-
-    number: int = run_transaction(engine, tx)
-    return number
+    ctx = steps.CycleContext(
+        settings=settings,
+        engine=engine,
+        cycle_date=run.cycle_date,
+        run=run,
+        actor="scheduler",
+        log=steps.cycle_logger("tests.dashboard", run.cycle_date, run.attempt),
+    )
+    trained = steps.Trained(
+        checkpoint=ckpt,
+        loss="reloop" if parent is not None else "bce",
+        cold_start=parent is None,
+        seconds=seconds - 8.0,
+        info={},
+    )
+    record = {
+        "run_id": run.id,
+        "cycle_date": run.cycle_date.isoformat(),
+        "attempt": run.attempt,
+        "actor": "scheduler",
+        "owner": run.owner,
+        "started_at": started.isoformat(),
+        "finished_at": (started + timedelta(seconds=seconds)).isoformat(),
+        "parent_version": parent.version if parent is not None else None,
+        "coverage": coverage,
+        "gate": gate.model_dump(mode="json"),
+        "train": {"seconds": seconds - 8.0, "cold_start": parent is None},
+    }
+    logging.getLogger("tests.dashboard").setLevel(logging.WARNING)
+    registered = steps.register(
+        ctx,
+        trained=trained,
+        verdict=gate,
+        parent=steps.Parent(version=parent, checkpoint=parent_ckpt),
+        record=record,
+    )
+    return registered.version.version
 
 
 BAD_PRICE = "step ingest: IngestError: dt=2024-05-04/part-0.parquet: column 'price' is string"
 
 
 def _build(settings: Settings, engine: Engine) -> Demo:
-    artifacts = ArtifactStore(settings.resolved_artifacts_uri, {})
+    settings = gate_settings(settings)
     records, labels = holdout()
     base = datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
     plan: list[tuple[int, float, str]] = [
@@ -300,6 +257,7 @@ def _build(settings: Settings, engine: Engine) -> Demo:
     ]
     prod: int | None = None
     prod_ckpt: Checkpoint | None = None
+    prod_version: ModelVersion | None = None
     previous = rejected = 0
     versions: list[int] = []
     failed_day = FIRST_DAY
@@ -325,9 +283,9 @@ def _build(settings: Settings, engine: Engine) -> Demo:
         prod_m = (
             _clean(evaluate(labels, Predictor(prod_ckpt).predict_records(records))) if prod_ckpt else None
         )
-        gate = verdict(cand, prod_m, prod, len(labels))
-        if gate["passed"] != (kind != "reject"):
-            raise AssertionError(f"demo day {day}: the gate said {gate['passed']}, the plan {kind}: {gate}")
+        gate = verdict(settings, cand, prod_m, prod, labels)
+        if gate.passed != (kind != "reject"):
+            raise AssertionError(f"demo day {day}: the gate said {gate.passed}, the plan {kind}: {gate}")
         coverage = {
             "source": "archive",
             "rows": 5000,
@@ -336,21 +294,22 @@ def _build(settings: Settings, engine: Engine) -> Demo:
             "missing": 300 if prod else 5000,
             "parent_version": prod,
         }
-        ref = artifacts.put(checkpoint_to_bytes(ckpt), f"ctr/cycle-{day}-run{run.id}.ckpt")
         number = _succeed(
+            settings,
             engine,
             run=run,
-            ref=ref,
-            parent=prod,
-            seed=seed,
+            ckpt=ckpt,
+            parent=prod_version,
+            parent_ckpt=prod_ckpt,
             gate=gate,
             coverage=coverage,
             started=started,
             seconds=40.0 + 7 * i,
         )
         versions.append(number)
-        if gate["passed"]:
+        if gate.passed:
             previous, prod, prod_ckpt = prod or 0, number, ckpt
+            prod_version = run_transaction(engine, lambda s, n=number: store.get_version(s, version=n))
         else:
             rejected = number
     assert prod is not None

@@ -48,8 +48,12 @@ def test_page_loads_clean_and_shows_what_the_api_reports(page: PageWatch, server
     assert p.locator("#versions-table tbody tr").count() == len(api["versions"]) == 5
     assert p.get_attribute("#versions-table tr.is-prod", "data-version") == str(prod)
     rejected_row = p.locator(f"#versions-table tr[data-version='{server.demo.rejected}']")
-    assert "rejected" in rejected_row.inner_text() and "auc_floor" not in rejected_row.inner_text()
-    assert "max_auc_drop" in rejected_row.inner_text()  # the verdict shows its numbers
+    text = rejected_row.inner_text()
+    assert "rejected" in text
+    # the verdict shows its numbers and each rule's own comparison: auc_floor passes at or above
+    # its threshold, max_auc_drop fails above it
+    assert re.search(r"auc_floor \d\.\d{4} ≥ 0\.3000 ✓", text), text
+    assert re.search(r"max_auc_drop -?\d\.\d{4} > 0\.0100 ✗", text), text
     p.select_option("#status-filter", "archived")
     statuses = p.locator("#versions-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.status)")
     assert statuses and set(statuses) == {"archived"}

@@ -235,12 +235,16 @@ function productionEvent(version) {
   );
 }
 
+const COMPARISON = { "<=": ["≤", ">"], ">=": ["≥", "<"], ">": [">", "≤"] };
+
 function verdictNode(verdict) {
   if (!verdict) return h("span", { class: "muted" }, "no verdict recorded");
   const passed = verdict.passed === true;
-  const rules = (verdict.rules || []).map((r) =>
-    `${r.name} ${num(r.value)} ${r.passed ? "≤" : ">"} ${num(r.threshold)} ${r.passed ? "✓" : "✗"}`,
-  );
+  // Each rule says how it passes (GateRule.comparison); a failed rule shows the opposite relation.
+  const rules = (verdict.rules || []).map((r) => {
+    const [pass, fail] = COMPARISON[r.comparison] || COMPARISON["<="];
+    return `${r.name} ${num(r.value)} ${r.passed ? pass : fail} ${num(r.threshold)} ${r.passed ? "✓" : "✗"}`;
+  });
   return h(
     "span",
     {},
