@@ -83,6 +83,11 @@ class PredictionRows:
     def encoded(self) -> PredictionRows:
         """The same rows with every feature mapping JSON-encoded to ``bytes`` (idempotent)."""
         feats = self.features
+        if feats and not isinstance(feats[0], bytes):
+            try:  # the common case, mappings only: one C-level map (a mixed list falls through)
+                return replace(self, features=list(map(orjson.dumps, feats)))
+            except TypeError:  # orjson.JSONEncodeError too: a bytes element, or an int beyond 64 bits
+                pass
         if all(isinstance(f, bytes) for f in feats):
             return self
         try:
