@@ -217,6 +217,24 @@ class Settings(BaseSettings):
     def resolved_reports_uri(self) -> str:
         return self._under(self.reports_uri, "reports")
 
+    def rooted_at(self, folder: Path | str, **overrides: Any) -> Settings:
+        """These settings with the registry, logs, artifacts, archive and reports all under ``folder``.
+
+        Explicit locations are dropped (they default under the data dir); ``overrides`` win. The demo,
+        the replay and the tests root a whole installation in a folder of their own this way.
+        """
+        values = self.model_dump()
+        values.update(
+            data_dir=Path(folder),
+            database_url=None,
+            logs_uri=None,
+            artifacts_uri=None,
+            archive_uri=None,
+            reports_uri=None,
+        )
+        values.update(overrides)
+        return type(self)(**values)
+
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` URIs; empty when no S3 settings are given."""
         opts: dict[str, Any] = {}
@@ -229,8 +247,3 @@ class Settings(BaseSettings):
             opts["secret"] = self.s3_secret_access_key.get_secret_value()
         opts["client_kwargs"] = client
         return opts
-
-
-def get_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment, with explicit overrides winning (CLI flags, tests)."""
-    return Settings(**overrides)

@@ -254,7 +254,7 @@ def cycle_backfill(
     from reloop_service.cycle.distributed import TorchrunRunner
     from reloop_service.cycle.run import run_cycle
     from reloop_service.cycle.scheduler import daterange
-    from reloop_service.registry import store
+    from reloop_service.registry import cycle_runs
     from reloop_service.registry.db import session_scope
     from reloop_service.registry.errors import RegistryError
     from reloop_service.registry.service import open_registry
@@ -263,7 +263,7 @@ def cycle_backfill(
     try:
         engine = open_registry(settings)
         with session_scope(engine, readonly=True) as session:
-            runs = store.list_cycle_runs(
+            runs = cycle_runs.list_cycle_runs(
                 session, model_name=settings.model_name, date_from=start, date_to=end, limit=100_000
             )
     except RegistryError as exc:
@@ -335,7 +335,7 @@ def cycle_runs(
     data_dir: DataDirOption = None,
 ) -> None:
     """Cycle runs, newest date first: status, attempt, version, coverage, gate."""
-    from reloop_service.registry import store
+    from reloop_service.registry import cycle_runs
     from reloop_service.registry.db import session_scope
     from reloop_service.registry.errors import RegistryError
     from reloop_service.registry.service import open_registry
@@ -345,7 +345,7 @@ def cycle_runs(
     try:
         engine = open_registry(settings)
         with session_scope(engine, readonly=True) as session:
-            runs = store.list_cycle_runs(session, model_name=settings.model_name, limit=limit)
+            runs = cycle_runs.list_cycle_runs(session, model_name=settings.model_name, limit=limit)
         engine.dispose()
     except RegistryError as exc:
         raise _registry_errors(exc) from None

@@ -81,26 +81,19 @@ def demo_settings(
 ) -> Settings:
     """The user's settings (the training recipe and the gate included) with every location under the
     demo folder, so the demo shows what ``Settings()`` trains, and never touches a real registry."""
-    base = base or Settings()
-    overrides: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": f"sqlite:///{data_dir / 'registry.db'}",
-        "logs_uri": str(data_dir / "logs"),
-        "artifacts_uri": str(data_dir / "artifacts"),
-        "archive_uri": str(data_dir / "archive"),
-        "reports_uri": str(data_dir / "reports"),
-        "spec_path": None,
-        "loss": loss,
-        "seed": seed,
-        "api_host": "127.0.0.1",
-        "api_port": port,
-        "admin_token": token,
-        "watch_interval_s": 0.5,
-        "archive_flush_seconds": 1.0,
-        "cycle_attempts": 1,
-        "heartbeat_s": 5.0,
-    }
-    return Settings(**{**base.model_dump(), **overrides})
+    return (base or Settings()).rooted_at(
+        data_dir,
+        spec_path=None,
+        loss=loss,
+        seed=seed,
+        api_host="127.0.0.1",
+        api_port=port,
+        admin_token=token,
+        watch_interval_s=0.5,
+        archive_flush_seconds=1.0,
+        cycle_attempts=1,
+        heartbeat_s=5.0,
+    )
 
 
 def _port_free(port: int) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from reloop_service.config import Settings
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs
 from reloop_service.registry.artifacts import ArtifactSweep, sweep_artifacts
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.errors import NotFoundError
@@ -70,7 +70,7 @@ def stale_workdirs(
                 continue
             run_id, attempt = int(match.group(2)), int(match.group(3))
             try:
-                run = store.get_cycle_run(session, run_id=run_id)
+                run = cycle_runs.run_by_id(session, run_id=run_id)  # of any model: folders carry no name
             except NotFoundError:
                 stale.append(folder)
                 continue

@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.report import ReportPaths
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, ConflictError, RegistryError
@@ -536,7 +536,7 @@ def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[
     eng = engine if engine is not None else open_registry(settings)
     try:
         with session_scope(eng, readonly=True) as session:
-            runs = store.list_cycle_runs(
+            runs = cycle_runs.list_cycle_runs(
                 session, model_name=settings.model_name, status=CycleStatus.SUCCEEDED, limit=100_000
             )
     finally:

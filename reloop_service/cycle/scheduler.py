@@ -298,7 +298,7 @@ class CycleScheduler:
     def _seed_metrics(self) -> None:
         """Last-success figures from the registry, so a restarted scheduler reports them at once."""
         from reloop_service.cycle.observe import CYCLE_METRICS
-        from reloop_service.registry import store
+        from reloop_service.registry import cycle_runs
         from reloop_service.registry.db import session_scope
         from reloop_service.registry.service import open_registry
 
@@ -307,7 +307,9 @@ class CycleScheduler:
             engine = open_registry(self.settings)
             try:
                 with session_scope(engine, readonly=True) as session:
-                    runs = store.list_cycle_runs(session, model_name=self.settings.model_name, limit=1000)
+                    runs = cycle_runs.list_cycle_runs(
+                        session, model_name=self.settings.model_name, limit=1000
+                    )
             finally:
                 engine.dispose()
             CYCLE_METRICS.seed(runs)

@@ -32,7 +32,7 @@ from reloop_service.config import Settings
 from reloop_service.data.collisions import CollisionCounter
 from reloop_service.data.spec import FeatureSpec, default_spec, load_spec
 from reloop_service.data.split import holdout_mask
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
@@ -44,7 +44,7 @@ from reloop_service.training.trainer import PRIOR_COLUMN
 
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
 READ_BATCH_ROWS = 65_536  # rows per Arrow batch when streaming a day (training batches are re-cut)
-STAGED_ROW_GROUPS = 64
+STAGED_ROW_GROUPS_PER_RANK = 8
 MIN_ROW_GROUP_ROWS = 1024
 
 
@@ -115,7 +115,7 @@ def claim(
 ) -> CycleClaim:
     """Step 1: claim the date in the cycle-runs table (exactly one concurrent claimer wins)."""
     with session_scope(engine) as session:
-        return store.claim_cycle(
+        return cycle_runs.claim_cycle(
             session,
             cycle_date=cycle_date,
             owner=owner,
@@ -128,13 +128,13 @@ def claim(
 def heartbeat(*, engine: Engine, run: CycleRun) -> CycleRun:
     """Refresh the claim's heartbeat (``ClaimLostError`` when another owner took over)."""
     with session_scope(engine) as session:
-        return store.heartbeat_cycle(session, run=run)
+        return cycle_runs.heartbeat_cycle(session, run=run)
 
 
 def fail_run(*, engine: Engine, run: CycleRun, error: str, details: Mapping[str, Any]) -> CycleRun:
     """Close the claim as failed with its error; production and the archive are not touched."""
     with session_scope(engine) as session:
-        return store.finish_cycle(
+        return cycle_runs.finish_cycle(
             session, run=run, status=CycleStatus.FAILED, error=error[:4000], details=dict(details)
         )
 
@@ -144,7 +144,7 @@ def skip_run(
 ) -> CycleRun:
     """Close the claim as skipped with its reason; the date can be claimed again (late data)."""
     with session_scope(engine) as session:
-        return store.finish_cycle(
+        return cycle_runs.finish_cycle(
             session,
             run=run,
             status=CycleStatus.SKIPPED,
@@ -387,9 +387,18 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
     positives = {True: 0, False: 0}
     collisions = CollisionCounter(spec, warn_fraction=settings.collision_warn_fraction)
     rows = archived = recomputed = missing = 0
-    # Row groups are the unit a data-parallel training deals out to its ranks: a day is staged in
-    # about STAGED_ROW_GROUPS of them (at least MIN_ROW_GROUP_ROWS rows each) so every rank gets a share.
-    group_rows = max(MIN_ROW_GROUP_ROWS, math.ceil(ingested.day_log.report.rows_valid / STAGED_ROW_GROUPS))
+    # Row groups are the unit a data-parallel training deals out to its ranks: on N ranks a day is
+    # staged in about STAGED_ROW_GROUPS_PER_RANK x N of them (at least MIN_ROW_GROUP_ROWS rows each) so
+    # every rank gets a share; in one process the batches are written as they come.
+    world = ctx.trainer.world_size
+    group_rows = (
+        None
+        if world <= 1
+        else max(
+            MIN_ROW_GROUP_ROWS,
+            math.ceil(ingested.day_log.report.rows_valid / (STAGED_ROW_GROUPS_PER_RANK * world)),
+        )
+    )
     try:
         for batch in ingested.day_log.iter_batches():
             n = batch.num_rows
@@ -806,7 +815,7 @@ def register(
                 details={"verdict": _jsonable(stored_verdict)},
             )
             decision = "rejected"
-        run = store.finish_cycle(
+        run = cycle_runs.finish_cycle(
             session,
             run=ctx.run,
             status=CycleStatus.SUCCEEDED,

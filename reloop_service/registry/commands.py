@@ -50,6 +50,12 @@ def _store() -> Any:
     return store
 
 
+def _cycle_runs() -> Any:
+    from reloop_service.registry import cycle_runs
+
+    return cycle_runs
+
+
 def _verify(settings: Settings, engine: Engine, version: int) -> None:
     """Load ``version``'s artifact for real (sha256, decode, warm-up); ``ArtifactUnusableError`` otherwise."""
     from reloop_service.registry.service import artifact_store
@@ -471,7 +477,7 @@ def history_command(
     def read(session: Session) -> tuple[list[RegistryEvent], list[Any]]:
         events = _store().list_events(session, model_name=settings.model_name, version=version, limit=limit)
         runs = (
-            _store().list_cycle_runs(session, model_name=settings.model_name, limit=limit)
+            _cycle_runs().list_cycle_runs(session, model_name=settings.model_name, limit=limit)
             if cycles and version is None
             else []
         )

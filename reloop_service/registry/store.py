@@ -12,45 +12,41 @@ Races are settled by the database, not by luck:
   ``BEGIN IMMEDIATE`` serialises writers on SQLite) and compare it with what the caller saw. The partial
   unique index, the alias primary key and its deferred foreign key make zero-or-two production versions
   impossible even for code that bypasses this module.
-- ``claim_cycle`` relies on the unique ``(model_name, cycle_date)`` constraint and a compare-and-set on
-  ``attempt`` for take-overs, so exactly one of any number of concurrent claimers wins.
+
+The cycle-runs table (claims, heartbeats, outcomes) has its own verbs in ``cycle_runs.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from reloop_service.registry.db import run_transaction
 from reloop_service.registry.entities import (
     ArtifactRef,
-    CycleClaim,
-    CycleRun,
     Lineage,
     ModelVersion,
     Production,
     RegistryEvent,
 )
 from reloop_service.registry.errors import (
-    ClaimLostError,
     InvalidTransitionError,
     NotFoundError,
     PromotionConflictError,
     RetryableConflictError,
 )
-from reloop_service.registry.events import CycleStatus, EventKind, VersionStatus
-from reloop_service.registry.orm import CycleRunRow, ModelVersionRow, ProductionAliasRow, RegistryEventRow
+from reloop_service.registry.events import EventKind, VersionStatus
+from reloop_service.registry.orm import ModelVersionRow, ProductionAliasRow, RegistryEventRow
 
-DEFAULT_MODEL = "ctr"
 _UNSAFE_TARGETS = (VersionStatus.REJECTED, VersionStatus.FAILED)
 
 
-def _now() -> datetime:
+def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
@@ -97,23 +93,6 @@ def _event(row: RegistryEventRow) -> RegistryEvent:
     )
 
 
-def _run(row: CycleRunRow) -> CycleRun:
-    return CycleRun(
-        id=row.id,
-        model_name=row.model_name,
-        cycle_date=row.cycle_date,
-        status=CycleStatus(row.status),
-        attempt=row.attempt,
-        owner=row.owner,
-        started_at=row.started_at,
-        heartbeat_at=row.heartbeat_at,
-        finished_at=row.finished_at,
-        error=row.error,
-        produced_version=row.produced_version,
-        details=dict(row.details or {}),
-    )
-
-
 # ----------------------------------------------------------------------------------------- helpers
 def _append_event(
     session: Session,
@@ -137,7 +116,7 @@ def _append_event(
             to_version=to_version,
             actor=actor,
             reason=reason,
-            created_at=now or _now(),
+            created_at=now or now_utc(),
             details=details or {},
         )
     )
@@ -174,7 +153,7 @@ def _set_status(row: ModelVersionRow, status: VersionStatus, now: datetime) -> N
 def register_version(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     artifact: ArtifactRef,
     actor: str,
     reason: str = "registered",
@@ -205,7 +184,7 @@ def register_version(
         select(func.max(ModelVersionRow.version)).where(ModelVersionRow.model_name == model_name)
     ).scalar_one()
     number = (latest or 0) + 1
-    now = _now()
+    now = now_utc()
     row = ModelVersionRow(
         model_name=model_name,
         version=number,
@@ -241,13 +220,19 @@ def register_version(
     return _version(row)
 
 
-def register_version_with_retry(engine: Engine, *, attempts: int = 8, **kwargs: Any) -> ModelVersion:
+def register_version_with_retry(
+    engine: Engine, *, model_name: str, attempts: int = 8, **kwargs: Any
+) -> ModelVersion:
     """``register_version`` in a transaction of its own, retried in a fresh one
     if another writer took the number."""
-    return run_transaction(engine, lambda session: register_version(session, **kwargs), attempts=attempts)
+    return run_transaction(
+        engine,
+        lambda session: register_version(session, model_name=model_name, **kwargs),
+        attempts=attempts,
+    )
 
 
-def get_version(session: Session, *, model_name: str = DEFAULT_MODEL, version: int) -> ModelVersion:
+def get_version(session: Session, *, model_name: str, version: int) -> ModelVersion:
     """One version (``NotFoundError`` if absent)."""
     return _version(_version_row(session, model_name, version))
 
@@ -255,7 +240,7 @@ def get_version(session: Session, *, model_name: str = DEFAULT_MODEL, version: i
 def list_versions(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     status: VersionStatus | str | Iterable[VersionStatus | str] | None = None,
     limit: int = 50,
     cycle_from: date | None = None,
@@ -274,7 +259,7 @@ def list_versions(
     return [_version(row) for row in session.execute(stmt).scalars()]
 
 
-def get_lineage(session: Session, *, model_name: str = DEFAULT_MODEL, version: int) -> Lineage:
+def get_lineage(session: Session, *, model_name: str, version: int) -> Lineage:
     """A version and its chain of parents (nearest first) back to the cold-start version."""
     row = _version_row(session, model_name, version)
     parents: list[ModelVersion] = []
@@ -286,7 +271,7 @@ def get_lineage(session: Session, *, model_name: str = DEFAULT_MODEL, version: i
     return Lineage(version=_version(row), parents=tuple(parents))
 
 
-def get_production(session: Session, *, model_name: str = DEFAULT_MODEL) -> Production | None:
+def get_production(session: Session, *, model_name: str) -> Production | None:
     """The production alias and its version, or ``None`` before the first promotion."""
     alias = session.execute(
         select(ProductionAliasRow).where(ProductionAliasRow.model_name == model_name)
@@ -347,7 +332,7 @@ def _move_production(
 def promote(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     version: int,
     actor: str,
     reason: str,
@@ -392,7 +377,7 @@ def promote(
     if previous_status == VersionStatus.FAILED and not force:
         raise InvalidTransitionError(f"version {version} is failed; promoting it needs force")
     old = _version_row(session, model_name, current, lock=True) if current is not None else None
-    now = _now()
+    now = now_utc()
     try:
         production = _move_production(
             session,
@@ -432,7 +417,7 @@ def _label(version: int | None) -> str:
     return "none" if version is None else f"version {version}"
 
 
-def production_history(session: Session, *, model_name: str = DEFAULT_MODEL) -> list[int]:
+def production_history(session: Session, *, model_name: str) -> list[int]:
     """The stack of production versions replayed from the events: promotions push, rollbacks pop.
 
     Its top is the current production; the entry below it is where a plain rollback goes. A version that was
@@ -481,9 +466,7 @@ def _rollback_to(session: Session, model_name: str, current: int, to: int | None
     return stack[position - 1]
 
 
-def rollback_plan(
-    session: Session, *, model_name: str = DEFAULT_MODEL, to: int | None = None
-) -> tuple[int, ModelVersion]:
+def rollback_plan(session: Session, *, model_name: str, to: int | None = None) -> tuple[int, ModelVersion]:
     """What ``rollback`` would do now: ``(current production, target version)``, without changing anything.
 
     Callers verify the target's artifact with it, then run ``rollback(to=target, expected_current=current)``.
@@ -500,7 +483,7 @@ def rollback_plan(
 def rollback(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     actor: str,
     reason: str,
     to: int | None = None,
@@ -533,7 +516,7 @@ def rollback(
             f"version {to} is {previous_status.value}; rolling back to it needs --force"
         )
     old = _version_row(session, model_name, current, lock=True)
-    now = _now()
+    now = now_utc()
     production = _move_production(
         session,
         model_name=model_name,
@@ -581,7 +564,7 @@ def _retire(
         )
     if previous not in allowed_from:
         raise InvalidTransitionError(f"version {version} is {previous.value}; cannot mark it {status.value}")
-    now = _now()
+    now = now_utc()
     _set_status(row, status, now)
     _append_event(
         session,
@@ -600,7 +583,7 @@ def _retire(
 def reject_version(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     version: int,
     actor: str,
     reason: str,
@@ -623,7 +606,7 @@ def reject_version(
 def mark_failed(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     version: int,
     actor: str,
     reason: str,
@@ -646,7 +629,7 @@ def mark_failed(
 def list_events(
     session: Session,
     *,
-    model_name: str = DEFAULT_MODEL,
+    model_name: str,
     version: int | None = None,
     kinds: Iterable[EventKind | str] | None = None,
     limit: int = 100,
@@ -663,198 +646,3 @@ def list_events(
         stmt = stmt.where(RegistryEventRow.kind.in_([EventKind(k).value for k in kinds]))
     stmt = stmt.order_by(RegistryEventRow.id.desc()).limit(limit)
     return [_event(row) for row in session.execute(stmt).scalars()]
-
-
-# -------------------------------------------------------------------------------------- cycle runs
-def _run_row(session: Session, model_name: str, cycle_date: date, *, lock: bool) -> CycleRunRow | None:
-    stmt = select(CycleRunRow).where(
-        CycleRunRow.model_name == model_name, CycleRunRow.cycle_date == cycle_date
-    )
-    if lock:
-        stmt = stmt.with_for_update()
-    return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
-
-
-def claim_cycle(
-    session: Session,
-    *,
-    cycle_date: date,
-    owner: str,
-    stale_after_s: float,
-    force: bool = False,
-    retry_failed: bool = True,
-    model_name: str = DEFAULT_MODEL,
-    now: datetime | None = None,
-) -> CycleClaim:
-    """Claim ``cycle_date`` for ``owner``; exactly one of concurrent claimers gets ``acquired=True``.
-
-    - no run yet: insert one (the unique date makes a concurrent insert lose) — ``claimed``;
-    - ``running`` with a heartbeat fresher than ``stale_after_s``: not acquired — ``held`` (even with force);
-    - ``running`` but stale, ``failed`` (when ``retry_failed``), or ``succeeded`` with ``force``: taken over
-      with ``attempt + 1`` by a compare-and-set on the attempt — ``taken_over``;
-    - ``succeeded`` without force: a no-op — ``succeeded``; ``failed`` without ``retry_failed``: ``failed``;
-    - ``skipped`` (no data or too little of it): taken over — late data may have arrived since.
-    Commit promptly: the claim is only visible to others once the transaction commits.
-    """
-    now = now or _now()
-    row = _run_row(session, model_name, cycle_date, lock=True)
-    if row is None:
-        fresh = CycleRunRow(
-            model_name=model_name,
-            cycle_date=cycle_date,
-            status=CycleStatus.RUNNING.value,
-            attempt=1,
-            owner=owner,
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            error=None,
-            produced_version=None,
-            details={},
-        )
-        try:
-            with session.begin_nested():
-                session.add(fresh)
-        except sa_exc.IntegrityError:
-            row = _run_row(session, model_name, cycle_date, lock=True)
-            if row is None:  # pragma: no cover - the conflicting row vanished (deleted by hand)
-                raise
-        else:
-            return CycleClaim(acquired=True, reason="claimed", run=_run(fresh))
-    status = CycleStatus(row.status)
-    if status == CycleStatus.RUNNING and now - row.heartbeat_at < timedelta(seconds=stale_after_s):
-        return CycleClaim(acquired=False, reason="held", run=_run(row))
-    if status == CycleStatus.SUCCEEDED and not force:
-        return CycleClaim(acquired=False, reason="succeeded", run=_run(row))
-    if status == CycleStatus.FAILED and not (retry_failed or force):
-        return CycleClaim(acquired=False, reason="failed", run=_run(row))
-    previous = {
-        "attempt": row.attempt,
-        "status": row.status,
-        "owner": row.owner,
-        "error": row.error,
-        "heartbeat_at": row.heartbeat_at.isoformat(),
-    }
-    result = session.execute(
-        update(CycleRunRow)
-        .where(CycleRunRow.id == row.id, CycleRunRow.attempt == row.attempt)
-        .values(
-            status=CycleStatus.RUNNING.value,
-            attempt=row.attempt + 1,
-            owner=owner,
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            error=None,
-            produced_version=None,
-            details={"previous_attempt": previous, "forced": force},
-        )
-        .execution_options(synchronize_session=False)
-    )
-    refreshed = _run_row(session, model_name, cycle_date, lock=False)
-    assert refreshed is not None
-    if getattr(result, "rowcount", 0) != 1:
-        return CycleClaim(acquired=False, reason="held", run=_run(refreshed))
-    return CycleClaim(acquired=True, reason="taken_over", run=_run(refreshed))
-
-
-def _update_claimed(session: Session, run: CycleRun, values: dict[str, Any]) -> CycleRun:
-    result = session.execute(
-        update(CycleRunRow)
-        .where(
-            CycleRunRow.id == run.id,
-            CycleRunRow.attempt == run.attempt,
-            CycleRunRow.owner == run.owner,
-            CycleRunRow.status == CycleStatus.RUNNING.value,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) != 1:
-        raise ClaimLostError(
-            f"cycle {run.cycle_date} attempt {run.attempt} of {run.owner!r} no longer holds its claim"
-            " (taken over after a stale heartbeat, or already finished)"
-        )
-    return get_cycle_run(session, run_id=run.id)
-
-
-def heartbeat_cycle(session: Session, *, run: CycleRun, now: datetime | None = None) -> CycleRun:
-    """Refresh the claim's heartbeat; ``ClaimLostError`` if another owner took the date over."""
-    return _update_claimed(session, run, {"heartbeat_at": now or _now()})
-
-
-def finish_cycle(
-    session: Session,
-    *,
-    run: CycleRun,
-    status: CycleStatus | str,
-    error: str | None = None,
-    produced_version: int | None = None,
-    details: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> CycleRun:
-    """Close the claim as ``succeeded``, ``failed`` or ``skipped``; ``details`` merge into the run's."""
-    final = CycleStatus(status)
-    if final == CycleStatus.RUNNING:
-        raise InvalidTransitionError("finish_cycle needs a final status: succeeded, failed or skipped")
-    if final == CycleStatus.FAILED and not error:
-        raise InvalidTransitionError("a failed cycle run needs its error text")
-    if final == CycleStatus.SKIPPED and not error:
-        raise InvalidTransitionError("a skipped cycle run needs its reason")
-    current = get_cycle_run(session, run_id=run.id)
-    now = now or _now()
-    return _update_claimed(
-        session,
-        run,
-        {
-            "status": final.value,
-            "error": error,
-            "produced_version": produced_version,
-            "finished_at": now,
-            "heartbeat_at": now,
-            "details": {**current.details, **(details or {})},
-        },
-    )
-
-
-def get_cycle_run(
-    session: Session,
-    *,
-    run_id: int | None = None,
-    cycle_date: date | None = None,
-    model_name: str = DEFAULT_MODEL,
-) -> CycleRun:
-    """One run by id or by date (``NotFoundError`` if absent)."""
-    if run_id is not None:
-        stmt = select(CycleRunRow).where(CycleRunRow.id == run_id)
-    elif cycle_date is not None:
-        stmt = select(CycleRunRow).where(
-            CycleRunRow.model_name == model_name, CycleRunRow.cycle_date == cycle_date
-        )
-    else:
-        raise ValueError("get_cycle_run needs run_id or cycle_date")
-    row = session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
-    if row is None:
-        raise NotFoundError(f"no cycle run {run_id if run_id is not None else cycle_date}")
-    return _run(row)
-
-
-def list_cycle_runs(
-    session: Session,
-    *,
-    model_name: str = DEFAULT_MODEL,
-    status: CycleStatus | str | None = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    limit: int = 100,
-) -> list[CycleRun]:
-    """Runs newest cycle date first, optionally by status and date range (inclusive)."""
-    stmt = select(CycleRunRow).where(CycleRunRow.model_name == model_name)
-    if status is not None:
-        stmt = stmt.where(CycleRunRow.status == CycleStatus(status).value)
-    if date_from is not None:
-        stmt = stmt.where(CycleRunRow.cycle_date >= date_from)
-    if date_to is not None:
-        stmt = stmt.where(CycleRunRow.cycle_date <= date_to)
-    stmt = stmt.order_by(CycleRunRow.cycle_date.desc()).limit(limit)
-    return [_run(row) for row in session.execute(stmt).scalars()]

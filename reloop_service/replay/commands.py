@@ -13,7 +13,7 @@ import typer
 from reloop_service.clitools import console, fail, replay_app
 
 if TYPE_CHECKING:  # imported inside the commands: ``reloop --help`` does not pay for NumPy/Arrow/torch
-    from reloop_service.replay.runner import Protocol, ReplayConfig, ReplayData
+    from reloop_service.replay.runner import ReplayConfig, ReplayData, SplitProtocol
 
 # The names of replay.runner.STRATEGIES, spelled out so that --help need not import the runner
 # (tests/test_cli.py checks that the two stay equal).
@@ -72,7 +72,7 @@ class Options:
     strategies: list[str]
     seeds: list[int]
     config: ReplayConfig
-    protocol: Protocol
+    protocol: SplitProtocol
     out: Path
     workers: int
     keep: bool
@@ -81,7 +81,7 @@ class Options:
 
 
 def _options(**kw: Any) -> Options:
-    from reloop_service.replay.runner import Protocol, ReplayConfig, StrategyConfig
+    from reloop_service.replay.runner import ReplayConfig, SplitProtocol, StrategyConfig
 
     strategies = [s.strip() for s in kw["strategies"].split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -122,7 +122,7 @@ def _options(**kw: Any) -> Options:
         strategies=per,
         gate=kw["gate"],
     )
-    protocol = Protocol(
+    protocol = SplitProtocol(
         warmup_bins=kw["warmup_bins"],
         select_from=lo,
         select_to=hi,

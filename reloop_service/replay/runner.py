@@ -96,7 +96,7 @@ def dates_from(n_bins: int, start: date = BASE_DATE) -> tuple[date, ...]:
 
 
 @dataclass(frozen=True)
-class Protocol:
+class SplitProtocol:
     """Which bins warm up, which choose hyper-parameters and which are reported."""
 
     warmup_bins: int = 4
@@ -196,13 +196,8 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
         }
     )
     full = strategy == "full_retrain"
-    return Settings(
-        data_dir=workdir,
-        database_url=f"sqlite:///{workdir / 'registry.db'}",
-        logs_uri=str(workdir / "logs"),
-        artifacts_uri=str(workdir / "artifacts"),
-        archive_uri=str(workdir / "archive"),
-        reports_uri=str(workdir / "reports"),
+    return Settings().rooted_at(
+        workdir,
         spec_path=workdir / "spec.toml",
         model="lr" if strategy == "lr" else config.model,  # type: ignore[arg-type]
         loss=loss,  # type: ignore[arg-type]
@@ -284,7 +279,7 @@ def run_one(
     strategy: str,
     seed: int,
     config: ReplayConfig,
-    protocol: Protocol,
+    protocol: SplitProtocol,
     workdir: Path,
     predictions_path: Path,
     progress: Progress | None = None,
@@ -478,7 +473,7 @@ class RunSpec:
 
 
 def _execute(
-    data: ReplayData, run: RunSpec, protocol: Protocol, keep: bool, progress: Progress | None
+    data: ReplayData, run: RunSpec, protocol: SplitProtocol, keep: bool, progress: Progress | None
 ) -> dict[str, Any]:
     try:
         result = run_one(
@@ -498,7 +493,9 @@ def _execute(
     return result
 
 
-def _worker(data: ReplayData, run: RunSpec, protocol: Protocol, keep: bool, queue: Any) -> dict[str, Any]:
+def _worker(
+    data: ReplayData, run: RunSpec, protocol: SplitProtocol, keep: bool, queue: Any
+) -> dict[str, Any]:
     """A pool worker: one run, reporting each finished bin through the manager queue."""
     return _execute(data, run, protocol, keep, lambda _s, _seed, k: queue.put((run.label, k)))
 
@@ -507,7 +504,7 @@ def run_many(
     data: ReplayData,
     runs: Sequence[RunSpec],
     *,
-    protocol: Protocol,
+    protocol: SplitProtocol,
     workers: int = 1,
     keep_data: bool = False,
     show_progress: bool = True,

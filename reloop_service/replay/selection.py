@@ -17,10 +17,10 @@ from typing import Any
 
 from reloop_service.replay.report import run_figures
 from reloop_service.replay.runner import (
-    Protocol,
     ReplayConfig,
     ReplayData,
     RunSpec,
+    SplitProtocol,
     StrategyConfig,
     run_many,
 )
@@ -52,7 +52,7 @@ def _score(
     variants: Sequence[tuple[str, str, StrategyConfig]],
     *,
     config: ReplayConfig,
-    protocol: Protocol,
+    protocol: SplitProtocol,
     seeds: Sequence[int],
     out_dir: Path,
     workers: int,
@@ -99,7 +99,7 @@ def select(
     *,
     strategies: Sequence[str],
     config: ReplayConfig,
-    protocol: Protocol,
+    protocol: SplitProtocol,
     seeds: Sequence[int],
     out_dir: Path,
     workers: int = 1,

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleRun, ModelVersion, Production, RegistryEvent
 from reloop_service.registry.errors import ArtifactUnusableError, PromotionConflictError
@@ -153,18 +153,13 @@ def list_cycle_runs(
     *, engine: Engine, model_name: str, limit: int, deadline: float | None = None
 ) -> list[CycleRun]:
     with session_scope(engine, readonly=True, deadline=deadline) as session:
-        return store.list_cycle_runs(session, model_name=model_name, limit=limit)
+        return cycle_runs.list_cycle_runs(session, model_name=model_name, limit=limit)
 
 
 def get_cycle_run(*, engine: Engine, model_name: str, run_id: int, deadline: float | None = None) -> CycleRun:
     """One run by id (``NotFoundError`` -> 404 when absent or of another model)."""
-    from reloop_service.registry.errors import NotFoundError
-
     with session_scope(engine, readonly=True, deadline=deadline) as session:
-        run = store.get_cycle_run(session, run_id=run_id)
-    if run.model_name != model_name:
-        raise NotFoundError(f"no cycle run {run_id}")
-    return run
+        return cycle_runs.get_cycle_run(session, run_id=run_id, model_name=model_name)
 
 
 def to_json(entity: Any) -> dict[str, Any]:

@@ -85,10 +85,19 @@ def _setup_registry(data_dir: Path) -> None:
         last_day=date(2024, 1, 1),
     )
     ref = ArtifactStore(settings.resolved_artifacts_uri).put(checkpoint_to_bytes(ckpt), "bench.pt")
-    mv = store.register_version_with_retry(engine, artifact=ref, actor="bench", reason="bench demo model")
+    mv = store.register_version_with_retry(
+        engine, model_name=settings.model_name, artifact=ref, actor="bench", reason="bench demo model"
+    )
     run_transaction(
         engine,
-        lambda s: store.promote(s, version=mv.version, actor="bench", reason="bench", expected_current=None),
+        lambda s: store.promote(
+            s,
+            model_name=settings.model_name,
+            version=mv.version,
+            actor="bench",
+            reason="bench",
+            expected_current=None,
+        ),
     )
     engine.dispose()
 

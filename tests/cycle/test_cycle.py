@@ -15,13 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cycle_data import DAY0, write_day
+from sqlalchemy import update
 
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.run import CycleOutcome, run_cycle
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
+from reloop_service.registry.errors import ClaimLostError
 from reloop_service.registry.events import CycleStatus, VersionStatus
+from reloop_service.registry.orm import CycleRunRow
 
 ROWS = 1500
 Env = Callable[..., Settings]
@@ -38,7 +41,7 @@ def _registry(settings: Settings) -> dict[str, Any]:
         with session_scope(engine, readonly=True) as session:
             prod = store.get_production(session, model_name=settings.model_name)
             versions = store.list_versions(session, model_name=settings.model_name, limit=100)
-            runs = store.list_cycle_runs(session, model_name=settings.model_name)
+            runs = cycle_runs.list_cycle_runs(session, model_name=settings.model_name)
     finally:
         engine.dispose()
     return {
@@ -164,21 +167,23 @@ def test_stale_claim_is_taken_over_and_fresh_one_is_not(sqlite_env: Env) -> None
     engine = make_engine(settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            dead = store.claim_cycle(session, cycle_date=DAY0, owner="crashed-host", stale_after_s=5.0).run
+            dead = cycle_runs.claim_cycle(
+                session, model_name="ctr", cycle_date=DAY0, owner="crashed-host", stale_after_s=5.0
+            ).run
         held = run_cycle(settings=settings, cycle_date=DAY0, actor="test")
         assert held.status == "skipped" and held.reason == "held"
 
         with session_scope(engine) as session:  # the crashed owner's heartbeat goes stale
             session.execute(
-                store.update(store.CycleRunRow)
-                .where(store.CycleRunRow.id == dead.id)
+                update(CycleRunRow)
+                .where(CycleRunRow.id == dead.id)
                 .values(heartbeat_at=dead.heartbeat_at - timedelta(minutes=10))
             )
         taken = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
         assert taken.attempt == 2 and taken.version == 1
         # The crashed owner coming back cannot touch the run any more.
-        with pytest.raises(store.ClaimLostError), session_scope(engine) as session:
-            store.heartbeat_cycle(session, run=dead)
+        with pytest.raises(ClaimLostError), session_scope(engine) as session:
+            cycle_runs.heartbeat_cycle(session, run=dead)
     finally:
         engine.dispose()
 
@@ -362,10 +367,15 @@ def test_gate_rejection_keeps_production_and_operator_can_override(sqlite_env: E
     try:
         with session_scope(engine) as session:
             store.promote(
-                session, version=2, actor="alice", reason="override: holdout too small", expected_current=1
+                session,
+                model_name="ctr",
+                version=2,
+                actor="alice",
+                reason="override: holdout too small",
+                expected_current=1,
             )
         with session_scope(engine, readonly=True) as session:
-            events = store.list_events(session, version=2)
+            events = store.list_events(session, model_name="ctr", version=2)
     finally:
         engine.dispose()
     assert _registry(settings)["production"] == 2

@@ -17,7 +17,7 @@ from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.run import run_cycle
 from reloop_service.cycle.scheduler import CycleScheduler, catch_up, plan_catch_up, target_day
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.events import CycleStatus
 
@@ -29,7 +29,9 @@ def _runs(settings: Settings) -> dict[date, Any]:
     engine = make_engine(settings.resolved_database_url)
     try:
         with session_scope(engine, readonly=True) as session:
-            return {r.cycle_date: r for r in store.list_cycle_runs(session, model_name=settings.model_name)}
+            return {
+                r.cycle_date: r for r in cycle_runs.list_cycle_runs(session, model_name=settings.model_name)
+            }
     finally:
         engine.dispose()
 
@@ -182,7 +184,7 @@ def test_reloop_demo_three_days_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     engine = make_engine(settings.resolved_database_url)
     try:
         with session_scope(engine, readonly=True) as session:
-            promoted = store.list_events(session, kinds=["promoted"])
+            promoted = store.list_events(session, model_name="ctr", kinds=["promoted"])
     finally:
         engine.dispose()
     assert len(promoted) >= 1 and promoted[-1].version == 1

@@ -80,9 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp_path = tmp_path_factory.mktemp("dashboard")
     data_dir = tmp_path / "data"
     db_url = f"sqlite:///{data_dir / 'registry.db'}"
-    demo = build_demo(
-        Settings(data_dir=data_dir, database_url=db_url, artifacts_uri=str(data_dir / "artifacts"))
-    )
+    demo = build_demo(Settings().rooted_at(data_dir))
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RELOOP_")},

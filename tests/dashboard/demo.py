@@ -23,7 +23,7 @@ from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.steps import judge
 from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, run_transaction, upgrade
 from reloop_service.registry.entities import CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
@@ -162,7 +162,10 @@ def build_demo(settings: Settings) -> Demo:
 
 def _claim(engine: Engine, day: date, owner: str, at: datetime) -> CycleRun:
     claim = run_transaction(
-        engine, lambda s: store.claim_cycle(s, cycle_date=day, owner=owner, stale_after_s=120, now=at)
+        engine,
+        lambda s: cycle_runs.claim_cycle(
+            s, model_name="ctr", cycle_date=day, owner=owner, stale_after_s=120, now=at
+        ),
     )
     assert claim.acquired, claim
     return claim.run
@@ -179,7 +182,7 @@ def _fail(engine: Engine, run: CycleRun, error: str, at: datetime, seconds: floa
     }
     run_transaction(
         engine,
-        lambda s: store.finish_cycle(
+        lambda s: cycle_runs.finish_cycle(
             s, run=run, status=CycleStatus.FAILED, error=error, details=details, now=end
         ),
     )
@@ -309,7 +312,9 @@ def _build(settings: Settings, engine: Engine) -> Demo:
         versions.append(number)
         if gate.passed:
             previous, prod, prod_ckpt = prod or 0, number, ckpt
-            prod_version = run_transaction(engine, lambda s, n=number: store.get_version(s, version=n))
+            prod_version = run_transaction(
+                engine, lambda s, n=number: store.get_version(s, model_name="ctr", version=n)
+            )
         else:
             rejected = number
     assert prod is not None

@@ -104,29 +104,35 @@ class Registry:
     def add_version(self, seed: int, *, data: bytes | None = None) -> int:
         ref = self.artifacts.put(data if data is not None else checkpoint_bytes(seed), f"model-{seed}.pt")
         return store.register_version_with_retry(
-            self.engine, artifact=ref, actor="test", reason=f"seed {seed}"
+            self.engine, model_name="ctr", artifact=ref, actor="test", reason=f"seed {seed}"
         ).version
 
     def artifact_path(self, version: int) -> Path:
         with session_scope(self.engine, readonly=True) as session:
-            return Path(store.get_version(session, version=version).artifact.uri)
+            return Path(store.get_version(session, model_name="ctr", version=version).artifact.uri)
 
     def production(self) -> int | None:
         with session_scope(self.engine, readonly=True) as session:
-            prod = store.get_production(session)
+            prod = store.get_production(session, model_name="ctr")
         return prod.version.version if prod else None
 
     def promote(self, version: int) -> None:
         run_transaction(
             self.engine,
             lambda s: store.promote(
-                s, version=version, actor="test", reason="setup", expected_current=None, unconditional=True
+                s,
+                model_name="ctr",
+                version=version,
+                actor="test",
+                reason="setup",
+                expected_current=None,
+                unconditional=True,
             ),
         )
 
     def promoted_events(self) -> list[tuple[int | None, int | None]]:
         with session_scope(self.engine, readonly=True) as session:
-            events = store.list_events(session, kinds=["promoted"], limit=10_000)
+            events = store.list_events(session, model_name="ctr", kinds=["promoted"], limit=10_000)
         return [(e.from_version, e.to_version) for e in reversed(events)]
 
     def close(self) -> None:

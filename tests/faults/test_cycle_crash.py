@@ -22,7 +22,7 @@ def _versions(reg: fk.Registry) -> list[int]:
     from reloop_service.registry.db import session_scope
 
     with session_scope(reg.engine, readonly=True) as session:
-        return sorted(v.version for v in store.list_versions(session, limit=1000))
+        return sorted(v.version for v in store.list_versions(session, model_name="ctr", limit=1000))
 
 
 def test_kill_9_mid_training_then_rerun_takes_over_and_sweeps(tmp_path: Path) -> None:
@@ -68,11 +68,11 @@ def test_kill_9_mid_training_then_rerun_takes_over_and_sweeps(tmp_path: Path) ->
         if swept_by_cycle:
             assert "stale work folder" in done.stderr and left[0] in done.stderr
         assert _versions(reg) == [1, 2] and reg.production() == 2
-        from reloop_service.registry import store
+        from reloop_service.registry import cycle_runs
         from reloop_service.registry.db import session_scope
 
         with session_scope(reg.engine, readonly=True) as session:
-            run = store.get_cycle_run(session, cycle_date=DAY2)
+            run = cycle_runs.get_cycle_run(session, model_name="ctr", cycle_date=DAY2)
         assert run.status.value == "succeeded" and run.attempt == 2
 
         # `reloop gc`: an artifact no version references (a registration that died after writing it) goes
@@ -150,11 +150,11 @@ def test_cli_and_api_triggers_racing_produce_exactly_one_run(tmp_path: Path) -> 
             assert ran == 1, (api.text, codes, texts)
 
             def finished() -> bool:
-                from reloop_service.registry import store
+                from reloop_service.registry import cycle_runs
                 from reloop_service.registry.db import session_scope
 
                 with session_scope(reg.engine, readonly=True) as session:
-                    run = store.get_cycle_run(session, cycle_date=DAY1)
+                    run = cycle_runs.get_cycle_run(session, model_name="ctr", cycle_date=DAY1)
                 return run.status.value == "succeeded" and run.attempt == 1
 
             fk.wait_for(finished, timeout=120, what="the one run to succeed", every=0.2)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, session_scope
 from reloop_service.registry.entities import ArtifactRef, ModelVersion
@@ -55,21 +55,25 @@ def register(
 ) -> ModelVersion:
     """Register one version in its own transaction (a real artifact when ``artifacts`` is given)."""
     with session_scope(engine) as session:
-        count = len(store.list_versions(session, limit=10_000))
+        count = len(store.list_versions(session, model_name="ctr", limit=10_000))
         ref = real_ref(artifacts, count + 1) if artifacts is not None else fake_ref(f"v{count + 1}")
-        return store.register_version(session, artifact=ref, actor="test", parent_version=parent, **kwargs)
+        return store.register_version(
+            session, artifact=ref, actor="test", parent_version=parent, **{"model_name": "ctr", **kwargs}
+        )
 
 
 def production_version(engine: Engine) -> int | None:
     with session_scope(engine, readonly=True) as session:
-        production = store.get_production(session)
+        production = store.get_production(session, model_name="ctr")
         return production.version.version if production else None
 
 
 def promote(engine: Engine, version: int, *, reason: str = "test") -> None:
     current = production_version(engine)
     with session_scope(engine) as session:
-        store.promote(session, version=version, actor="test", reason=reason, expected_current=current)
+        store.promote(
+            session, model_name="ctr", version=version, actor="test", reason=reason, expected_current=current
+        )
 
 
 def promote_rounds(
@@ -81,14 +85,19 @@ def promote_rounds(
     try:
         for _ in range(rounds):
             with session_scope(engine, readonly=True) as session:
-                seen = store.get_production(session)
+                seen = store.get_production(session, model_name="ctr")
             current = seen.version.version if seen else None
             target = next(v for v in versions if v != current)
             barrier.wait(timeout=60)
             try:
                 with session_scope(engine) as session:
                     store.promote(
-                        session, version=target, actor=name, reason="race", expected_current=current
+                        session,
+                        model_name="ctr",
+                        version=target,
+                        actor=name,
+                        reason="race",
+                        expected_current=current,
                     )
                 outcomes.append(f"won:{target}")
             except PromotionConflictError:
@@ -115,6 +124,7 @@ def promote_unconditionally(
                     engine,
                     lambda session, target=target: store.promote(
                         session,
+                        model_name="ctr",
                         version=target,
                         actor=name,
                         reason="race",
@@ -138,7 +148,7 @@ def register_many(url: str, count: int, barrier: Barrier, name: str) -> list[int
         barrier.wait(timeout=60)
         for i in range(count):
             version = store.register_version_with_retry(
-                engine, artifact=fake_ref(f"{name}-{i}"), actor=name, reason="race"
+                engine, model_name="ctr", artifact=fake_ref(f"{name}-{i}"), actor=name, reason="race"
             )
             numbers.append(version.version)
     finally:
@@ -154,7 +164,9 @@ def claim_rounds(url: str, days: list[date], barrier: Barrier, name: str) -> lis
         for day in days:
             barrier.wait(timeout=60)
             with session_scope(engine) as session:
-                claim = store.claim_cycle(session, cycle_date=day, owner=name, stale_after_s=300)
+                claim = cycle_runs.claim_cycle(
+                    session, model_name="ctr", cycle_date=day, owner=name, stale_after_s=300
+                )
             results.append((day.isoformat(), claim.acquired, claim.reason))
     finally:
         engine.dispose()

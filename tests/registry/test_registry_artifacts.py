@@ -24,9 +24,9 @@ def test_put_get_round_trip_and_registered_ref(tmp_path: Path, migrated_engine: 
     assert leftovers == []
     assert artifacts.put(data, "ctr/model.ckpt") == ref  # same bytes, same place: idempotent
     with session_scope(migrated_engine) as session:
-        version = store.register_version(session, artifact=ref, actor="cycle")
+        version = store.register_version(session, model_name="ctr", artifact=ref, actor="cycle")
     with session_scope(migrated_engine, readonly=True) as session:
-        loaded = store.get_version(session, version=version.version).artifact
+        loaded = store.get_version(session, model_name="ctr", version=version.version).artifact
     assert artifacts.get(loaded) == data
     assert artifacts.get(loaded.uri, loaded.sha256) == data
 

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import registry_tools as rt
 from sqlalchemy import Engine, text
 
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.events import EventKind
 
@@ -30,8 +30,10 @@ def test_concurrent_promotions_one_winner_per_round_and_every_move_audited(
         )
     assert len(production) == 1
     with session_scope(migrated_engine, readonly=True) as session:
-        alias = store.get_production(session)
-        events = list(reversed(store.list_events(session, kinds=[EventKind.PROMOTED], limit=1000)))
+        alias = store.get_production(session, model_name="ctr")
+        events = list(
+            reversed(store.list_events(session, model_name="ctr", kinds=[EventKind.PROMOTED], limit=1000))
+        )
     assert alias is not None and alias.version.version == production[0][0] == wins[-1]
     assert len(events) == ROUNDS
     # The events form one unbroken chain of moves: each starts where the previous one ended.
@@ -53,8 +55,10 @@ def test_concurrent_unconditional_promotions_never_fail(db_url: str, migrated_en
     assert [int(o[3:]) for o in a] == [(1, 2, 3)[i % 3] for i in range(ROUNDS)]
     assert [int(o[3:]) for o in b] == [(2, 3, 1)[i % 3] for i in range(ROUNDS)]
     with session_scope(migrated_engine, readonly=True) as session:
-        alias = store.get_production(session)
-        events = list(reversed(store.list_events(session, kinds=[EventKind.PROMOTED], limit=1000)))
+        alias = store.get_production(session, model_name="ctr")
+        events = list(
+            reversed(store.list_events(session, model_name="ctr", kinds=[EventKind.PROMOTED], limit=1000))
+        )
     previous = None
     for event in events:
         assert event.from_version == previous and event.to_version != previous
@@ -67,7 +71,7 @@ def test_concurrent_registration_numbers_without_gaps(db_url: str, migrated_engi
     assert sorted(a + b) == list(range(1, 25))
     assert a == sorted(a) and b == sorted(b)
     with session_scope(migrated_engine, readonly=True) as session:
-        registered = store.list_events(session, kinds=["registered"], limit=100)
+        registered = store.list_events(session, model_name="ctr", kinds=["registered"], limit=100)
     assert sorted(e.version for e in registered if e.version is not None) == list(range(1, 25))
 
 
@@ -79,5 +83,5 @@ def test_concurrent_claims_exactly_one_winner_per_date(db_url: str, migrated_eng
         assert won_a != won_b, (day_a, why_a, why_b)
         assert {why_a, why_b} == {"claimed", "held"}
     with session_scope(migrated_engine, readonly=True) as session:
-        runs = store.list_cycle_runs(session)
+        runs = cycle_runs.list_cycle_runs(session, model_name="ctr")
     assert sorted(r.cycle_date for r in runs) == days and all(r.attempt == 1 for r in runs)

@@ -7,8 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from reloop_service.registry import store
+from reloop_service.registry import cycle_runs
 from reloop_service.registry.db import session_scope
+from reloop_service.registry.entities import CycleClaim
 from reloop_service.registry.errors import ClaimLostError, InvalidTransitionError
 from reloop_service.registry.events import CycleStatus
 
@@ -16,12 +17,17 @@ DAY = date(2024, 3, 1)
 T0 = datetime(2024, 3, 2, 2, 0, tzinfo=UTC)
 
 
-def _claim(
-    engine: Engine, owner: str, *, now: datetime, force: bool = False, **kw: object
-) -> store.CycleClaim:
+def _claim(engine: Engine, owner: str, *, now: datetime, force: bool = False, **kw: object) -> CycleClaim:
     with session_scope(engine) as session:
-        return store.claim_cycle(
-            session, cycle_date=DAY, owner=owner, stale_after_s=120, force=force, now=now, **kw
+        return cycle_runs.claim_cycle(
+            session,
+            model_name="ctr",
+            cycle_date=DAY,
+            owner=owner,
+            stale_after_s=120,
+            force=force,
+            now=now,
+            **kw,
         )
 
 
@@ -36,30 +42,30 @@ def test_first_claim_wins_and_fresh_claim_is_held(migrated_engine: Engine) -> No
 def test_stale_claim_is_taken_over_and_old_owner_loses_it(migrated_engine: Engine) -> None:
     first = _claim(migrated_engine, "a", now=T0)
     with session_scope(migrated_engine) as session:
-        beat = store.heartbeat_cycle(session, run=first.run, now=T0 + timedelta(seconds=100))
+        beat = cycle_runs.heartbeat_cycle(session, run=first.run, now=T0 + timedelta(seconds=100))
     assert beat.heartbeat_at == T0 + timedelta(seconds=100)
     assert not _claim(migrated_engine, "b", now=T0 + timedelta(seconds=200)).acquired  # 100 s since the beat
     taken = _claim(migrated_engine, "b", now=T0 + timedelta(seconds=221))
     assert taken.acquired and taken.reason == "taken_over"
     assert taken.run.attempt == 2 and taken.run.owner == "b" and taken.run.id == first.run.id
     assert taken.run.details["previous_attempt"]["owner"] == "a"
-    for call in (store.heartbeat_cycle, store.finish_cycle):
+    for call in (cycle_runs.heartbeat_cycle, cycle_runs.finish_cycle):
         with (
             pytest.raises(ClaimLostError, match="no longer holds"),
             session_scope(migrated_engine) as session,
         ):
-            if call is store.finish_cycle:
-                store.finish_cycle(session, run=first.run, status="succeeded")
+            if call is cycle_runs.finish_cycle:
+                cycle_runs.finish_cycle(session, run=first.run, status="succeeded")
             else:
-                store.heartbeat_cycle(session, run=first.run)
+                cycle_runs.heartbeat_cycle(session, run=first.run)
     with session_scope(migrated_engine, readonly=True) as session:
-        assert store.get_cycle_run(session, cycle_date=DAY).owner == "b"
+        assert cycle_runs.get_cycle_run(session, model_name="ctr", cycle_date=DAY).owner == "b"
 
 
 def test_succeeded_date_is_a_no_op_unless_forced(migrated_engine: Engine) -> None:
     claim = _claim(migrated_engine, "a", now=T0)
     with session_scope(migrated_engine) as session:
-        done = store.finish_cycle(
+        done = cycle_runs.finish_cycle(
             session, run=claim.run, status="succeeded", produced_version=None, details={"rows": 10}
         )
     assert (
@@ -76,9 +82,9 @@ def test_succeeded_date_is_a_no_op_unless_forced(migrated_engine: Engine) -> Non
 def test_failed_run_records_error_and_can_be_retried(migrated_engine: Engine) -> None:
     claim = _claim(migrated_engine, "a", now=T0)
     with pytest.raises(InvalidTransitionError, match="error"), session_scope(migrated_engine) as session:
-        store.finish_cycle(session, run=claim.run, status="failed")
+        cycle_runs.finish_cycle(session, run=claim.run, status="failed")
     with session_scope(migrated_engine) as session:
-        failed = store.finish_cycle(session, run=claim.run, status="failed", error="ingest: no files")
+        failed = cycle_runs.finish_cycle(session, run=claim.run, status="failed", error="ingest: no files")
     assert failed.error == "ingest: no files"
     kept = _claim(migrated_engine, "b", now=T0, retry_failed=False)
     assert not kept.acquired and kept.reason == "failed"
@@ -86,6 +92,6 @@ def test_failed_run_records_error_and_can_be_retried(migrated_engine: Engine) ->
     assert retry.acquired and retry.run.attempt == 2 and retry.run.error is None
     assert retry.run.details["previous_attempt"]["error"] == "ingest: no files"
     with session_scope(migrated_engine, readonly=True) as session:
-        runs = store.list_cycle_runs(session, status="running")
+        runs = cycle_runs.list_cycle_runs(session, model_name="ctr", status="running")
         assert [r.cycle_date for r in runs] == [DAY]
-        assert store.list_cycle_runs(session, date_from=DAY + timedelta(days=1)) == []
+        assert cycle_runs.list_cycle_runs(session, model_name="ctr", date_from=DAY + timedelta(days=1)) == []

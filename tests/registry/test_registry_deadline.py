@@ -21,19 +21,21 @@ def test_a_write_that_outlives_its_deadline_is_rolled_back(db_url: str, migrated
         pytest.raises(DeadlineExceededError, match="rolled back"),
         session_scope(migrated_engine, deadline=deadline) as session,
     ):
-        store.promote(session, version=1, actor="t", reason="late", expected_current=None)
+        store.promote(session, model_name="ctr", version=1, actor="t", reason="late", expected_current=None)
         while time.monotonic() <= deadline:  # the database "answered" only after the deadline
             time.sleep(0.01)
     assert rt.production_version(migrated_engine) is None
     with session_scope(migrated_engine, readonly=True) as session:
-        assert store.list_events(session, kinds=["promoted"]) == []
+        assert store.list_events(session, model_name="ctr", kinds=["promoted"]) == []
     with (
         pytest.raises(DeadlineExceededError, match="not started"),
         session_scope(migrated_engine, deadline=time.monotonic() - 1),
     ):
         raise AssertionError("a transaction past its deadline must not start")
     with session_scope(migrated_engine, deadline=time.monotonic() + 30) as session:  # in time: committed
-        store.promote(session, version=1, actor="t", reason="in time", expected_current=None)
+        store.promote(
+            session, model_name="ctr", version=1, actor="t", reason="in time", expected_current=None
+        )
     assert rt.production_version(migrated_engine) == 1
 
 

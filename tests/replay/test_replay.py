@@ -21,7 +21,14 @@ from reloop_service.registry import store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.replay.movielens import MovieLensError, movielens_table
 from reloop_service.replay.report import summarize, write_outputs
-from reloop_service.replay.runner import Protocol, ReplayConfig, RunSpec, StrategyConfig, run_many, spec_toml
+from reloop_service.replay.runner import (
+    ReplayConfig,
+    RunSpec,
+    SplitProtocol,
+    StrategyConfig,
+    run_many,
+    spec_toml,
+)
 from reloop_service.replay.sources import parquet_data
 
 torch.set_num_threads(1)
@@ -79,7 +86,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         strategies={"reloop": StrategyConfig(lr=3e-3, loss_params={"alpha": 0.5})},
         cluster_by="user",
     )
-    protocol = Protocol(warmup_bins=WARMUP, select_from=2, select_to=3, report_from=3)
+    protocol = SplitProtocol(warmup_bins=WARMUP, select_from=2, select_to=3, report_from=3)
     runs = [
         RunSpec(
             strategy=s,
@@ -288,7 +295,7 @@ def test_a_replay_over_logs_with_a_missing_day_completes(tmp_path: Path) -> None
         predictions_path=tmp_path / "bce.parquet",
         label="bce",
     )
-    protocol = Protocol(warmup_bins=WARMUP, select_from=2, select_to=3, report_from=2)
+    protocol = SplitProtocol(warmup_bins=WARMUP, select_from=2, select_to=3, report_from=2)
     (result,) = run_many(data, [run], protocol=protocol, workers=1, show_progress=False)
     by_bin = {b["bin"]: b for b in result["bins"]}
     assert sorted(by_bin) == list(range(WARMUP, DAYS))

@@ -84,7 +84,7 @@ def load_version(env: dict[str, str], version: int) -> Any:
     engine = make_engine(env["RELOOP_DATABASE_URL"])
     try:
         with session_scope(engine) as session:
-            info = get_version(session, version=version)
+            info = get_version(session, model_name="ctr", version=version)
     finally:
         engine.dispose()
     store = ArtifactStore(str(Path(env["RELOOP_DATA_DIR"]) / "artifacts"))

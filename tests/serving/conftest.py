@@ -72,6 +72,7 @@ class Registry:
         ref = self.artifacts.put(data, f"model-{seed}.pt")
         mv = store.register_version_with_retry(
             self.engine,
+            model_name="ctr",
             artifact=ref,
             actor="test",
             reason=f"seed {seed}",

@@ -74,13 +74,13 @@ def test_off_admin_api_is_a_403_problem(registry: Any) -> None:
 
 def test_cycle_trigger_location_and_run_lookup(served: Any) -> None:
     client, reg = served
-    from reloop_service.registry import store
+    from reloop_service.registry import cycle_runs
     from reloop_service.registry.db import make_engine, session_scope
 
     engine = make_engine(reg.settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            claim = store.claim_cycle(
+            claim = cycle_runs.claim_cycle(
                 session,
                 cycle_date=date(2024, 5, 3),
                 owner="test",

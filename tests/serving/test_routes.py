@@ -175,7 +175,11 @@ def test_admin_versions_promote_rollback_events(served) -> None:
     assert detail["version"]["parent_version"] == 2 and [p["version"] for p in detail["lineage"]] == [2, 1]
     assert detail["is_production"] is False
     v = detail["version"]
-    assert v["data_first_day"] == "2024-05-01" and v["gate_verdict"]["passed"] is True and v["gate_verdict"]["rules"] == []
+    assert (
+        v["data_first_day"] == "2024-05-01"
+        and v["gate_verdict"]["passed"] is True
+        and v["gate_verdict"]["rules"] == []
+    )
     assert v["artifact"]["sha256"] and v["created_at"]
     assert client.get("/v1/admin/versions/99", headers=auth()).status_code == 404
 
