@@ -143,7 +143,7 @@ def test_cycle_serving_and_next_cycle_all_on_s3(s3_server: S3Server, s3_prefix: 
 
     engine = make_engine(settings.resolved_database_url)
     with session_scope(engine) as session:
-        v2 = get_version(session, version=2)
+        v2 = get_version(session, model_name="ctr", version=2)
     engine.dispose()
     assert v2.artifact.uri.startswith("s3://")
     assert len(ArtifactStore(settings.resolved_artifacts_uri, options).get(v2.artifact)) == v2.artifact.size
