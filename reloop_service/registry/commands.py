@@ -358,21 +358,20 @@ def promote_command(
     who = _actor(actor)
 
     def run(engine: Engine) -> Any:
-        with _db().session_scope(engine, readonly=True) as session:
-            seen = _store().get_production(session, model_name=settings.model_name)
-        if seen is not None and seen.version.version == version:
-            return None
-        _verify(settings, engine, version)  # checksum + real load before production moves
-        with _db().session_scope(engine) as session:
-            return _store().promote(
-                session,
-                model_name=settings.model_name,
-                version=version,
-                actor=who,
-                reason=reason,
-                expected_current=seen.version.version if seen else None,
-                force=force,
-            )
+        from reloop_service.registry.service import artifact_store, promote_version
+        from reloop_service.registry.verify import load_version
+
+        # The admin API's promote: verify by loading, then one unconditional transaction.
+        done = promote_version(
+            engine,
+            model_name=settings.model_name,
+            version=version,
+            actor=who,
+            reason=reason,
+            verify=lambda info: load_version(artifact_store(settings), info),
+            force=force,
+        )
+        return done.production if done.changed else None
 
     production = _with_registry(settings, run)
     if production is None:

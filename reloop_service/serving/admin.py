@@ -48,11 +48,6 @@ def show_version(
     return lineage.version, list(lineage.parents), is_prod
 
 
-def _read_version(engine: Engine, model_name: str, version: int, deadline: float | None) -> ModelVersion:
-    with session_scope(engine, readonly=True, deadline=deadline) as session:
-        return store.get_version(session, model_name=model_name, version=version)
-
-
 def _prepare(holder: ModelHolder, info: ModelVersion) -> LoadedModel:
     """Load the target's model before production moves; its failure is the promote's 422 with the reason."""
     try:
@@ -81,20 +76,22 @@ def promote_version(
     """Verify ``version``'s artifact by loading it (sha256, decode, warm-up), then promote it (compare-and-set
     on ``expected_current`` when given; otherwise unconditionally, serialized on the locked alias row) and
     serve the loaded model here. A write past ``deadline`` is rolled back, never applied later."""
-    prepared = _prepare(holder, _read_version(engine, model_name, version, deadline))
-    production = run_transaction(
+    from reloop_service.registry.service import promote_version as promote
+
+    done = promote(
         engine,
-        lambda session: store.promote(
-            session,
-            model_name=model_name,
-            version=version,
-            actor=actor,
-            reason=reason,
-            expected_current=expected_current,
-            unconditional=expected_current is None,
-        ),
+        model_name=model_name,
+        version=version,
+        actor=actor,
+        reason=reason,
+        verify=lambda info: _prepare(holder, info),
+        expected_current=expected_current,
         deadline=deadline,
     )
+    production, prepared = done.production, done.verified
+    if prepared is None:  # already production: nothing moved
+        holder.poll_once()
+        return production
     if production.version.artifact == prepared.info.artifact:
         holder.adopt(prepared)
     holder.poll_once()  # converge at once if another promote landed after ours
