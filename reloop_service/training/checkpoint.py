@@ -10,7 +10,7 @@ numbers only, so ``checkpoint_from_bytes`` loads with ``weights_only=True`` (no 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
@@ -80,24 +80,19 @@ class Checkpoint:
         }
 
 
+_DATE_FIELDS: Final = ("first_day", "last_day")  # stored as ISO strings (weights_only loads no dates)
+
+
 def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
-    """Serialize with ``torch.save``; dates become ISO strings so loading needs no custom classes."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": checkpoint.model_name,
-        "model_args": checkpoint.model_args,
-        "state_dict": {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()},
-        "spec": checkpoint.spec,
-        "loss": checkpoint.loss,
-        "loss_params": checkpoint.loss_params,
-        "seed": checkpoint.seed,
-        "first_day": checkpoint.first_day.isoformat() if checkpoint.first_day else None,
-        "last_day": checkpoint.last_day.isoformat() if checkpoint.last_day else None,
-        "optimizer_state": checkpoint.optimizer_state,
-        "train_config": checkpoint.train_config,
-        "metrics": checkpoint.metrics,
-    }
+    """Serialize with ``torch.save``: the marker, then every ``Checkpoint`` field by its own name."""
+    payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+    for f in fields(Checkpoint):
+        value = getattr(checkpoint, f.name)
+        if f.name == "state_dict":
+            value = {k: v.detach().cpu() for k, v in value.items()}
+        elif f.name in _DATE_FIELDS:
+            value = value.isoformat() if value else None
+        payload[f.name] = value
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -116,23 +111,15 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
             f"unsupported checkpoint version {payload.get('version')!r} "
             f"(this build reads versions {', '.join(map(str, sorted(READABLE_VERSIONS)))})"
         )
-    try:
-        return Checkpoint(
-            model_name=payload["model_name"],
-            model_args=payload["model_args"],
-            state_dict=payload["state_dict"],
-            spec=payload["spec"],
-            loss=payload["loss"],
-            loss_params=payload["loss_params"],
-            seed=payload["seed"],
-            first_day=date.fromisoformat(payload["first_day"]) if payload["first_day"] else None,
-            last_day=date.fromisoformat(payload["last_day"]) if payload["last_day"] else None,
-            optimizer_state=payload["optimizer_state"],
-            train_config=payload["train_config"],
-            metrics=payload["metrics"],
-        )
-    except KeyError as exc:
-        raise CheckpointError(f"checkpoint is missing field {exc}") from None
+    values: dict[str, Any] = {}
+    for f in fields(Checkpoint):
+        if f.name not in payload:
+            raise CheckpointError(f"checkpoint is missing field {f.name!r}")
+        value = payload[f.name]
+        if f.name in _DATE_FIELDS:
+            value = date.fromisoformat(value) if value else None
+        values[f.name] = value
+    return Checkpoint(**values)
 
 
 def save_checkpoint(
