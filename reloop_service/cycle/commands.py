@@ -43,6 +43,12 @@ StrictSpecOption = Annotated[
         help="Refuse to run when RELOOP_SPEC_PATH differs from the production model's feature spec.",
     ),
 ]
+NprocOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
+    ),
+]
 STEPS = ("parent", "ingest", "priors", "train", "gate", "train_holdout", "register", "report")
 
 
@@ -104,12 +110,7 @@ def _settings_for(data_dir: Path | None, logs: str | None, **overrides: Any) -> 
 def cycle_run(
     date_: DateOption,
     force: Annotated[bool, typer.Option("--force", help="Re-run a date that already succeeded.")] = False,
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
-        ),
-    ] = None,
+    nproc: NprocOption = None,
     logs: LogsOption = None,
     strict_spec: StrictSpecOption = False,
     json_out: JsonOption = False,
@@ -233,12 +234,7 @@ def cycle_backfill(
             "(default), or all (forced).",
         ),
     ] = "failed",
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
-        ),
-    ] = None,
+    nproc: NprocOption = None,
     logs: LogsOption = None,
     strict_spec: StrictSpecOption = False,
     json_out: JsonOption = False,

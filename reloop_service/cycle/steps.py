@@ -39,7 +39,7 @@ from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.records import GateRule, GateVerdict, HoldoutMetrics
 from reloop_service.registry.service import artifact_store
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
-from reloop_service.training.distributed import DayTrainer, LocalTrainer, StagedDay
+from reloop_service.training.distributed import DayJob, DayTrainer, LocalTrainer, StagedDay
 from reloop_service.training.trainer import PRIOR_COLUMN
 
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
@@ -561,14 +561,16 @@ def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Traine
     # One process normally; under torchrun (``reloop cycle run --nproc N``) every rank trains its
     # shard of the staged day's row groups and this rank (0) gets the common result.
     result = ctx.trainer.train_day(
-        config=config,
-        spec=spec,
-        day=StagedDay(uri=str(prepared.path), batch_size=READ_BATCH_ROWS),
-        batches=prepared.train_batches,
-        init=init,
-        first_day=ctx.cycle_date if cold else None,
-        last_day=ctx.cycle_date,
-        base_rate=prepared.train_positives / max(prepared.train_rows, 1),
+        DayJob(
+            config=config,
+            spec=spec,
+            day=StagedDay(uri=str(prepared.path), batch_size=READ_BATCH_ROWS),
+            batches=prepared.train_batches,
+            init=init,
+            first_day=ctx.cycle_date if cold else None,
+            last_day=ctx.cycle_date,
+            base_rate=prepared.train_positives / max(prepared.train_rows, 1),
+        )
     )
     seconds = time.perf_counter() - started
     ctx.log.info(

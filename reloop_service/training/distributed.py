@@ -462,24 +462,27 @@ def iter_shard(
                     yield batch
 
 
+@dataclass(frozen=True)
+class DayJob:
+    """One version to train on a staged day (what the cycle's train step hands its trainer)."""
+
+    config: TrainConfig
+    spec: FeatureSpec
+    day: StagedDay
+    batches: Callable[[], Iterable[pa.RecordBatch]]  # the staged rows, re-iterable (one process)
+    init: Checkpoint | None
+    first_day: date | None
+    last_day: date | None
+    base_rate: float | None  # a new model's output bias starts at logit(base_rate) on every rank
+
+
 class DayTrainer(Protocol):
     """How the cycle trains one version on a staged day: in this process, or on every rank of a job."""
 
     @property
     def world_size(self) -> int: ...
 
-    def train_day(
-        self,
-        *,
-        config: TrainConfig,
-        spec: FeatureSpec,
-        day: StagedDay,
-        batches: Callable[[], Iterable[pa.RecordBatch]],
-        init: Checkpoint | None,
-        first_day: date | None,
-        last_day: date | None,
-        base_rate: float | None,
-    ) -> TrainResult: ...
+    def train_day(self, job: DayJob) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
@@ -488,30 +491,18 @@ class LocalTrainer:
 
     world_size: int = 1
 
-    def train_day(
-        self,
-        *,
-        config: TrainConfig,
-        spec: FeatureSpec,
-        day: StagedDay,
-        batches: Callable[[], Iterable[pa.RecordBatch]],
-        init: Checkpoint | None,
-        first_day: date | None,
-        last_day: date | None,
-        base_rate: float | None,
-    ) -> TrainResult:
+    def train_day(self, job: DayJob) -> TrainResult:
         from reloop_service.training.trainer import train
 
-        del day  # the batches already read it
         return train(
-            config=config,
-            spec=spec,
-            batches=batches,
-            init=init,
-            first_day=first_day,
-            last_day=last_day,
+            config=job.config,
+            spec=job.spec,
+            batches=job.batches,
+            init=job.init,
+            first_day=job.first_day,
+            last_day=job.last_day,
             progress=False,
-            base_rate=base_rate,
+            base_rate=job.base_rate,
         )
 
 
@@ -536,21 +527,11 @@ class DDPTrainer:
     def world_size(self) -> int:
         return self.ctx.world_size
 
-    def train_day(
-        self,
-        *,
-        config: TrainConfig,
-        spec: FeatureSpec,
-        day: StagedDay,
-        batches: Callable[[], Iterable[pa.RecordBatch]],
-        init: Checkpoint | None,
-        first_day: date | None,
-        last_day: date | None,
-        base_rate: float | None,
-    ) -> TrainResult:
+    def train_day(self, job: DayJob) -> TrainResult:
         from reloop_service.training.checkpoint import checkpoint_to_bytes
 
-        del batches  # each rank reads its own row groups of the staged file
+        # Each rank reads its own row groups of the staged file (``job.batches`` is this process's).
+        config, day = job.config, job.day
         if not self.ctx.is_main:
             raise RuntimeError("only rank 0 starts a distributed training; other ranks follow()")
         # The configured batch is the global one: each rank takes its share, so a step sees about as
@@ -558,21 +539,21 @@ class DDPTrainer:
         per_rank = dataclasses.replace(
             config, batch_size=max(1, math.ceil(config.batch_size / self.ctx.world_size))
         )
-        job = TrainJob(
+        sent = TrainJob(
             config=per_rank.to_dict(),
-            spec=spec.to_dict(),
-            init=checkpoint_to_bytes(init) if init is not None else None,
+            spec=job.spec.to_dict(),
+            init=checkpoint_to_bytes(job.init) if job.init is not None else None,
             day=self._shared_day(day),
-            first_day=first_day,
-            last_day=last_day,
-            base_rate=base_rate,
+            first_day=job.first_day,
+            last_day=job.last_day,
+            base_rate=job.base_rate,
         )
-        broadcast_object(("train", job), self.ctx)
+        broadcast_object(("train", sent), self.ctx)
         try:
-            return self._run_job(job)
+            return self._run_job(sent)
         finally:
-            if job.day.uri != day.uri:
-                _remove_staged(job.day.uri, self.storage_options)
+            if sent.day.uri != day.uri:
+                _remove_staged(sent.day.uri, self.storage_options)
 
     def follow(self) -> Any:
         """Ranks other than 0: train every job rank 0 sends; returns what rank 0 passes to ``finish``."""
