@@ -466,28 +466,15 @@ def _attempt(
         record.update(
             status="failed", error=error, failed_step=current, finished_at=datetime.now(UTC).isoformat()
         )
-        details = {k: v for k, v in record.items() if k not in ("status",)}
-        try:
-            steps.fail_run(engine=engine, run=run, error=error, details=steps._jsonable(details))
-        except ClaimLostError as lost:
-            clog.error("could not mark the run failed: %s", lost)
-        except RegistryError as db_err:
-            clog.error("could not mark the run failed (its heartbeat will go stale): %s", db_err)
-        report_paths = None
-        try:
-            report_paths = steps.report(settings=settings, record=record)
-        except Exception as rep_err:
-            clog.error("could not write the failure report: %s", rep_err)
-        return CycleOutcome(
-            cycle_date=run.cycle_date,
+        return _close_run(
+            settings,
+            run,
+            record,
             status="failed",
             reason="permanent" if _permanent(exc) else "error",
-            run_id=run.id,
-            attempt=run.attempt,
-            parent_version=record.get("parent_version"),
             error=error,
-            record=record,
-            report=report_paths,
+            close=lambda details: steps.fail_run(engine=engine, run=run, error=error, details=details),
+            clog=clog,
         )
     finally:
         steps.remove_workdir(ctx.workdir)
@@ -506,24 +493,56 @@ def _skip_run(
     record.update(
         status="skipped", skip_reason=skip.code, error=str(skip), finished_at=datetime.now(UTC).isoformat()
     )
-    details = {k: v for k, v in record.items() if k != "status"}
+    return _close_run(
+        settings,
+        run,
+        record,
+        status="skipped",
+        reason=skip.code,
+        error=str(skip),
+        close=lambda details: steps.skip_run(
+            engine=engine, run=run, code=skip.code, message=str(skip), details=details
+        ),
+        clog=clog,
+    )
+
+
+def _close_run(
+    settings: Settings,
+    run: CycleRun,
+    record: dict[str, Any],
+    *,
+    status: str,
+    reason: str,
+    error: str,
+    close: Callable[[dict[str, Any]], Any],
+    clog: logging.LoggerAdapter[logging.Logger],
+) -> CycleOutcome:
+    """Close a run that produced no version (failed or skipped), then write its report.
+
+    The registry row first: a report never claims what the registry does not hold. A database that
+    cannot take the row leaves the claim to go stale (another process takes it over).
+    """
+    details = steps._jsonable({k: v for k, v in record.items() if k != "status"})
     try:
-        steps.skip_run(engine=engine, run=run, code=skip.code, message=str(skip), details=details)
+        close(details)
+    except ClaimLostError as lost:
+        clog.error("could not mark the run %s: %s", status, lost)
     except RegistryError as db_err:
-        clog.error("could not mark the run skipped (its heartbeat will go stale): %s", db_err)
+        clog.error("could not mark the run %s (its heartbeat will go stale): %s", status, db_err)
     report_paths = None
     try:
         report_paths = steps.report(settings=settings, record=record)
     except Exception as rep_err:
-        clog.error("could not write the skip report: %s", rep_err)
+        clog.error("could not write the %s report: %s", status, rep_err)
     return CycleOutcome(
         cycle_date=run.cycle_date,
-        status="skipped",
-        reason=skip.code,
+        status=status,
+        reason=reason,
         run_id=run.id,
         attempt=run.attempt,
         parent_version=record.get("parent_version"),
-        error=str(skip),
+        error=error,
         record=record,
         report=report_paths,
     )
