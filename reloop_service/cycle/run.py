@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
-from reloop_service.cycle.report import ReportPaths
+from reloop_service.cycle.run_report import ReportPaths
 from reloop_service.registry import cycle_runs
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun
@@ -409,7 +409,7 @@ def _attempt(
             if extra is not None:
                 record["extra"] = extra(prepared)
             step("train")
-            trained = steps.train(ctx, prepared=prepared, parent=parent)
+            trained = steps.train_candidate(ctx, prepared=prepared, parent=parent)
             record["train"] = {
                 "loss": trained.loss,
                 "cold_start": trained.cold_start,

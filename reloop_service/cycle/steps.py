@@ -538,7 +538,7 @@ class Trained:
     info: dict[str, Any]
 
 
-def train(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Trained:
+def train_candidate(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent) -> Trained:
     """Step 4: train the candidate warm-started from the parent (plain BCE on a cold start).
 
     Numeric statistics are fitted on the very first training only and then stay frozen in the
@@ -857,7 +857,7 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------- report
 def report(*, settings: Settings, record: Mapping[str, Any]) -> Any:
     """Step 7: the run's JSON and markdown, and the refreshed history plot."""
-    from reloop_service.cycle.report import write_report
+    from reloop_service.cycle.run_report import write_report
 
     return write_report(settings=settings, record=record)
 

@@ -107,7 +107,7 @@ def train_command(
     from reloop_service.data.spec import SpecError, default_spec, load_spec
     from reloop_service.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from reloop_service.training.recipe import recipe_config
-    from reloop_service.training.run import train_days
+    from reloop_service.training.train_days import train_days
     from reloop_service.training.trainer import TrainConfig, TrainError
 
     try:

@@ -133,13 +133,13 @@ def test_concurrent_triggers_train_exactly_once(cycle_env: Env, monkeypatch: pyt
     settings = cycle_env()
     write_day(_logs(settings), DAY0, ROWS)
     trained: list[str] = []
-    real_train = steps.train
+    real_train = steps.train_candidate
 
     def counting_train(ctx: steps.CycleContext, **kw: Any) -> Any:
         trained.append(ctx.run.owner)
         return real_train(ctx, **kw)
 
-    monkeypatch.setattr(steps, "train", counting_train)
+    monkeypatch.setattr(steps, "train_candidate", counting_train)
     barrier = threading.Barrier(3)
     outcomes: list[CycleOutcome] = []
 
@@ -193,7 +193,7 @@ FAIL_POINTS = [
     "resolve_parent",
     "ingest",
     "fetch_priors",
-    "train",
+    "train_candidate",
     "gate",
     "train_holdout",
     "register",
@@ -229,7 +229,7 @@ def test_failure_in_any_step_fails_run_and_leaves_production(
     assert run.status == CycleStatus.FAILED and f"injected failure in {point}" in (run.error or "")
     assert run.produced_version is None
     assert _files(Path(settings.resolved_archive_uri)) == archive_before
-    if point in ("resolve_parent", "ingest", "fetch_priors", "train", "gate", "train_holdout"):
+    if point in ("resolve_parent", "ingest", "fetch_priors", "train_candidate", "gate", "train_holdout"):
         assert _files(Path(settings.resolved_artifacts_uri)) == artifacts_before
     assert not list((settings.data_dir / "work").iterdir()), "scratch folders are removed"
 
@@ -260,7 +260,7 @@ def test_retry_after_transient_failure_logs_date_and_attempt(
 ) -> None:
     settings = sqlite_env(cycle_attempts=2, cycle_backoff_s=0.0)
     write_day(_logs(settings), DAY0, ROWS)
-    real_train = steps.train
+    real_train = steps.train_candidate
     calls = {"n": 0}
 
     def flaky(ctx: steps.CycleContext, **kw: Any) -> Any:
@@ -269,7 +269,7 @@ def test_retry_after_transient_failure_logs_date_and_attempt(
             raise RuntimeError("transient")
         return real_train(ctx, **kw)
 
-    monkeypatch.setattr(steps, "train", flaky)
+    monkeypatch.setattr(steps, "train_candidate", flaky)
     with caplog.at_level(logging.INFO, logger="reloop_service.cycle"):
         outcome = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
     assert outcome.attempt == 2 and outcome.version == 1

@@ -96,7 +96,7 @@ def test_scheduler_job_settings_and_clean_stop_mid_cycle(
     yesterday = target_day(settings)
     write_day(Path(settings.resolved_logs_uri), yesterday, ROWS)
     in_train = threading.Event()
-    real_train = steps.train
+    real_train = steps.train_candidate
 
     def slow_train(ctx: steps.CycleContext, **kw: Any) -> Any:
         in_train.set()
@@ -104,7 +104,7 @@ def test_scheduler_job_settings_and_clean_stop_mid_cycle(
         ctx.stop.wait(30)  # a long training that is still running when SIGTERM arrives
         return real_train(ctx, **kw)
 
-    monkeypatch.setattr(steps, "train", slow_train)
+    monkeypatch.setattr(steps, "train_candidate", slow_train)
     sched = CycleScheduler(settings)
     sched.start()
     try:

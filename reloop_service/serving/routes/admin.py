@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from reloop_service.alerts import rollback_alert, send_alert
 from reloop_service.registry.db import safe_url
 from reloop_service.registry.events import VersionStatus
-from reloop_service.serving import admin
+from reloop_service.serving import admin_actions as actions
 from reloop_service.serving.auth import require_admin
 from reloop_service.serving.deadline import AdminWorkers
 from reloop_service.serving.problems import problem
@@ -71,14 +71,14 @@ async def list_versions(
     versions, prod = await _off_loop(
         st,
         "list versions",
-        lambda deadline: admin.list_versions(
+        lambda deadline: actions.list_versions(
             engine=st.engine, model_name=st.settings.model_name, status=status, limit=limit, deadline=deadline
         ),
     )
     return {
         "production_version": prod.version.version if prod else None,
-        "production": admin.to_json(prod) if prod else None,
-        "versions": [admin.to_json(v) for v in versions],
+        "production": actions.to_json(prod) if prod else None,
+        "versions": [actions.to_json(v) for v in versions],
     }
 
 
@@ -95,13 +95,13 @@ async def show_version(
     found, parents, is_prod = await _off_loop(
         st,
         f"show version {version}",
-        lambda deadline: admin.show_version(
+        lambda deadline: actions.show_version(
             engine=st.engine, model_name=st.settings.model_name, version=version, deadline=deadline
         ),
     )
     return {
-        "version": admin.to_json(found),
-        "lineage": [admin.to_json(p) for p in parents],
+        "version": actions.to_json(found),
+        "lineage": [actions.to_json(p) for p in parents],
         "is_production": is_prod,
     }
 
@@ -122,7 +122,7 @@ async def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[
     production = await _off_loop(
         st,
         f"promote version {body.version}",
-        lambda deadline: admin.promote_version(
+        lambda deadline: actions.promote_version(
             engine=st.engine,
             holder=st.holder,
             model_name=st.settings.model_name,
@@ -133,7 +133,7 @@ async def promote(request: Request, actor: Actor, body: PromoteRequest) -> dict[
             deadline=deadline,
         ),
     )
-    return admin.to_json(production)
+    return actions.to_json(production)
 
 
 @router.post(
@@ -153,7 +153,7 @@ async def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dic
     production = await _off_loop(
         st,
         "roll back",
-        lambda deadline: admin.rollback_production(
+        lambda deadline: actions.rollback_production(
             engine=st.engine,
             holder=st.holder,
             model_name=st.settings.model_name,
@@ -170,7 +170,7 @@ async def rollback(request: Request, actor: Actor, body: RollbackRequest) -> dic
         rollback_alert(production, reason=body.reason, from_version=before.version if before else None),
         background=True,
     )
-    return admin.to_json(production)
+    return actions.to_json(production)
 
 
 @router.get("/events", response_model=EventList, summary="Audit history, newest first")
@@ -186,7 +186,7 @@ async def events(
     found = await _off_loop(
         st,
         "list events",
-        lambda deadline: admin.list_events(
+        lambda deadline: actions.list_events(
             engine=st.engine,
             model_name=st.settings.model_name,
             version=version,
@@ -194,7 +194,7 @@ async def events(
             deadline=deadline,
         ),
     )
-    return {"events": [admin.to_json(e) for e in found]}
+    return {"events": [actions.to_json(e) for e in found]}
 
 
 @router.post("/reload", response_model=ReloadResponse, summary="Reload the production model now")
@@ -251,7 +251,7 @@ async def trigger_cycle(request: Request, response: Response, actor: Actor, body
     run_id = await _off_loop(
         state_of(request),
         f"start cycle {body.date}",
-        lambda _deadline: admin.trigger_cycle(
+        lambda _deadline: actions.trigger_cycle(
             trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
         ),
     )
@@ -267,11 +267,11 @@ async def cycle_runs(
     runs = await _off_loop(
         st,
         "list cycle runs",
-        lambda deadline: admin.list_cycle_runs(
+        lambda deadline: actions.list_cycle_runs(
             engine=st.engine, model_name=st.settings.model_name, limit=limit, deadline=deadline
         ),
     )
-    return {"runs": [admin.to_json(r) for r in runs]}
+    return {"runs": [actions.to_json(r) for r in runs]}
 
 
 @router.get(
@@ -287,11 +287,11 @@ async def cycle_run(
     run = await _off_loop(
         st,
         f"read cycle run {run_id}",
-        lambda deadline: admin.get_cycle_run(
+        lambda deadline: actions.get_cycle_run(
             engine=st.engine, model_name=st.settings.model_name, run_id=run_id, deadline=deadline
         ),
     )
-    return admin.to_json(run)
+    return actions.to_json(run)
 
 
 @router.get("/status", response_model=AdminStatus, summary="Registry and model-load details /readyz hides")
