@@ -98,7 +98,7 @@ def test_distill_clamps_prior_of_zero_and_one() -> None:
 
 def test_reloop_value_and_gradient() -> None:
     alpha = 0.5
-    value, grad = run("reloop")
+    value, grad = run("reloop", {"alpha": alpha})
     rows, grads = [], []
     for z, y, p_last, m in zip(Z, Y, PRIOR, MASK, strict=True):
         p = sig(z)
@@ -158,7 +158,7 @@ def test_prior_does_not_receive_gradient() -> None:
 
 
 def test_resolve_params_rejects_unknown_and_out_of_range() -> None:
-    assert resolve_params("reloop") == {"alpha": 0.5}
+    assert resolve_params("reloop") == {"alpha": 0.1}
     assert resolve_params("distill", {"beta": 0.2}) == {"beta": 0.2, "temperature": 2.0}
     with pytest.raises(ValueError, match="no parameter 'gamma'"):
         resolve_params("reloop", {"gamma": 1.0})
