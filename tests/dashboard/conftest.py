@@ -7,7 +7,6 @@ skip locally and fail under ``CI=true`` (``scripts/test.sh`` installs the packag
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from support.net import free_port
 
 from reloop_service.config import Settings
 
@@ -40,12 +40,6 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -12,7 +12,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 import torch
+from support.net import free_port
 
 from reloop_service.data.spec import CategoricalField, FeatureSpec, NumericField
 from reloop_service.registry import store
@@ -62,12 +62,6 @@ def wait_for(condition: Callable[[], T], *, timeout: float, what: str, every: fl
                 return last  # type: ignore[no-any-return]
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------- registry + data

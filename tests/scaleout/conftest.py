@@ -7,7 +7,6 @@ mocked: only the server on the other end of the socket is a small one.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,15 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from support.net import free_port
 
 torch.set_num_threads(1)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from support.net import free_port
 
 from reloop_service.config import Settings
 from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
@@ -144,12 +144,6 @@ def auth() -> dict[str, str]:
 
 
 # --- a real uvicorn ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     proc: subprocess.Popen[str]
