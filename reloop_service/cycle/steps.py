@@ -32,6 +32,7 @@ from reloop_service.config import Settings
 from reloop_service.data.collisions import CollisionCounter
 from reloop_service.data.spec import FeatureSpec, default_spec, load_spec
 from reloop_service.data.split import holdout_mask
+from reloop_service.data.transforms import labels_of
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
@@ -296,10 +297,6 @@ class PreparedDay:
         return table
 
 
-def _labels(spec: FeatureSpec, batch: pa.RecordBatch) -> np.ndarray:
-    return np.asarray(batch.column(spec.label).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 def archive_window(cycle_date: date, parent_created: date) -> tuple[date, date]:
     """Serving days (archive partitions, UTC) where the parent can have scored ``cycle_date``'s impressions.
 
@@ -423,7 +420,7 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
                 batch = batch.drop_columns([PRIOR_COLUMN])
             out = batch.append_column(PRIOR_COLUMN, column)
             held = holdout_mask(batch.column(spec.impression_id), settings.holdout_fraction)
-            labels = _labels(spec, batch)
+            labels = labels_of(spec, batch).numpy()
             for side, target in ((False, path), (True, holdout_path)):
                 keep = held if side else ~held
                 if not keep.any():
@@ -438,8 +435,8 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         for w in writers.values():
             w.close()
     report = ingested.report()
-    flagged = [c for c in collisions.report() if c.flagged]
-    for c in flagged:
+    fields = collisions.report()
+    for c in (c for c in fields if c.flagged):
         ctx.log.warning("bucket collisions: %s; raise its buckets in the feature spec", c.describe())
     _refuse_small_day(
         settings,
@@ -478,9 +475,7 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         train_positives=positives[False],
         coverage=coverage,
         ingest=report,
-        collisions=[
-            {**asdict(c), "colliding_fraction": round(c.colliding_fraction, 6)} for c in collisions.report()
-        ],
+        collisions=[{**asdict(c), "colliding_fraction": round(c.colliding_fraction, 6)} for c in fields],
     )
 
 
@@ -654,7 +649,6 @@ def gate(ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, par
     fails on a non-finite value (a NaN AUC passes no comparison). The verdict always carries its
     numbers: ``passed``, every rule with threshold and value, and all models' metrics.
     """
-    from reloop_service.data.transforms import labels_of
     from reloop_service.training.metrics import evaluate
     from reloop_service.training.predict import Predictor
 

@@ -380,10 +380,7 @@ def run_one(
                         if extra in rows.column_names:
                             frame[extra] = rows.column(extra).combine_chunks()
                     if has_truth:
-                        truth = np.asarray(
-                            rows.column("true_ctr").to_numpy(zero_copy_only=False), dtype=np.float64
-                        )
-                        entry["bayes_logloss"] = logloss(y, truth)
+                        entry["bayes_logloss"] = logloss(y, frame["true_ctr"].to_numpy(zero_copy_only=False))
                     frames.append(pa.table(frame))
                 bins.append(entry)
                 if progress is not None:

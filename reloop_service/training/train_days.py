@@ -46,19 +46,30 @@ def day_range(end: date, days: int) -> list[date]:
     return [end - timedelta(days=days - 1 - i) for i in range(days)]
 
 
-def _split(daylog: DayLog, impression_id: str, fraction: float) -> tuple[pa.Table, pa.Table]:
-    """The day's (training, holdout) rows by ``data.split.holdout_mask``, the cycle's own split."""
-    train_parts: list[pa.RecordBatch] = []
-    held_parts: list[pa.RecordBatch] = []
-    schema = None
-    for batch in daylog.iter_batches():
-        schema = batch.schema
-        held = holdout_mask(batch.column(impression_id), fraction)
-        train_parts.append(batch.filter(pa.array(~held)))
-        held_parts.append(batch.filter(pa.array(held)))
-    if schema is None:
-        raise ValueError("no valid rows to train on")
-    return pa.Table.from_batches(train_parts, schema), pa.Table.from_batches(held_parts, schema)
+def _split(
+    daylog: DayLog, impression_id: str, fraction: float
+) -> tuple[Callable[[], Iterator[pa.RecordBatch]], Callable[[], Iterator[pa.RecordBatch]]]:
+    """Re-iterable (training, holdout) streams by ``data.split.holdout_mask``, the cycle's own split.
+
+    Streaming like the day log itself (a row's side is a pure function of its id): a day is never
+    held in memory whole.
+    """
+
+    def side(held_out: bool) -> Callable[[], Iterator[pa.RecordBatch]]:
+        def stream() -> Iterator[pa.RecordBatch]:
+            for batch in daylog.iter_batches():
+                held = holdout_mask(batch.column(impression_id), fraction)
+                part = batch.filter(pa.array(held if held_out else ~held))
+                if part.num_rows:
+                    yield part
+
+        return stream
+
+    return side(False), side(True)
+
+
+def _count(stream: Callable[[], Iterator[pa.RecordBatch]]) -> int:
+    return sum(b.num_rows for b in stream())
 
 
 def _with_prior(
@@ -103,15 +114,11 @@ def train_days(
     if init is not None:
         spec = init.feature_spec()
     daylog = open_days(logs_uri, day_list, spec, storage_options=storage_options, batch_size=65536)
-    train_rows, held_rows = _split(daylog, spec.impression_id, holdout)
-    if train_rows.num_rows == 0:
-        raise ValueError(f"no training rows left after holding out {holdout:.0%} of {held_rows.num_rows}")
-
-    def train_stream() -> Iterator[pa.RecordBatch]:
-        return iter(train_rows.to_batches(65536))
-
-    def eval_stream() -> Iterator[pa.RecordBatch]:
-        return iter(held_rows.to_batches(65536))
+    train_stream, eval_stream = _split(daylog, spec.impression_id, holdout)
+    train_count = _count(train_stream)
+    eval_count = daylog.report.rows_valid - train_count
+    if train_count == 0:
+        raise ValueError(f"no training rows left after holding out {holdout:.0%} of {eval_count}")
 
     if not spec.is_fitted:
         spec = fit_numeric(spec, train_stream())
@@ -120,9 +127,9 @@ def train_days(
     if init is not None and prior_from_checkpoint:
         stream = _with_prior(train_stream, Predictor(init))
         prior_source = "checkpoint"
-    cfg = config(train_rows.num_rows) if callable(config) else config
+    cfg = config(train_count) if callable(config) else config
     if on_total is not None:
-        on_total(train_rows.num_rows * cfg.epochs)
+        on_total(train_count * cfg.epochs)
     result = train(
         config=cfg,
         spec=spec,
@@ -130,11 +137,11 @@ def train_days(
         init=init,
         first_day=day_list[0],
         last_day=day_list[-1],
-        eval_batches=eval_stream if held_rows.num_rows else None,
+        eval_batches=eval_stream if eval_count else None,
         progress=progress,
         on_batch=on_batch,
     )
-    eval_rows = int(held_rows.num_rows)
+    eval_rows = int(eval_count)
     result.checkpoint.train_config["run"] = {
         "days": [d.isoformat() for d in day_list],
         "holdout": holdout,
