@@ -99,7 +99,7 @@ def _serve_workers(settings: Settings, workers: int, options: dict[str, Any]) ->
 
     import uvicorn
 
-    from reloop_service.serving.metrics import MULTIPROC_ENV
+    from reloop_service.serving.prometheus import MULTIPROC_ENV
 
     shared = Path(tempfile.mkdtemp(prefix="reloop-serve-"))
     (shared / "prometheus").mkdir()

@@ -25,7 +25,7 @@ import torch
 from reloop_service.data.spec import CategoricalField, FeatureSpec
 from reloop_service.replay.movielens import movielens_spec, movielens_table
 from reloop_service.training.checkpoint import Checkpoint
-from reloop_service.training.metrics import auc, logloss
+from reloop_service.training.evaluation import auc, logloss
 from reloop_service.training.predict import Predictor
 from reloop_service.training.trainer import PRIOR_COLUMN, TrainConfig, train
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from reloop_service.replay.movielens import movielens_table
 from reloop_service.replay.stats import paired_bootstrap
-from reloop_service.training.metrics import auc, logloss
+from reloop_service.training.evaluation import auc, logloss
 
 
 def main() -> None:

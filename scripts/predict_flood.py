@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from reloop_service.serving.bench import _setup_registry, _start
+from reloop_service.serving.load_bench import _setup_registry, _start
 
 
 def _rss_mb(pid: int) -> int:

@@ -130,7 +130,7 @@ def cycle_run(
     _check_spec(settings, strict=strict_spec)
     nproc = nproc or settings.nproc
     if nproc > 1:
-        from reloop_service.cycle.distributed import TorchrunRunner
+        from reloop_service.cycle.torchrun import TorchrunRunner
 
         outcome = TorchrunRunner(nproc)(settings=settings, cycle_date=day, force=force, actor="cli")
         _print_outcome(outcome, json_out=json_out)
@@ -247,9 +247,9 @@ def cycle_backfill(
     settings = _settings_for(data_dir, logs)
     import functools
 
-    from reloop_service.cycle.distributed import TorchrunRunner
     from reloop_service.cycle.run import run_cycle
     from reloop_service.cycle.scheduler import daterange
+    from reloop_service.cycle.torchrun import TorchrunRunner
     from reloop_service.registry import cycle_runs
     from reloop_service.registry.db import session_scope
     from reloop_service.registry.errors import RegistryError

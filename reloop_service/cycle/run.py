@@ -203,7 +203,7 @@ def run_cycle(
     ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
     ``hook`` is called with each step's name as it starts (the CLI's progress bar).
     ``trainer`` trains the candidate: in this process by default, on every rank of a torchrun job
-    with ``training.distributed.DDPTrainer`` (``cycle.distributed``).
+    with ``training.distributed.DDPTrainer`` (``cycle.torchrun``).
     """
     own_engine = engine is None
     eng = engine if engine is not None else open_registry(settings)

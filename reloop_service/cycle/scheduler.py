@@ -33,8 +33,8 @@ from apscheduler.triggers.cron import CronTrigger
 from reloop_service.config import Settings
 
 if TYPE_CHECKING:
-    from reloop_service.cycle.distributed import CycleRunner
     from reloop_service.cycle.run import CycleOutcome
+    from reloop_service.cycle.torchrun import CycleRunner
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class CycleScheduler:
         self.settings = settings
         self.stop_event = threading.Event()
         self.status_server: StatusServer | None = None
-        from reloop_service.cycle.distributed import runner_for
+        from reloop_service.cycle.torchrun import runner_for
 
         # One process or N torchrun ranks: either way a CycleOutcome per date, and ``stop`` honoured.
         self._run = run if run is not None else runner_for(settings.nproc)

@@ -649,7 +649,7 @@ def gate(ctx: CycleContext, *, prepared: PreparedDay, candidate: Checkpoint, par
     fails on a non-finite value (a NaN AUC passes no comparison). The verdict always carries its
     numbers: ``passed``, every rule with threshold and value, and all models' metrics.
     """
-    from reloop_service.training.metrics import evaluate
+    from reloop_service.training.evaluation import evaluate
     from reloop_service.training.predict import Predictor
 
     settings = ctx.settings

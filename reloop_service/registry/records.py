@@ -29,7 +29,7 @@ def _finite(value: float | None) -> float | None:
 
 
 class HoldoutMetrics(BaseModel):
-    """One model's figures on the holdout (``training.metrics.evaluate``); NaN is stored as null."""
+    """One model's figures on the holdout (``training.evaluation.evaluate``); NaN is stored as null."""
 
     model_config = ConfigDict(extra="allow")
 

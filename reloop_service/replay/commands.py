@@ -146,8 +146,8 @@ def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dic
     """Run the replay (or the selection) and write its outputs; returns the summary."""
     import time
 
-    from reloop_service.replay.report import summarize, write_outputs
     from reloop_service.replay.runner import RunSpec, run_many
+    from reloop_service.replay.summary import summarize, write_outputs
 
     if opts.select:
         from reloop_service.replay.selection import select
@@ -340,7 +340,7 @@ def synthetic(
             kw,
         )
         return
-    from reloop_service.replay.report import across_worlds
+    from reloop_service.replay.summary import across_worlds
 
     worlds: dict[int, dict[str, Any]] = {}
     for d in range(data_seed, data_seed + data_seeds):

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from reloop_service.config import Settings
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import canonical_strings
-from reloop_service.training.metrics import auc, logloss
+from reloop_service.training.evaluation import auc, logloss
 
 if TYPE_CHECKING:
     from reloop_service.serving.harness import InProcessService

@@ -15,7 +15,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from reloop_service.replay.report import run_figures
 from reloop_service.replay.runner import (
     ReplayConfig,
     ReplayData,
@@ -24,6 +23,7 @@ from reloop_service.replay.runner import (
     StrategyConfig,
     run_many,
 )
+from reloop_service.replay.summary import run_figures
 
 STAGE1 = [(lr, epochs) for lr in (1e-3, 3e-3) for epochs in (1, 2)]
 

@@ -33,7 +33,6 @@ from reloop_service.registry.errors import RegistryError, SchemaOutOfDateError
 from reloop_service.registry.verify import load_version
 from reloop_service.serving.deadline import ADMIN_THREADS, AdminWorkers
 from reloop_service.serving.holder import ModelHolder
-from reloop_service.serving.metrics import ServingMetrics
 from reloop_service.serving.problems import (
     one_line,
     problem,
@@ -42,6 +41,7 @@ from reloop_service.serving.problems import (
     title_of,
     validation_errors,
 )
+from reloop_service.serving.prometheus import ServingMetrics
 from reloop_service.serving.routes import admin, health, metrics, model, predict
 from reloop_service.serving.schemas import PredictLimits, predict_limits, predict_request_model
 from reloop_service.serving.state import CycleTrigger, ServingState

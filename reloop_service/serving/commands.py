@@ -29,7 +29,7 @@ def bench_serve(
     Also measures a bare FastAPI route under the same load (the web stack's floor) and prints server
     CPU per request and per prediction, and the archive's share of it.
     """
-    from reloop_service.serving.bench import run_bench
+    from reloop_service.serving.load_bench import run_bench
 
     run_bench(
         requests=requests,

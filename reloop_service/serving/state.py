@@ -13,7 +13,7 @@ from reloop_service.config import Settings
 from reloop_service.data.archive import PredictionArchive
 from reloop_service.serving.deadline import AdminWorkers
 from reloop_service.serving.holder import ModelHolder
-from reloop_service.serving.metrics import ServingMetrics
+from reloop_service.serving.prometheus import ServingMetrics
 
 CycleTrigger = Callable[[date, bool, str], Any]
 """``(cycle_date, force, actor) -> run_id``: starts a cycle in the background (the cycle wires it)."""

@@ -234,7 +234,13 @@ def bench_train_command(
     json_out: JsonOption = False,
 ) -> None:
     """Training rows/s of the default DNN through Parquet, ingestion and transform vs a frozen ceiling."""
-    from reloop_service.training.bench import BUCKETS, EMBEDDING_DIM, FIELDS, HIDDEN, run_train_bench
+    from reloop_service.training.throughput_bench import (
+        BUCKETS,
+        EMBEDDING_DIM,
+        FIELDS,
+        HIDDEN,
+        run_train_bench,
+    )
 
     figures = run_train_bench(
         rows=rows, batch_size=batch_size, threads=threads, repeats=repeats, compare_stock=compare_stock

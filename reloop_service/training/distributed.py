@@ -1,7 +1,7 @@
 """Data-parallel training with PyTorch's own engines: ``torchrun`` + DistributedDataParallel.
 
 How a cycle trains on N processes (one host with ``reloop cycle run --nproc N``, or many hosts with
-``torchrun … -m reloop_service.cycle.distributed``, the cycle's entry point, which hands ``DDPTrainer``
+``torchrun … -m reloop_service.cycle.torchrun``, the cycle's entry point, which hands ``DDPTrainer``
 to the cycle):
 
 * Process group: ``gloo`` on CPU, ``nccl`` when every rank has a GPU. Rank, world size and the

@@ -16,7 +16,7 @@ import torch
 
 from reloop_service.data.transforms import FeatureBatch, labels_of, transform, transform_records
 from reloop_service.training.checkpoint import Checkpoint
-from reloop_service.training.metrics import evaluate
+from reloop_service.training.evaluation import evaluate
 from reloop_service.training.models import CTRModel
 
 DEFAULT_PREDICT_BATCH = 65536

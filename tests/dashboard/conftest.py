@@ -22,7 +22,7 @@ from support.net import free_port
 
 from reloop_service.config import Settings
 
-from .demo import Demo, build_demo
+from .seed_registry import Demo, build_demo
 
 torch.set_num_threads(1)
 

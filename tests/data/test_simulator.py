@@ -11,7 +11,7 @@ from reloop_service.data.ingest import open_days
 from reloop_service.data.simulator import ClickSimulator, SimulatorConfig, bayes_logloss
 from reloop_service.data.spec import default_spec
 from reloop_service.data.transforms import fit_numeric, labels_of, transform
-from reloop_service.training.metrics import auc
+from reloop_service.training.evaluation import auc
 
 START = date(2024, 1, 1)
 SMALL = SimulatorConfig(

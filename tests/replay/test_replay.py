@@ -20,7 +20,6 @@ from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategor
 from reloop_service.registry import store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.replay.movielens import MovieLensError, movielens_table
-from reloop_service.replay.report import summarize, write_outputs
 from reloop_service.replay.runner import (
     ReplayConfig,
     RunSpec,
@@ -30,6 +29,7 @@ from reloop_service.replay.runner import (
     spec_toml,
 )
 from reloop_service.replay.sources import parquet_data
+from reloop_service.replay.summary import summarize, write_outputs
 
 torch.set_num_threads(1)
 

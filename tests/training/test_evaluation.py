@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from reloop_service.training.metrics import auc, calibration, evaluate, logloss
+from reloop_service.training.evaluation import auc, calibration, evaluate, logloss
 
 
 def auc_pairwise(y: np.ndarray, p: np.ndarray) -> float:

@@ -29,8 +29,8 @@ from reloop_service.registry.entities import CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.records import GateVerdict
 from reloop_service.training.checkpoint import Checkpoint
+from reloop_service.training.evaluation import evaluate
 from reloop_service.training.layers import skip_table_init
-from reloop_service.training.metrics import evaluate
 from reloop_service.training.models import build_model
 from reloop_service.training.predict import Predictor
 

@@ -125,7 +125,7 @@ def _start(data_dir: Path, archive: bool | None, workers: int = 1) -> tuple[subp
             sys.executable,
             "-m",
             "uvicorn",
-            "reloop_service.serving.bench:floor_app",
+            "reloop_service.serving.load_bench:floor_app",
             "--host",
             "127.0.0.1",
             "--port",
@@ -377,7 +377,7 @@ def _measure(
         [
             sys.executable,
             "-c",
-            "import json; from reloop_service.serving.bench import load_main; "
+            "import json; from reloop_service.serving.load_bench import load_main; "
             f"args = ({port}, {requests}, {rate}, {concurrency}, {mode!r}); "
             "print(json.dumps(load_main(*args)))",
         ],

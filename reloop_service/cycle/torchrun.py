@@ -3,7 +3,7 @@
 Every way to run a cycle ends in ``run_cycle`` and returns a ``CycleOutcome``: ``runner_for(nproc)``
 is ``run_cycle`` itself for one process and ``TorchrunRunner`` for N local ranks, so the CLI, the
 scheduler and backfill share one N-rank path. Under torchrun (one host with ``--nproc N``, or many
-hosts with ``torchrun … -m reloop_service.cycle.distributed cycle --date D``) rank 0 runs the cycle
+hosts with ``torchrun … -m reloop_service.cycle.torchrun cycle --date D``) rank 0 runs the cycle
 with a ``DDPTrainer`` (``training.distributed``); the other ranks ``follow()`` it, training their
 shard of each staged day, until rank 0 sends them its outcome. Nothing passes through module state.
 """
@@ -29,7 +29,7 @@ from reloop_service.cycle.run import CycleOutcome, StepHook, run_cycle
 log = logging.getLogger(__name__)
 
 OUTCOME_PREFIX = "RELOOP_OUTCOME "
-ENTRY_MODULE = "reloop_service.cycle.distributed"
+ENTRY_MODULE = "reloop_service.cycle.torchrun"
 
 
 class CycleRunner(Protocol):
@@ -212,7 +212,7 @@ def run_cycle_distributed(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``torchrun [--nnodes …] -m reloop_service.cycle.distributed cycle --date D``."""
+    """Entry point: ``torchrun [--nnodes …] -m reloop_service.cycle.torchrun cycle --date D``."""
     import argparse
 
     from reloop_service.clitools import load_settings

@@ -11,7 +11,7 @@ def test_a_strategy_has_one_colour_in_every_figure(tmp_path: Path) -> None:
     """The gain figure leaves out the baseline; its lines must not take the baseline's colour."""
     from matplotlib.image import imread
 
-    from reloop_service.replay.report import STRATEGY_COLORS, plots
+    from reloop_service.replay.summary import STRATEGY_COLORS, plots
 
     runs = [
         {

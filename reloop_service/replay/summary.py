@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reloop_service.replay.stats import paired_bootstrap
-from reloop_service.training.metrics import auc, logloss
+from reloop_service.training.evaluation import auc, logloss
 
 BASELINE = "bce"
 
