@@ -6,7 +6,8 @@ at scale the URIs point at PostgreSQL and S3-compatible storage.
 
 from __future__ import annotations
 
-from datetime import time
+import re
+from datetime import time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,36 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PriorSource = Literal["archive", "recompute", "archive_then_recompute"]
+Readiness = Literal["marker", "delay", "either"]
+
+DAY = timedelta(days=1)
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)?\s*$")
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``1h``, ``1d`` (a bare number is seconds) -> ``timedelta``; ``ValueError`` else."""
+    match = _DURATION.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (expected e.g. 30m, 1h, 1d)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest of ``1d``, ``2h``, ``30m``, ``45s`` that says ``value`` exactly."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_period_step(text: str) -> timedelta:
+    """A cycle period: a whole number of minutes that divides a day (``1d``, ``1h``, ``15m``...)."""
+    step = parse_duration(text)
+    if step <= timedelta(0) or step % timedelta(minutes=1) or DAY % step:
+        raise ValueError(f"{text!r}: a cycle period must divide a day in whole minutes (1d, 6h, 1h, 15m)")
+    return step
 
 
 class Settings(BaseSettings):
@@ -99,12 +130,33 @@ class Settings(BaseSettings):
     warm_start: bool = Field(
         default=True, description="False: each cycle trains from scratch (BCE), as the replay's full_retrain."
     )
+    cycle_period: str = Field(
+        default="1d", description="Length of one cycle: 1d, 1h or any divisor of a day (data/period.py)."
+    )
+    readiness: Readiness = Field(
+        default="delay",
+        description="When an ended period may train: its partitions carry _SUCCESS (marker), label_delay "
+        "has passed since it ended (delay), or whichever comes first (either).",
+    )
+    label_delay: str = Field(default="0s", description="Wait this long after a period ends (late clicks).")
+    readiness_attempts: int = Field(
+        default=3, ge=1, description="Readiness checks before a period is skipped as not ready."
+    )
+    readiness_backoff_s: float = Field(
+        default=30.0, ge=0.0, description="First wait between readiness checks (doubles each time)."
+    )
 
     # --- scheduler -------------------------------------------------------------------------------
     schedule_time: time = time(2, 0)
     timezone: str = "UTC"
     misfire_grace_s: int = 6 * 3600
     max_catchup_days: int = 7
+    max_catchup_periods: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many cycles per catch-up: the oldest missing periods are merged into one "
+        "cycle (none: every missing period runs alone).",
+    )
     scheduler_host: str = Field(default="127.0.0.1", description="Bind address of the scheduler's /metrics.")
     scheduler_port: int = Field(default=9109, ge=0, le=65535, description="/metrics + /healthz; 0: off.")
 
@@ -189,6 +241,25 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("cycle_period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        return format_duration(parse_period_step(value))
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        return format_duration(parse_duration(value))
+
+    @property
+    def period_step(self) -> timedelta:
+        """``cycle_period`` as a ``timedelta``."""
+        return parse_period_step(self.cycle_period)
+
+    @property
+    def label_delay_td(self) -> timedelta:
+        return parse_duration(self.label_delay)
 
     # --- derived locations -----------------------------------------------------------------------
     def _under(self, explicit: str | None, name: str) -> str:

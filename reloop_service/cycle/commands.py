@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +29,14 @@ from reloop_service.clitools import (
 
 EXIT_HELD = 3  # `reloop cycle run` did nothing: another live process holds the date
 EXIT_SKIPPED = 4  # the day was not trained on by design (no partition, too few rows or labels)
-DateOption = Annotated[str, typer.Option("--date", metavar=DATE_METAVAR, help="Cycle date.")]
+DateOption = Annotated[
+    str,
+    typer.Option(
+        "--date",
+        metavar=DATE_METAVAR,
+        help="The cycle's period by its start: 2024-05-01 (daily), 2024-05-01T13 (RELOOP_CYCLE_PERIOD=1h).",
+    ),
+]
 LogsOption = Annotated[
     str | None,
     typer.Option(
@@ -59,6 +66,20 @@ def _parse_date(value: str, flag: str) -> date:
         raise fail(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
+def _parse_period(value: str, flag: str, settings: Any, *, last: bool = False) -> Any:
+    """A period start in the configured period (``--to`` with a bare date: that day's last period)."""
+    from reloop_service.data.period import Period, PeriodError
+
+    step = settings.period_step
+    try:
+        period = Period.parse(value, step)
+    except PeriodError as exc:
+        raise fail(f"{flag}: {exc} (RELOOP_CYCLE_PERIOD={settings.cycle_period})") from None
+    if last and "T" not in value.strip() and step < timedelta(days=1):
+        return Period(period.start + timedelta(days=1) - step, step)
+    return period
+
+
 def _registry_errors(exc: Exception) -> typer.Exit:
     return fail(str(exc))
 
@@ -66,14 +87,14 @@ def _registry_errors(exc: Exception) -> typer.Exit:
 def _outcome_line(outcome: Any) -> str:
     if outcome.status == "skipped":
         why = outcome.reason if not outcome.error else f"{outcome.reason}: {outcome.error}"
-        return f"{outcome.cycle_date}: [yellow]skipped[/] ({why}; run {outcome.run_id})"
+        return f"{outcome.period_name}: [yellow]skipped[/] ({why}; run {outcome.run_id})"
     if outcome.status == "failed":
         where = f"run {outcome.run_id} attempt {outcome.attempt}"
-        return f"{outcome.cycle_date}: [red]failed[/] ({where}): {outcome.error}"
+        return f"{outcome.period_name}: [red]failed[/] ({where}): {outcome.error}"
     gate = outcome.record.get("gate") or {}
     cand = gate.get("candidate") or {}
     return (
-        f"{outcome.cycle_date}: [green]succeeded[/] version {outcome.version} {outcome.decision} "
+        f"{outcome.period_name}: [green]succeeded[/] version {outcome.version} {outcome.decision} "
         f"(auc {cand.get('auc', float('nan')):.4f}, logloss {cand.get('logloss', float('nan')):.4f})"
     )
 
@@ -122,8 +143,8 @@ def cycle_run(
     3 not run because another live process holds the date ("skipped (held)"); 4 skipped by design,
     with the reason (no partition, too few rows, too few clicks or non-clicks): production unchanged.
     """
-    day = _parse_date(date_, "--date")
     settings = _settings_for(data_dir, logs)
+    day = _parse_period(date_, "--date", settings)
     from reloop_service.cycle.run import run_cycle
     from reloop_service.registry.errors import RegistryError
 
@@ -240,16 +261,20 @@ def cycle_backfill(
     json_out: JsonOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run every date of a range in order; report each day, list what was not run, exit 1 if any failed."""
-    start, end = _parse_date(from_, "--from"), _parse_date(to, "--to")
+    """Run every period of a range in order; report each, list what was not run, exit 1 if any failed.
+
+    With RELOOP_CYCLE_PERIOD=1h, --from/--to take hours (2024-05-01T13); a bare --to date means its last hour.
+    """
+    settings = _settings_for(data_dir, logs)
+    start = _parse_period(from_, "--from", settings)
+    end = _parse_period(to, "--to", settings, last=True)
     if end < start:
         raise fail(f"--to {end} is before --from {start}")
-    settings = _settings_for(data_dir, logs)
     import functools
 
     from reloop_service.cycle.run import run_cycle
-    from reloop_service.cycle.scheduler import daterange
     from reloop_service.cycle.torchrun import TorchrunRunner
+    from reloop_service.data.period import Period, period_range
     from reloop_service.registry import cycle_runs
     from reloop_service.registry.db import session_scope
     from reloop_service.registry.errors import RegistryError
@@ -260,15 +285,15 @@ def cycle_backfill(
         engine = open_registry(settings)
         with session_scope(engine, readonly=True) as session:
             runs = cycle_runs.list_cycle_runs(
-                session, model_name=settings.model_name, date_from=start, date_to=end, limit=100_000
+                session, model_name=settings.model_name, date_from=start.day, date_to=end.day, limit=100_000
             )
     except RegistryError as exc:
         raise _registry_errors(exc) from None
-    status = {r.cycle_date: r.status.value for r in runs}
-    todo: list[date] = []
-    not_run: list[tuple[date, str]] = []
-    for day in daterange(start, end):
-        known = status.get(day)
+    status = {r.period: r.status.value for r in runs}
+    todo: list[Period] = []
+    not_run: list[tuple[Period, str]] = []
+    for day in period_range(start, end):
+        known = status.get(day.name)
         again = reprocess == "all" or (reprocess == "failed" and known not in ("succeeded", "running"))
         if known is None or again:
             todo.append(day)
@@ -278,7 +303,8 @@ def cycle_backfill(
     # The same runner as `cycle run` and the scheduler: in this process, or on N local ranks.
     runner = TorchrunRunner(nproc) if nproc > 1 else functools.partial(run_cycle, engine=engine)
     results: list[dict[str, Any]] = []
-    with progress_bar("backfill", total=len(todo), unit="days") as advance:
+    unit = "days" if start.is_daily else "periods"
+    with progress_bar("backfill", total=len(todo), unit=unit) as advance:
         for day in todo:
             advance(0, description=day.isoformat())
             outcome = runner(settings=settings, cycle_date=day, force=reprocess == "all", actor="backfill")
@@ -349,7 +375,7 @@ def cycle_runs(
         print_json([r.to_dict() for r in runs])
         return
     table = Table(title=f"cycle runs of model {settings.model_name!r}")
-    for col in ("date", "status", "attempt", "version", "decision", "prior coverage", "auc", "error"):
+    for col in ("period", "status", "attempt", "version", "decision", "prior coverage", "auc", "error"):
         table.add_column(col)
     for r in runs:
         d = r.details or {}
@@ -360,7 +386,7 @@ def cycle_runs(
         )
         auc = cand.get("auc")
         table.add_row(
-            r.cycle_date.isoformat(),
+            r.period,
             r.status.value,
             str(r.attempt),
             str(r.produced_version or "-"),

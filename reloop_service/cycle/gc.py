@@ -30,7 +30,7 @@ from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.service import artifact_store, open_registry
 
 log = logging.getLogger(__name__)
-_WORKDIR = re.compile(r"^cycle-(\d{4}-\d{2}-\d{2})-run(\d+)-a(\d+)-")
+_WORKDIR = re.compile(r"^cycle-(\d{4}-\d{2}-\d{2}(?:T\d{2}(?:\d{2})?)?)-run(\d+)-a(\d+)-")
 
 
 @dataclass(frozen=True)

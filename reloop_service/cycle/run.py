@@ -1,9 +1,11 @@
-"""``run_cycle``: one day's cycle, exactly once, never leaving production worse or half-updated.
+"""``run_cycle``: one period's cycle, exactly once, never leaving production worse or half-updated.
 
-Flow of one call: claim the date (step 1); while holding it, a heartbeat thread keeps the claim
-fresh; each attempt runs steps 2-7 in order (``steps.py``); an attempt that fails closes the run
-as failed with its error and, while attempts remain (``cycle_attempts``, exponential backoff from
-``cycle_backoff_s``), re-claims the date (the registry bumps the attempt) and tries again.
+A period is a day by default, an hour with ``RELOOP_CYCLE_PERIOD=1h`` (``data/period.py``); it is named
+by its start and claimed by that name. Flow of one call: claim the period (step 1); while holding it,
+a heartbeat thread keeps the claim fresh; each attempt runs steps 2-7 in order (``steps.py``); an
+attempt that fails closes the run as failed with its error and, while attempts remain
+(``cycle_attempts``, exponential backoff from ``cycle_backoff_s``), re-claims the
+period (the registry bumps the attempt) and tries again.
 Correctness comes from the claim, not from whoever called: the scheduler, the CLI, a backfill
 and the admin API all come through here.
 """
@@ -27,6 +29,7 @@ from sqlalchemy import Engine
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.run_report import ReportPaths
+from reloop_service.data.period import Period
 from reloop_service.registry import cycle_runs
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun
@@ -63,6 +66,16 @@ class CycleOutcome:
     report: ReportPaths | None = None
     world_size: int = 1  # ranks that trained (``--nproc``)
     ranks: tuple[RankReport, ...] = ()  # each rank's final state hash and shard, on N ranks
+    period: Period | None = None  # the period run, named by its start (default: the day ``cycle_date``)
+
+    def __post_init__(self) -> None:
+        if self.period is None:
+            object.__setattr__(self, "period", Period.of_day(self.cycle_date))
+
+    @property
+    def period_name(self) -> str:
+        """``2024-05-01`` for a day, ``2024-05-01T13`` for an hour."""
+        return self.period.name if self.period is not None else self.cycle_date.isoformat()
 
     @property
     def promoted(self) -> bool:
@@ -94,6 +107,9 @@ class CycleOutcome:
             "report": asdict(self.report) if self.report is not None else None,
             "world_size": self.world_size,
             "ranks": [r.to_dict() for r in self.ranks],
+            "period": self.period_name,
+            "period_step": _step_name(self.period),
+            "period_count": self.period.count if self.period is not None else 1,
         }
 
     @classmethod
@@ -114,7 +130,23 @@ class CycleOutcome:
             report=ReportPaths(**d["report"]) if d.get("report") else None,
             world_size=int(d.get("world_size") or 1),
             ranks=tuple(RankReport.from_dict(r) for r in d.get("ranks") or ()),
+            period=_period_from(d),
         )
+
+
+def _step_name(period: Period | None) -> str:
+    from reloop_service.config import format_duration
+
+    return format_duration(period.step) if period is not None else "1d"
+
+
+def _period_from(d: Mapping[str, Any]) -> Period | None:
+    if not d.get("period"):
+        return None
+    from reloop_service.config import parse_period_step
+
+    step = parse_period_step(str(d.get("period_step") or "1d"))
+    return Period.parse(str(d["period"]), step).merged(int(d.get("period_count") or 1))
 
 
 class CycleBusyError(ConflictError):
@@ -145,9 +177,7 @@ class Heartbeat:
         self.lost = lost
         self.paused = paused or threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"cycle-heartbeat-{run.cycle_date}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name=f"cycle-heartbeat-{run.period}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -166,11 +196,11 @@ class Heartbeat:
             except ClaimLostError as err:
                 if self._stop.is_set() or self.paused.is_set():  # our own finish closed the claim
                     return
-                log.error("cycle %s: %s", self.run.cycle_date, err)
+                log.error("cycle %s: %s", self.run.period, err)
                 self.lost.set()
                 return
             except RegistryError as err:  # database hiccup: keep trying; staleness is judged by others
-                log.warning("cycle %s: heartbeat failed: %s", self.run.cycle_date, err)
+                log.warning("cycle %s: heartbeat failed: %s", self.run.period, err)
 
 
 # ------------------------------------------------------------------------------------- the cycle
@@ -188,7 +218,7 @@ def _permanent(exc: BaseException) -> bool:
 def run_cycle(
     *,
     settings: Settings,
-    cycle_date: date,
+    cycle_date: date | Period,
     force: bool = False,
     actor: str = "scheduler",
     stop: threading.Event | None = None,
@@ -197,7 +227,10 @@ def run_cycle(
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
 ) -> CycleOutcome:
-    """Claim ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
+    """Claim the period ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
+
+    ``cycle_date`` is a ``Period`` (a merged catch-up period runs its parts as one cycle) or, with daily
+    periods, a date.
 
     ``stop`` cancels at the next step boundary (the run is then marked failed, its claim closed).
     ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
@@ -205,13 +238,14 @@ def run_cycle(
     ``trainer`` trains the candidate: in this process by default, on every rank of a torchrun job
     with ``training.distributed.DDPTrainer`` (``cycle.torchrun``).
     """
+    period = Period.coerce(cycle_date, settings.period_step)
     own_engine = engine is None
     eng = engine if engine is not None else open_registry(settings)
     try:
         owner = new_owner(actor)
-        claim = steps.claim(settings=settings, engine=eng, cycle_date=cycle_date, owner=owner, force=force)
+        claim = steps.claim(settings=settings, engine=eng, cycle_date=period, owner=owner, force=force)
         if not claim.acquired:
-            return _skipped(claim)
+            return _skipped(claim, period)
         # Orphaned artifacts and dead attempts' work folders go before this attempt makes its own.
         from reloop_service.cycle.gc import sweep_quietly
 
@@ -226,17 +260,18 @@ def run_cycle(
             extra=extra,
             hook=hook,
             trainer=trainer,
+            period=period,
         )
     finally:
         if own_engine:
             eng.dispose()
 
 
-def _skipped(claim: CycleClaim) -> CycleOutcome:
+def _skipped(claim: CycleClaim, period: Period) -> CycleOutcome:
     run = claim.run
     log.info(
         "[cycle %s attempt %d] not run: %s (status %s, owner %s)",
-        run.cycle_date,
+        run.period,
         run.attempt,
         claim.reason,
         run.status,
@@ -250,6 +285,7 @@ def _skipped(claim: CycleClaim) -> CycleOutcome:
         attempt=run.attempt,
         version=run.produced_version,
         error=run.error,
+        period=period,
     )
 
 
@@ -264,8 +300,11 @@ def execute_claimed(
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
+    period: Period | None = None,
 ) -> CycleOutcome:
     """Run an acquired claim to its end, with retries; the claim is always closed (or lost).
+
+    ``period`` is the claimed period (default: parsed from the run's name in ``RELOOP_CYCLE_PERIOD``).
 
     The final outcome is counted in the cycle metrics and, when an operator should look (failed,
     rejected, skipped), posted to ``RELOOP_ALERT_WEBHOOK_URL`` (``observe.cycle_finished``).
@@ -282,6 +321,7 @@ def execute_claimed(
         extra=extra,
         hook=hook,
         trainer=trainer,
+        period=period or Period.parse(claim.run.period, settings.period_step),
     )
     cycle_finished(settings, outcome)
     return outcome
@@ -298,9 +338,10 @@ def _execute_claimed(
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
     hook: StepHook | None,
     trainer: DayTrainer | None,
+    period: Period,
 ) -> CycleOutcome:
     run = claim.run
-    cycle_date = run.cycle_date
+    cycle_date = period
     tries = 0
     while True:
         tries += 1
@@ -313,6 +354,7 @@ def _execute_claimed(
             extra=extra,
             hook=hook,
             trainer=trainer,
+            period=period,
         )
         if (
             outcome.status in ("succeeded", "skipped")
@@ -351,9 +393,10 @@ def _attempt(
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
     hook: StepHook | None,
     trainer: DayTrainer | None,
+    period: Period,
 ) -> CycleOutcome:
     """One attempt: steps 2-7 under a heartbeat; any failure closes the run as failed."""
-    clog = steps.cycle_logger("reloop_service.cycle", run.cycle_date, run.attempt)
+    clog = steps.cycle_logger("reloop_service.cycle", period, run.attempt)
     ctx = steps.CycleContext(
         settings=settings,
         engine=engine,
@@ -363,10 +406,12 @@ def _attempt(
         log=clog,
         stop=stop,
         trainer=trainer or LocalTrainer(),
+        period=period,
     )
     record: dict[str, Any] = {
         "run_id": run.id,
-        "cycle_date": run.cycle_date.isoformat(),
+        "cycle_date": period.name,
+        "period": period_record(period),
         "attempt": run.attempt,
         "actor": actor,
         "owner": run.owner,
@@ -395,7 +440,7 @@ def _attempt(
         with Heartbeat(
             engine=engine, run=run, interval_s=settings.heartbeat_s, lost=ctx.claim_lost, paused=ctx.finishing
         ):
-            ctx.workdir = steps.make_workdir(settings, run.cycle_date, run)
+            ctx.workdir = steps.make_workdir(settings, period, run)
             step("parent")
             parent = steps.resolve_parent(ctx)
             record["parent_version"] = parent.number
@@ -456,9 +501,10 @@ def _attempt(
             decision=registered.decision,
             record=record,
             report=paths[0] if paths else None,
+            period=period,
         )
     except steps.DaySkipped as skip:
-        return _skip_run(settings, engine, run, record, skip, clog)
+        return _skip_run(settings, engine, run, period, record, skip, clog)
     except Exception as exc:
         error = f"step {current}: {type(exc).__name__}: {exc}"
         clog.error("failed: %s", error)
@@ -469,6 +515,7 @@ def _attempt(
         return _close_run(
             settings,
             run,
+            period,
             record,
             status="failed",
             reason="permanent" if _permanent(exc) else "error",
@@ -484,6 +531,7 @@ def _skip_run(
     settings: Settings,
     engine: Engine,
     run: CycleRun,
+    period: Period,
     record: dict[str, Any],
     skip: steps.DaySkipped,
     clog: logging.LoggerAdapter[logging.Logger],
@@ -496,6 +544,7 @@ def _skip_run(
     return _close_run(
         settings,
         run,
+        period,
         record,
         status="skipped",
         reason=skip.code,
@@ -510,6 +559,7 @@ def _skip_run(
 def _close_run(
     settings: Settings,
     run: CycleRun,
+    period: Period,
     record: dict[str, Any],
     *,
     status: str,
@@ -545,12 +595,31 @@ def _close_run(
         error=error,
         record=record,
         report=report_paths,
+        period=period,
     )
 
 
+def period_record(period: Period) -> dict[str, Any]:
+    """What the run record says of its period: name, bounds, step, and the parts of a merged one."""
+    from reloop_service.config import format_duration
+
+    return {
+        "name": period.name,
+        "start": period.start.isoformat(),
+        "end": period.end.isoformat(),
+        "step": format_duration(period.step),
+        "count": period.count,
+        "parts": [p.name for p in period.parts()],
+    }
+
+
 # --------------------------------------------------------------------------------------- queries
-def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[set[date], date | None]:
-    """Dates that succeeded, and the latest of them (for the scheduler's catch-up)."""
+def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[set[Period], Period | None]:
+    """Periods that succeeded (each part of a merged one), and the latest (the scheduler's catch-up).
+
+    Periods are in ``RELOOP_CYCLE_PERIOD``; runs of another period length (the setting changed) count
+    by their start.
+    """
     own = engine is None
     eng = engine if engine is not None else open_registry(settings)
     try:
@@ -561,41 +630,56 @@ def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[
     finally:
         if own:
             eng.dispose()
-    done = {r.cycle_date for r in runs}
+    step = settings.period_step
+    done: set[Period] = set()
+    for r in runs:
+        parts = (r.details.get("period") or {}).get("parts") or [r.period]
+        for name in parts:
+            try:
+                done.add(Period.parse(str(name), step))
+            except ValueError:  # a start that is not one of this step's (another period length)
+                continue
     return done, max(done) if done else None
 
 
 # ------------------------------------------------------------------------------------ admin hook
-def make_cycle_trigger(settings: Settings, engine: Engine | None = None) -> Callable[[date, bool, str], int]:
+def make_cycle_trigger(
+    settings: Settings, engine: Engine | None = None
+) -> Callable[[date | Period | str, bool, str], int]:
     """The serving app's ``app.state.cycle_trigger``: claim now, run in a background thread.
+
+    The period is a ``Period``, its name (``2024-05-01T13``) or, with daily periods, a date.
 
     The claim happens in the caller so the route can answer with the run id at once, or with 409
     (``CycleBusyError``) when the date is held by a live owner or already succeeded without force.
     """
 
-    def trigger(cycle_date: date, force: bool, actor: str) -> int:
+    def trigger(cycle_date: date | Period | str, force: bool, actor: str) -> int:
+        period = Period.coerce(cycle_date, settings.period_step)
         eng = engine if engine is not None else open_registry(settings)
         owner = new_owner(actor)
-        claim = steps.claim(settings=settings, engine=eng, cycle_date=cycle_date, owner=owner, force=force)
+        claim = steps.claim(settings=settings, engine=eng, cycle_date=period, owner=owner, force=force)
         if not claim.acquired:
             if engine is None:
                 eng.dispose()
             hint = " (use force to re-run it)" if claim.reason == "succeeded" else ""
             raise CycleBusyError(
-                f"cycle {cycle_date} not started: {claim.reason} (run {claim.run.id}, "
+                f"cycle {period} not started: {claim.reason} (run {claim.run.id}, "
                 f"status {claim.run.status}){hint}"
             )
 
         def work() -> None:
             try:
-                execute_claimed(settings=settings, engine=eng, claim=claim, owner=owner, actor=actor)
+                execute_claimed(
+                    settings=settings, engine=eng, claim=claim, owner=owner, actor=actor, period=period
+                )
             except Exception:
-                log.exception("background cycle %s crashed", cycle_date)
+                log.exception("background cycle %s crashed", period)
             finally:
                 if engine is None:
                     eng.dispose()
 
-        threading.Thread(target=work, name=f"cycle-{cycle_date}", daemon=True).start()
+        threading.Thread(target=work, name=f"cycle-{period}", daemon=True).start()
         return claim.run.id
 
     return trigger

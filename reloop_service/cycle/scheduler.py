@@ -1,12 +1,17 @@
-"""``reloop scheduler``: the dedicated process that runs the daily cycle on a clock.
+"""``reloop scheduler``: the dedicated process that runs the cycle on a clock, once per period.
 
 APScheduler only decides *when* to try. Whether a date runs is decided by the claim in the
 cycle-runs table (step 1 of the cycle): APScheduler's FAQ warns that job stores shared across
 processes run jobs twice, so two schedulers (or a scheduler and the admin API) may both fire and
 exactly one trains.
 
-- One daily ``CronTrigger`` at ``schedule_time`` in ``timezone`` (``coalesce=True``,
-  ``max_instances=1``, an explicit ``misfire_grace_time``), on a one-thread executor.
+- Daily periods: one ``CronTrigger`` at ``schedule_time`` in ``timezone`` (``coalesce=True``,
+  ``max_instances=1``, an explicit ``misfire_grace_time``), on a one-thread executor. Sub-daily periods
+  (``RELOOP_CYCLE_PERIOD=1h``): an ``IntervalTrigger`` every period, ``label_delay`` after each period
+  ends; the target is the last period that has ended (a period still open is never trained on; one
+  whose logs are not ready yet is skipped as ``not_ready`` and tried again at the next tick).
+- With ``max_catchup_periods``, a catch-up longer than that merges its oldest missing periods into
+  one cycle (logged, and recorded in the run's ``period`` with its parts).
 - On start and on every tick, a catch-up runs every day missing since the last success, oldest
   first, bounded by ``max_catchup_days``; days beyond the bound are logged one by one with the
   backfill command that covers them (apscheduler#296: a missed day is never skipped silently).
@@ -22,15 +27,17 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-from reloop_service.config import Settings
+from reloop_service.config import DAY, Settings, format_duration
+from reloop_service.data.period import Period, last_closed, period_range
 
 if TYPE_CHECKING:
     from reloop_service.cycle.run import CycleOutcome
@@ -46,30 +53,75 @@ def daterange(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+T = TypeVar("T", date, Period)
+
+
 @dataclass(frozen=True)
 class CatchUpPlan:
-    """Which days a catch-up runs, oldest first, and which missing days are beyond its bound."""
+    """Which periods a catch-up runs, oldest first, and which missing ones are beyond its bound.
 
-    target: date
-    to_run: list[date]
-    beyond_bound: list[date] = field(default_factory=list)
+    Days in, days out (the daily API); with ``Period`` values a merged catch-up period (``count`` > 1)
+    may lead ``to_run``, and ``merged`` is it.
+    """
+
+    target: date | Period
+    to_run: list[Any]
+    beyond_bound: list[Any] = field(default_factory=list)
+    merged: Period | None = None
+
+
+def _as_period(value: date | Period, step: timedelta) -> Period:
+    if isinstance(value, Period):
+        return Period.containing(value.start, step)
+    return (
+        Period.of_day(value)
+        if step == DAY
+        else Period.containing(datetime.combine(value, datetime.min.time()), step)
+    )
 
 
 def plan_catch_up(
-    *, target: date, succeeded: set[date], last_success: date | None, max_catchup_days: int
+    *,
+    target: date | Period,
+    succeeded: set[date] | set[Period],
+    last_success: date | Period | None,
+    max_catchup_days: int,
+    max_catchup_periods: int | None = None,
 ) -> CatchUpPlan:
-    """Days missing since the last success up to ``target`` (the target alone without any success).
+    """Periods (days) missing since the last success up to ``target`` (the target alone without any success).
 
-    At most ``max_catchup_days`` of them run (the most recent ones); older ones are returned in
-    ``beyond_bound`` for the caller to log, never dropped silently.
+    At most ``max_catchup_days`` days of them run (the most recent ones); older ones are returned in
+    ``beyond_bound`` for the caller to log, never dropped silently. With ``max_catchup_periods``, when
+    more periods than that remain, the oldest consecutive ones are merged into one period so the
+    catch-up runs at most that many cycles.
     """
-    start = target if last_success is None else min(last_success + timedelta(days=1), target)
-    missing = [d for d in daterange(start, target) if d not in succeeded]
-    bound = max(0, max_catchup_days)
-    if len(missing) <= bound:
-        return CatchUpPlan(target=target, to_run=missing)
-    cut = len(missing) - bound
-    return CatchUpPlan(target=target, to_run=missing[cut:], beyond_bound=missing[:cut])
+    step = target.step if isinstance(target, Period) else DAY
+    goal = _as_period(target, step)
+    done = {_as_period(s, step) for s in succeeded}
+    start = goal if last_success is None else min(_as_period(last_success, step).next(), goal)
+    missing = [p for p in period_range(start, goal) if p not in done]
+    bound = max(0, max_catchup_days) * (DAY // step)
+    beyond: list[Period] = []
+    if len(missing) > bound:
+        cut = len(missing) - bound
+        beyond, missing = missing[:cut], missing[cut:]
+    merged = None
+    if max_catchup_periods is not None and len(missing) > max_catchup_periods:
+        want = len(missing) - max_catchup_periods + 1
+        head = 1
+        while head < want and missing[head].start == missing[head - 1].end:
+            head += 1
+        if head > 1:
+            merged = missing[0].merged(head)
+            missing = [merged, *missing[head:]]
+    if isinstance(target, Period):
+        return CatchUpPlan(target=target, to_run=missing, beyond_bound=beyond, merged=merged)
+    return CatchUpPlan(
+        target=target,
+        to_run=[p if p.count > 1 else p.day for p in missing],
+        beyond_bound=[p.day for p in beyond],
+        merged=merged,
+    )
 
 
 def target_day(settings: Settings, now: datetime | None = None) -> date:
@@ -79,47 +131,69 @@ def target_day(settings: Settings, now: datetime | None = None) -> date:
     return current.date() - timedelta(days=1)
 
 
+def target_period(settings: Settings, now: datetime | None = None) -> Period:
+    """The period a tick processes: yesterday (daily), else the last period that has ended (UTC)."""
+    step = settings.period_step
+    if step == DAY:
+        return Period.of_day(target_day(settings, now))
+    return last_closed(now or datetime.now(UTC), step)
+
+
 def catch_up(
     *,
     settings: Settings,
-    target: date,
+    target: date | Period,
     stop: threading.Event | None = None,
     actor: str = "scheduler",
     run: CycleRunner | None = None,
 ) -> list[CycleOutcome]:
-    """Run every missing day up to ``target`` in order (see ``plan_catch_up``); returns the outcomes."""
+    """Run every missing period up to ``target`` in order (see ``plan_catch_up``); returns the outcomes."""
     from reloop_service.cycle.run import cycle_history, run_cycle
 
     runner: CycleRunner = run or run_cycle
     succeeded, last_success = cycle_history(settings=settings)
+    goal = target if isinstance(target, Period) else Period.coerce(target, settings.period_step)
     plan = plan_catch_up(
-        target=target,
+        target=goal,
         succeeded=succeeded,
         last_success=last_success,
         max_catchup_days=settings.max_catchup_days,
+        max_catchup_periods=settings.max_catchup_periods,
     )
+    unit = "day" if settings.period_step == DAY else "period"
     if plan.beyond_bound:  # one line, not one per day (an old registry has hundreds)
         first, last = plan.beyond_bound[0], plan.beyond_bound[-1]
         log.warning(
-            "%d missing day(s) %s..%s are older than max_catchup_days=%d: not run automatically; "
+            "%d missing %s(s) %s..%s are older than max_catchup_days=%d: not run automatically; "
             "run `reloop cycle backfill --from %s --to %s`",
             len(plan.beyond_bound),
+            unit,
             first,
             last,
             settings.max_catchup_days,
             first,
             last,
         )
+    if plan.merged is not None:
+        log.warning(
+            "catch-up: %d missing periods exceed max_catchup_periods=%d: the oldest %d merged into one "
+            "cycle %s",
+            len(plan.to_run) - 1 + plan.merged.count,
+            settings.max_catchup_periods,
+            plan.merged.count,
+            plan.merged.describe(),
+        )
     from reloop_service.cycle.observe import CYCLE_METRICS
 
     CYCLE_METRICS.catchup_beyond.set(len(plan.beyond_bound))
     if plan.to_run:
         log.info(
-            "catch-up to %s (last success %s): %d day(s) to run: %s",
+            "catch-up to %s (last success %s): %d %s(s) to run: %s",
             target,
             last_success,
             len(plan.to_run),
-            ", ".join(d.isoformat() for d in plan.to_run),
+            "cycle" if plan.merged is not None else unit,
+            ", ".join(p.describe() for p in plan.to_run),
         )
     else:
         log.info("catch-up to %s: nothing missing (last success %s)", target, last_success)
@@ -131,7 +205,9 @@ def catch_up(
         if stop is not None and stop.is_set():
             log.warning("stopping: cycle %s and later days left for the next start", day)
             break
-        log.info("catch-up: running cycle %s (%d/%d%s)", day, i + 1, total, _eta(started, i, total))
+        log.info(
+            "catch-up: running cycle %s (%d/%d%s)", day.describe(), i + 1, total, _eta(started, i, total)
+        )
         outcome = runner(settings=settings, cycle_date=day, actor=actor, stop=stop)
         log.info("catch-up: cycle %s -> %s", day, outcome.status)
         outcomes.append(outcome)
@@ -221,12 +297,21 @@ class CycleScheduler:
             },
             timezone=tz,
         )
-        self.trigger = CronTrigger(
-            hour=settings.schedule_time.hour,
-            minute=settings.schedule_time.minute,
-            second=settings.schedule_time.second,
-            timezone=tz,
-        )
+        step = settings.period_step
+        self.trigger: CronTrigger | IntervalTrigger
+        if step == DAY:
+            self.trigger = CronTrigger(
+                hour=settings.schedule_time.hour,
+                minute=settings.schedule_time.minute,
+                second=settings.schedule_time.second,
+                timezone=tz,
+            )
+        else:
+            # Every period, label_delay after it ends (the readiness check still decides).
+            offset = settings.label_delay_td % step
+            self.trigger = IntervalTrigger(
+                seconds=int(step.total_seconds()), start_date=datetime(2000, 1, 1, tzinfo=UTC) + offset
+            )
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` body (from memory only)."""
@@ -260,7 +345,7 @@ class CycleScheduler:
         try:
             catch_up(
                 settings=self.settings,
-                target=target_day(self.settings),
+                target=target_period(self.settings),
                 stop=self.stop_event,
                 run=self._run,
             )
@@ -273,7 +358,7 @@ class CycleScheduler:
             self.tick,
             self.trigger,
             id=DAILY_JOB_ID,
-            name="daily cycle",
+            name="cycle",
             replace_existing=True,
             coalesce=True,
             max_instances=1,
@@ -287,9 +372,11 @@ class CycleScheduler:
         self._start_status_server()
         job = self.scheduler.get_job(DAILY_JOB_ID)
         log.info(
-            "scheduler started: daily at %s %s (next %s), misfire grace %ds, max catch-up %d days",
-            self.settings.schedule_time,
-            self.settings.timezone,
+            "scheduler started: %s (next %s), misfire grace %ds, max catch-up %d days",
+            f"daily at {self.settings.schedule_time} {self.settings.timezone}"
+            if self.settings.period_step == DAY
+            else f"every {format_duration(self.settings.period_step)}, {self.settings.label_delay} after "
+            "each period ends",
             getattr(job, "next_run_time", None),
             self.settings.misfire_grace_s,
             self.settings.max_catchup_days,

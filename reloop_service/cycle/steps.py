@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 
 from reloop_service.config import Settings
 from reloop_service.data.collisions import CollisionCounter
+from reloop_service.data.period import Period
 from reloop_service.data.spec import FeatureSpec, default_spec, load_spec
 from reloop_service.data.split import holdout_mask
 from reloop_service.data.transforms import labels_of
@@ -85,6 +86,21 @@ class CycleContext:
     finishing: threading.Event = field(default_factory=threading.Event)
     workdir: Path | None = None
     trainer: DayTrainer = field(default_factory=LocalTrainer)
+    period: Period | None = None  # the period this cycle trains on (default: the day ``cycle_date``)
+
+    def __post_init__(self) -> None:
+        if self.period is None:
+            self.period = Period.of_day(self.cycle_date)
+
+    @property
+    def the_period(self) -> Period:
+        assert self.period is not None
+        return self.period
+
+    @property
+    def last_day(self) -> date:
+        """The calendar day of the period's last instant (the data watermark's last day)."""
+        return (self.the_period.end - timedelta(microseconds=1)).date()
 
     def check(self, step: str) -> None:
         """Raise at a step boundary when the process is stopping or another owner took the date."""
@@ -103,8 +119,8 @@ class CycleLogAdapter(logging.LoggerAdapter[logging.Logger]):
         return f"[cycle {extra.get('cycle_date')} attempt {extra.get('attempt')}] {msg}", kwargs
 
 
-def cycle_logger(name: str, cycle_date: date, attempt: int | str) -> CycleLogAdapter:
-    """A logger whose lines carry ``cycle_date`` and ``attempt``."""
+def cycle_logger(name: str, cycle_date: date | Period, attempt: int | str) -> CycleLogAdapter:
+    """A logger whose lines carry ``cycle_date`` (the period's name) and ``attempt``."""
     return CycleLogAdapter(
         logging.getLogger(name), {"cycle_date": cycle_date.isoformat(), "attempt": attempt}
     )
@@ -112,9 +128,9 @@ def cycle_logger(name: str, cycle_date: date, attempt: int | str) -> CycleLogAda
 
 # ----------------------------------------------------------------------------------------- claim
 def claim(
-    *, settings: Settings, engine: Engine, cycle_date: date, owner: str, force: bool = False
+    *, settings: Settings, engine: Engine, cycle_date: date | Period, owner: str, force: bool = False
 ) -> CycleClaim:
-    """Step 1: claim the date in the cycle-runs table (exactly one concurrent claimer wins)."""
+    """Step 1: claim the period (a date: that day) in the cycle-runs table (one concurrent claimer wins)."""
     with session_scope(engine) as session:
         return cycle_runs.claim_cycle(
             session,
@@ -220,10 +236,11 @@ def ingest(ctx: CycleContext, *, parent: Parent) -> Ingested:
     try:
         day_log = open_days(
             ctx.settings.resolved_logs_uri,
-            [ctx.cycle_date],
+            [ctx.the_period],
             spec,
             storage_options=ctx.settings.storage_options(),
             batch_size=READ_BATCH_ROWS,
+            allow_empty_parts=ctx.the_period.count > 1,  # a merged catch-up may hold an empty hour
         )
     except EmptyDayError as exc:
         raise DaySkipped("no_data", str(exc)) from exc
@@ -322,6 +339,7 @@ def load_archived_priors(
     ctrs: list[pa.Array] = []
     ts: list[pa.Array] = []
     start, end = archive_window(ctx.cycle_date, parent_created)
+    end = max(end, ctx.last_day + timedelta(days=1))  # a merged period may span days
     for batch in read_predictions(
         ctx.settings.resolved_archive_uri,
         version=parent_version,
@@ -440,7 +458,7 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         ctx.log.warning("bucket collisions: %s; raise its buckets in the feature spec", c.describe())
     _refuse_small_day(
         settings,
-        ctx.cycle_date,
+        ctx.the_period.describe(),
         rows=rows,
         positives=positives[True] + positives[False],
         holdout_rows=counts[True],
@@ -481,7 +499,7 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
 
 def _refuse_small_day(
     settings: Settings,
-    day: date,
+    day: str,
     *,
     rows: int,
     positives: int,
@@ -563,7 +581,7 @@ def train_candidate(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent)
             batches=prepared.train_batches,
             init=init,
             first_day=ctx.cycle_date if cold else None,
-            last_day=ctx.cycle_date,
+            last_day=ctx.last_day,
             base_rate=prepared.train_positives / max(prepared.train_rows, 1),
         )
     )
@@ -613,7 +631,7 @@ def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained)
         spec=None,
         batches=prepared.holdout_batches,
         init=trained.checkpoint,
-        last_day=ctx.cycle_date,
+        last_day=ctx.last_day,
         progress=False,
     )
     seconds = time.perf_counter() - started
@@ -748,7 +766,7 @@ def register(
     checkpoint.metrics = {**checkpoint.metrics, "holdout": cand}
     data = checkpoint_to_bytes(checkpoint)
     ref = artifact_store(settings).put(
-        data, f"{settings.model_name}/cycle-{ctx.cycle_date.isoformat()}-run{ctx.run.id}.ckpt"
+        data, f"{settings.model_name}/cycle-{file_stem(ctx.the_period)}-run{ctx.run.id}.ckpt"
     )
     ctx.log.info("artifact written: %s (%d bytes)", ref.uri, ref.size)
     spec_hash = checkpoint.feature_spec().fingerprint()
@@ -779,15 +797,16 @@ def register(
             model_name=settings.model_name,
             artifact=ref,
             actor=ctx.actor,
-            reason=f"cycle {ctx.cycle_date}",
+            reason=f"cycle {ctx.the_period.describe()}",
             parent_version=parent.number,
             feature_spec_hash=spec_hash,
             train_config=_jsonable(train_config),
             data_first_day=checkpoint.first_day or ctx.cycle_date,
-            data_last_day=checkpoint.last_day or ctx.cycle_date,
+            data_last_day=checkpoint.last_day or ctx.last_day,
             metrics=_jsonable(metrics),
             gate_verdict=_jsonable(stored_verdict),
             cycle_date=ctx.cycle_date,
+            period=ctx.the_period.name,
         )
         if passed and settings.auto_promote:
             store.promote(
@@ -795,7 +814,7 @@ def register(
                 model_name=settings.model_name,
                 version=version.version,
                 actor=ctx.actor,
-                reason=f"cycle {ctx.cycle_date}: gate passed",
+                reason=f"cycle {ctx.the_period}: gate passed",
                 expected_current=parent.number,
             )
             decision = "promoted"
@@ -807,7 +826,7 @@ def register(
                 model_name=settings.model_name,
                 version=version.version,
                 actor=ctx.actor,
-                reason=f"cycle {ctx.cycle_date}: gate rejected ({', '.join(verdict.failed_rules)})",
+                reason=f"cycle {ctx.the_period}: gate rejected ({', '.join(verdict.failed_rules)})",
                 details={"verdict": _jsonable(stored_verdict)},
             )
             decision = "rejected"
@@ -843,7 +862,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, date):
+    if isinstance(value, date | Period):
         return value.isoformat()
     return value
 
@@ -857,12 +876,17 @@ def report(*, settings: Settings, record: Mapping[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------------------- workdir
-def make_workdir(settings: Settings, cycle_date: date, run: CycleRun) -> Path:
+def file_stem(period: date | Period) -> str:
+    """A period's name as file names carry it (``2024-05-01``, ``2024-05-01T13``, ``2024-05-01T1330``)."""
+    return period.isoformat().replace(":", "")
+
+
+def make_workdir(settings: Settings, cycle_date: date | Period, run: CycleRun) -> Path:
     """A private local scratch folder for one attempt (removed when it ends)."""
     base = (settings.data_dir / "work").resolve()
     base.mkdir(parents=True, exist_ok=True)
     return Path(
-        tempfile.mkdtemp(prefix=f"cycle-{cycle_date.isoformat()}-run{run.id}-a{run.attempt}-", dir=base)
+        tempfile.mkdtemp(prefix=f"cycle-{file_stem(cycle_date)}-run{run.id}-a{run.attempt}-", dir=base)
     )
 
 

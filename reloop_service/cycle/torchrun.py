@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from reloop_service.config import Settings
 from reloop_service.cycle.run import CycleOutcome, StepHook, run_cycle
+from reloop_service.data.period import Period
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class CycleRunner(Protocol):
         self,
         *,
         settings: Settings,
-        cycle_date: date,
+        cycle_date: date | Period,
         force: bool = False,
         actor: str = "scheduler",
         stop: threading.Event | None = None,
@@ -56,7 +57,7 @@ def runner_for(nproc: int) -> CycleRunner:
 def torchrun_command(
     *,
     nproc: int,
-    cycle_date: date,
+    cycle_date: date | Period,
     force: bool = False,
     data_dir: Path | str | None = None,
     actor: str = "cli",
@@ -77,6 +78,8 @@ def torchrun_command(
         actor,
         "--json",
     ]
+    if isinstance(cycle_date, Period) and cycle_date.count > 1:
+        argv += ["--count", str(cycle_date.count)]
     if force:
         argv.append("--force")
     if data_dir is not None:
@@ -100,7 +103,7 @@ class TorchrunRunner:
         self,
         *,
         settings: Settings,
-        cycle_date: date,
+        cycle_date: date | Period,
         force: bool = False,
         actor: str = "scheduler",
         stop: threading.Event | None = None,
@@ -125,7 +128,7 @@ class TorchrunRunner:
                 outcome = CycleOutcome.from_dict(json.loads(line.removeprefix(OUTCOME_PREFIX)))
         if outcome is None:
             return CycleOutcome(
-                cycle_date=cycle_date,
+                cycle_date=cycle_date.day if isinstance(cycle_date, Period) else cycle_date,
                 status="failed",
                 reason="error",
                 error=f"torchrun exited with {proc.returncode} before rank 0 reported an outcome",
@@ -165,7 +168,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def run_cycle_distributed(
     *,
     settings: Settings,
-    cycle_date: date,
+    cycle_date: date | Period,
     force: bool = False,
     actor: str = "torchrun",
     stop: threading.Event | None = None,
@@ -189,7 +192,7 @@ def run_cycle_distributed(
         if not ctx.is_main:
             return CycleOutcome.from_dict(trainer.follow())
         outcome = CycleOutcome(
-            cycle_date=cycle_date,
+            cycle_date=cycle_date.day if isinstance(cycle_date, Period) else cycle_date,
             status="failed",
             reason="error",
             error="rank 0 stopped before the cycle ended",
@@ -222,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cyc = sub.add_parser(
         "cycle", help="Run one daily cycle with data-parallel training (launch with torchrun)."
     )
-    cyc.add_argument("--date", required=True, type=date.fromisoformat)
+    cyc.add_argument("--date", required=True, help="The period's start: 2024-05-01 or 2024-05-01T13.")
+    cyc.add_argument("--count", type=int, default=1, help="Periods merged into this cycle (catch-up).")
     cyc.add_argument("--force", action="store_true")
     cyc.add_argument("--actor", default="torchrun")
     cyc.add_argument("--data-dir", default=None)
@@ -234,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(data_dir=None if args.data_dir is None else Path(args.data_dir))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, _stopper(stop))
+    period = Period.parse(args.date, settings.period_step).merged(args.count)
     outcome = run_cycle_distributed(
-        settings=settings, cycle_date=args.date, force=args.force, actor=args.actor, stop=stop
+        settings=settings, cycle_date=period, force=args.force, actor=args.actor, stop=stop
     )
     if args.json and int(os.environ.get("RANK", "0")) == 0:
         print(OUTCOME_PREFIX + json.dumps(outcome.to_dict(), default=str), flush=True)

@@ -1,4 +1,7 @@
-"""Streaming, validated reads of the daily click logs ``<root>/dt=YYYY-MM-DD/*.parquet``.
+"""Streaming, validated reads of the click logs ``<root>/dt=YYYY-MM-DD[/hr=HH]/*.parquet``.
+
+A day is the folder ``dt=YYYY-MM-DD``; with sub-daily cycle periods (``data/period.py``) each hour is
+``dt=YYYY-MM-DD/hr=HH``. ``open_days`` takes days or ``Period`` values and reads their partitions.
 
 Opening a day range checks every file's schema (footer only) and then makes one streaming pass over
 the three columns needed for row checks (impression id, label, event time). Bad rows are written once,
@@ -36,6 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
+from reloop_service.data.period import Period
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import FeatureError, canonical_strings, stable_hash
 from reloop_service.storage import filesystem, is_local, join
@@ -75,7 +79,7 @@ class EmptyDayError(IngestError):
 class IngestReport:
     """What an open found: counts per reason, files read and where the quarantined rows went."""
 
-    days: list[date]
+    days: list[date | Period]
     files: list[str]
     rows_read: int = 0
     rows_valid: int = 0
@@ -103,7 +107,7 @@ class IngestReport:
 
 @dataclass
 class _File:
-    day: date
+    day: str  # the partition folder, relative to the root (``dt=…`` or ``dt=…/hr=…``)
     path: str  # inside the filesystem
     uri: str  # for messages
     rows: int
@@ -111,14 +115,28 @@ class _File:
     bad_reasons: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))  # index into REASONS
 
 
-def day_dir(logs_uri: str, day: date) -> str:
-    """``<logs_uri>/dt=YYYY-MM-DD``."""
-    return join(logs_uri, f"dt={day.isoformat()}")
+def _partitions(day: date | Period | str) -> tuple[str, ...]:
+    """Relative partition folders of a day (``dt=…``), a period (its hours) or a folder name itself."""
+    if isinstance(day, str):
+        return (day,)
+    if isinstance(day, Period):
+        return day.partitions()
+    return (f"dt={day.isoformat()}",)
 
 
-def quarantine_dir(logs_uri: str, day: date) -> str:
-    """``<logs_uri>/_quarantine/dt=YYYY-MM-DD``."""
-    return join(logs_uri, "_quarantine", f"dt={day.isoformat()}")
+def _label(part: str) -> str:
+    """``dt=2024-05-01/hr=13`` -> ``2024-05-01T13`` (a period's name), ``dt=2024-05-01`` -> ``2024-05-01``."""
+    return part.replace("dt=", "").replace("/hr=", "T").replace("/mi=", ":")
+
+
+def day_dir(logs_uri: str, day: date | Period | str) -> str:
+    """``<logs_uri>/dt=YYYY-MM-DD`` (``…/hr=HH`` for an hourly period's first partition)."""
+    return join(logs_uri, _partitions(day)[0])
+
+
+def quarantine_dir(logs_uri: str, day: date | Period | str) -> str:
+    """``<logs_uri>/_quarantine/dt=YYYY-MM-DD`` (``…/hr=HH`` for an hourly partition)."""
+    return join(logs_uri, "_quarantine", _partitions(day)[0])
 
 
 def output_schema(spec: FeatureSpec) -> pa.Schema:
@@ -286,8 +304,8 @@ def _uri(fs: AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def _list_day(fs: AbstractFileSystem, root: str, day: date) -> list[str]:
-    folder = join(root, f"dt={day.isoformat()}")
+def _list_day(fs: AbstractFileSystem, root: str, part: str) -> list[str]:
+    folder = join(root, part)
     try:
         if not fs.isdir(folder):
             return []
@@ -310,7 +328,7 @@ class DayLog:
         *,
         fs: AbstractFileSystem,
         root: str,
-        days: list[date],
+        days: list[date | Period],
         spec: FeatureSpec,
         files: list[_File],
         batch_size: int,
@@ -416,33 +434,41 @@ class DayLog:
 
 def open_days(
     logs_uri: str,
-    days: Sequence[date],
+    days: Sequence[date | Period],
     spec: FeatureSpec,
     *,
     storage_options: dict[str, Any] | None = None,
     batch_size: int = 65536,
     quarantine: bool = True,
+    allow_empty_parts: bool = False,
 ) -> DayLog:
     """Validate ``days`` of click logs under ``logs_uri`` and return a re-iterable stream of valid rows.
 
     Raises ``IngestError`` (file and column named) for unreadable files or bad schemas and
     ``EmptyDayError`` for a day without rows. Row-level problems are counted in ``report`` and written
     to the quarantine (replacing what an earlier open of the same day wrote) unless ``quarantine`` is
-    False (a dry run that still counts).
+    False (a dry run that still counts). A ``Period`` reads each of its partitions (an hourly period
+    ``dt=…/hr=HH``); with ``allow_empty_parts`` (a merged catch-up period) partitions without files
+    are passed over as long as one has rows.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    days = sorted(set(days))
+    days = sorted(set(days), key=lambda d: d.start if isinstance(d, Period) else Period.of_day(d).start)
     if not days:
         raise ValueError("open_days needs at least one day")
     fs, root = filesystem(logs_uri, storage_options)
     files: list[_File] = []
-    for day in days:
-        paths = _list_day(fs, root, day)
+    parts = [part for day in days for part in _partitions(day)]
+    names = ",".join(d.isoformat() for d in days)
+    for part in parts:
+        paths = _list_day(fs, root, part)
         if not paths:
+            if allow_empty_parts:
+                continue
             raise EmptyDayError(
-                f"no click logs for {day}: no Parquet files under {_uri(fs, day_dir(root, day))}"
+                f"no click logs for {_label(part)}: no Parquet files under {_uri(fs, join(root, part))}"
             )
+        day = part
         day_rows = 0
         for path in paths:
             uri = _uri(fs, path)
@@ -462,15 +488,17 @@ def open_days(
                 log.warning("%s: row groups of %d rows; reading holds one in memory", uri, largest)
             files.append(_File(day=day, path=path, uri=uri, rows=rows))
             day_rows += rows
-        if day_rows == 0:
-            raise EmptyDayError(f"no click logs for {day}: {len(paths)} Parquet file(s) but no rows")
+        if day_rows == 0 and not allow_empty_parts:
+            raise EmptyDayError(f"no click logs for {_label(day)}: {len(paths)} Parquet file(s) but no rows")
+    if not files or sum(f.rows for f in files) == 0:
+        raise EmptyDayError(f"no click logs for {names}: no Parquet files with rows under {_uri(fs, root)}")
 
     report = IngestReport(days=list(days), files=[f.uri for f in files])
     log_ = DayLog(
         fs=fs, root=root, days=list(days), spec=spec, files=files, batch_size=batch_size, report=report
     )
     check_cols = [spec.impression_id, spec.label, spec.event_time]
-    for day in days:
+    for day in parts:
         day_files = [f for f in files if f.day == day]
         # Duplicate ids are found once per day after the pass: (hash, global row) of otherwise-valid rows.
         hashes: list[np.ndarray] = []
@@ -508,15 +536,15 @@ def open_days(
             report.quarantined[reason] = report.quarantined.get(reason, 0) + int(count)
     report.rows_valid = report.rows_read - report.rows_quarantined
     report.quarantine_uri = (
-        _uri(fs, quarantine_dir(root, days[0])) if len(days) == 1 else _uri(fs, join(root, "_quarantine"))
+        _uri(fs, quarantine_dir(root, parts[0])) if len(parts) == 1 else _uri(fs, join(root, "_quarantine"))
     )
     if quarantine:
-        for day in days:
+        for day in parts:
             report.quarantine_files += _write_quarantine(log_, [f for f in files if f.day == day], day)
     if report.rows_quarantined:
         log.warning(
             "click logs %s: %d of %d rows quarantined (%s) under %s",
-            ",".join(d.isoformat() for d in days),
+            names,
             report.rows_quarantined,
             report.rows_read,
             ", ".join(f"{k}={v}" for k, v in sorted(report.quarantined.items())),
@@ -556,7 +584,7 @@ def _mark_duplicates(
         f.bad_reasons = codes[order_f]
 
 
-def _write_quarantine(log_: DayLog, files: list[_File], day: date) -> list[str]:
+def _write_quarantine(log_: DayLog, files: list[_File], day: str) -> list[str]:
     """Write the day's bad rows (all original columns + reason, source file and row); return their URIs."""
     fs = log_._fs
     folder = quarantine_dir(log_._root, day)

@@ -1,7 +1,7 @@
 """The cycle-runs table's verbs: claim a date, keep the claim alive, close it, read runs back.
 
 Like ``store.py``: keyword-only functions taking a ``Session`` (the caller owns the transaction) and
-returning frozen entities. ``claim_cycle`` relies on the unique ``(model_name, cycle_date)`` constraint
+returning frozen entities. ``claim_cycle`` relies on the unique ``(model_name, period)`` constraint
 and a compare-and-set on ``attempt`` for take-overs, so exactly one of any number of concurrent
 claimers wins; every later write compares the claim's owner and attempt (``ClaimLostError`` otherwise).
 """
@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from reloop_service.data.period import Period
 from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, InvalidTransitionError, NotFoundError
 from reloop_service.registry.events import CycleStatus
@@ -27,6 +28,7 @@ def _run(row: CycleRunRow) -> CycleRun:
         id=row.id,
         model_name=row.model_name,
         cycle_date=row.cycle_date,
+        period=row.period,
         status=CycleStatus(row.status),
         attempt=row.attempt,
         owner=row.owner,
@@ -40,10 +42,13 @@ def _run(row: CycleRunRow) -> CycleRun:
 
 
 # -------------------------------------------------------------------------------------- cycle runs
-def _run_row(session: Session, model_name: str, cycle_date: date, *, lock: bool) -> CycleRunRow | None:
-    stmt = select(CycleRunRow).where(
-        CycleRunRow.model_name == model_name, CycleRunRow.cycle_date == cycle_date
-    )
+def _key(cycle_date: date | Period) -> Period:
+    """A daily period for a bare date (every caller before sub-daily periods passed one)."""
+    return cycle_date if isinstance(cycle_date, Period) else Period.of_day(cycle_date)
+
+
+def _run_row(session: Session, model_name: str, period: Period, *, lock: bool) -> CycleRunRow | None:
+    stmt = select(CycleRunRow).where(CycleRunRow.model_name == model_name, CycleRunRow.period == period.name)
     if lock:
         stmt = stmt.with_for_update()
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
@@ -52,7 +57,7 @@ def _run_row(session: Session, model_name: str, cycle_date: date, *, lock: bool)
 def claim_cycle(
     session: Session,
     *,
-    cycle_date: date,
+    cycle_date: date | Period,
     owner: str,
     stale_after_s: float,
     force: bool = False,
@@ -60,7 +65,7 @@ def claim_cycle(
     model_name: str,
     now: datetime | None = None,
 ) -> CycleClaim:
-    """Claim ``cycle_date`` for ``owner``; exactly one of concurrent claimers gets ``acquired=True``.
+    """Claim the period ``cycle_date`` (a date: that day) for ``owner``; one concurrent claimer wins.
 
     - no run yet: insert one (the unique date makes a concurrent insert lose) — ``claimed``;
     - ``running`` with a heartbeat fresher than ``stale_after_s``: not acquired — ``held`` (even with force);
@@ -71,11 +76,13 @@ def claim_cycle(
     Commit promptly: the claim is only visible to others once the transaction commits.
     """
     now = now or now_utc()
-    row = _run_row(session, model_name, cycle_date, lock=True)
+    period = _key(cycle_date)
+    row = _run_row(session, model_name, period, lock=True)
     if row is None:
         fresh = CycleRunRow(
             model_name=model_name,
-            cycle_date=cycle_date,
+            cycle_date=period.day,
+            period=period.name,
             status=CycleStatus.RUNNING.value,
             attempt=1,
             owner=owner,
@@ -90,7 +97,7 @@ def claim_cycle(
             with session.begin_nested():
                 session.add(fresh)
         except sa_exc.IntegrityError:
-            row = _run_row(session, model_name, cycle_date, lock=True)
+            row = _run_row(session, model_name, period, lock=True)
             if row is None:  # pragma: no cover - the conflicting row vanished (deleted by hand)
                 raise
         else:
@@ -125,7 +132,7 @@ def claim_cycle(
         )
         .execution_options(synchronize_session=False)
     )
-    refreshed = _run_row(session, model_name, cycle_date, lock=False)
+    refreshed = _run_row(session, model_name, period, lock=False)
     assert refreshed is not None
     if getattr(result, "rowcount", 0) != 1:
         return CycleClaim(acquired=False, reason="held", run=_run(refreshed))
@@ -146,7 +153,7 @@ def _update_claimed(session: Session, run: CycleRun, values: dict[str, Any]) -> 
     )
     if getattr(result, "rowcount", 0) != 1:
         raise ClaimLostError(
-            f"cycle {run.cycle_date} attempt {run.attempt} of {run.owner!r} no longer holds its claim"
+            f"cycle {run.period} attempt {run.attempt} of {run.owner!r} no longer holds its claim"
             " (taken over after a stale heartbeat, or already finished)"
         )
     return get_cycle_run(session, run_id=run.id, model_name=run.model_name)
@@ -195,7 +202,7 @@ def get_cycle_run(
     session: Session,
     *,
     run_id: int | None = None,
-    cycle_date: date | None = None,
+    cycle_date: date | Period | None = None,
     model_name: str,
 ) -> CycleRun:
     """One run of ``model_name`` by id or by date (``NotFoundError`` if absent)."""
@@ -203,7 +210,7 @@ def get_cycle_run(
         stmt = select(CycleRunRow).where(CycleRunRow.id == run_id, CycleRunRow.model_name == model_name)
     elif cycle_date is not None:
         stmt = select(CycleRunRow).where(
-            CycleRunRow.model_name == model_name, CycleRunRow.cycle_date == cycle_date
+            CycleRunRow.model_name == model_name, CycleRunRow.period == _key(cycle_date).name
         )
     else:
         raise ValueError("get_cycle_run needs run_id or cycle_date")
@@ -230,7 +237,7 @@ def list_cycle_runs(
     date_to: date | None = None,
     limit: int = 100,
 ) -> list[CycleRun]:
-    """Runs newest cycle date first, optionally by status and date range (inclusive)."""
+    """Runs newest period first, optionally by status and date range (inclusive, by the start's day)."""
     stmt = select(CycleRunRow).where(CycleRunRow.model_name == model_name)
     if status is not None:
         stmt = stmt.where(CycleRunRow.status == CycleStatus(status).value)
@@ -238,5 +245,5 @@ def list_cycle_runs(
         stmt = stmt.where(CycleRunRow.cycle_date >= date_from)
     if date_to is not None:
         stmt = stmt.where(CycleRunRow.cycle_date <= date_to)
-    stmt = stmt.order_by(CycleRunRow.cycle_date.desc()).limit(limit)
+    stmt = stmt.order_by(CycleRunRow.cycle_date.desc(), CycleRunRow.period.desc()).limit(limit)
     return [_run(row) for row in session.execute(stmt).scalars()]

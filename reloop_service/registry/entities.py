@@ -62,6 +62,7 @@ class ModelVersion(_ToDict):
     cycle_date: date | None
     status_changed_at: datetime
     rolled_back_at: datetime | None
+    period: str | None = None  # the cycle's period, named by its start (``2024-05-01T13``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +101,16 @@ class Lineage(_ToDict):
 
 @dataclass(frozen=True, slots=True)
 class CycleRun(_ToDict):
-    """One daily cycle's run record; ``attempt`` and ``owner`` identify the current claim."""
+    """One cycle's run record; ``attempt`` and ``owner`` identify the current claim.
+
+    ``period`` names the cycle's period by its start (``2024-05-01`` daily, ``2024-05-01T13`` hourly) and
+    is the claim's key; ``cycle_date`` is the day it starts on.
+    """
 
     id: int
     model_name: str
     cycle_date: date
+    period: str
     status: CycleStatus
     attempt: int
     owner: str

@@ -8,7 +8,8 @@ Database-level guarantees (not only application checks):
   the alias must point at a version whose status is ``production``. Together: never two production
   versions, and the alias never points at an archived one.
 - ``registry_events``: append-only, enforced by triggers created in the migration.
-- ``cycle_runs``: ``(model_name, cycle_date)`` unique, which is the claim of a date.
+- ``cycle_runs``: ``(model_name, period)`` unique, which is the claim of a period (``period`` is its
+  start's name: ``2024-05-01`` for a day, ``2024-05-01T13`` for an hour; ``cycle_date`` the day).
 
 JSON columns are ``JSON`` on SQLite and ``JSONB`` on PostgreSQL. Timestamps are stored in UTC and come
 back timezone-aware on both backends.
@@ -128,6 +129,7 @@ class ModelVersionRow(Base):
     metrics: Mapped[dict[str, Any]]
     gate_verdict: Mapped[dict[str, Any] | None]
     cycle_date: Mapped[date | None]
+    period: Mapped[str | None] = mapped_column(String(32))
 
 
 class ProductionAliasRow(Base):
@@ -172,7 +174,7 @@ class RegistryEventRow(Base):
 class CycleRunRow(Base):
     __tablename__ = "cycle_runs"
     __table_args__ = (
-        UniqueConstraint("model_name", "cycle_date", name="uq_cycle_runs_model_name_cycle_date"),
+        UniqueConstraint("model_name", "period", name="uq_cycle_runs_model_name_period"),
         CheckConstraint(_in("status", CYCLE_STATUSES), name="status"),
         CheckConstraint("attempt >= 1", name="attempt_positive"),
     )
@@ -180,6 +182,7 @@ class CycleRunRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(200))
     cycle_date: Mapped[date]
+    period: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(20))
     attempt: Mapped[int] = mapped_column(Integer)
     owner: Mapped[str] = mapped_column(String(200))

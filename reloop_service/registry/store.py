@@ -75,6 +75,7 @@ def _version(row: ModelVersionRow) -> ModelVersion:
         cycle_date=row.cycle_date,
         status_changed_at=row.status_changed_at,
         rolled_back_at=row.rolled_back_at,
+        period=row.period,
     )
 
 
@@ -165,12 +166,14 @@ def register_version(
     metrics: dict[str, Any] | None = None,
     gate_verdict: dict[str, Any] | None = None,
     cycle_date: date | None = None,
+    period: str | None = None,
 ) -> ModelVersion:
     """Register a new ``candidate`` version with the next number for ``model_name``.
 
     ``artifact`` must come from ``ArtifactStore.put`` (fully written, sha256 known) so no row ever points at a
     half-written file. A racing registration surfaces as ``RetryableConflictError`` when the transaction
     flushes or commits; use ``register_version_with_retry`` (or ``db.run_transaction``) to retry it.
+    ``period`` names the cycle's period by its start (default: ``cycle_date``, a daily period).
     """
     if len(artifact.sha256) != 64 or any(c not in "0123456789abcdef" for c in artifact.sha256):
         raise InvalidTransitionError(f"artifact sha256 {artifact.sha256!r} is not a lowercase hex sha256")
@@ -203,6 +206,7 @@ def register_version(
         metrics=metrics or {},
         gate_verdict=gate_verdict,
         cycle_date=cycle_date,
+        period=period if period is not None else (cycle_date.isoformat() if cycle_date else None),
     )
     session.add(row)
     session.flush()

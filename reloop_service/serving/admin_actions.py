@@ -8,7 +8,6 @@ new version.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from sqlalchemy import Engine
@@ -165,6 +164,6 @@ def to_json(entity: Any) -> dict[str, Any]:
     return out
 
 
-def trigger_cycle(*, trigger: Any, cycle_date: date, force: bool, actor: str) -> Any:
+def trigger_cycle(*, trigger: Any, cycle_date: Any, force: bool, actor: str) -> Any:
     """Start a cycle through the hook the cycle domain installs; returns its run id."""
     return trigger(cycle_date, force, actor)

@@ -324,6 +324,9 @@ class VersionOut(BaseModel):
     cycle_date: date | None
     status_changed_at: datetime
     rolled_back_at: datetime | None
+    period: str | None = Field(
+        default=None, description="The training cycle's period by its start (2024-05-01, 2024-05-01T13)."
+    )
 
 
 class ProductionOut(BaseModel):
@@ -369,8 +372,11 @@ class EventList(BaseModel):
 class CycleRunOut(BaseModel):
     id: int
     model_name: str
-    cycle_date: date
-    status: str = Field(description="running | succeeded | failed")
+    cycle_date: date = Field(description="The day the period starts on.")
+    period: str = Field(
+        description="The cycle's period by its start: 2024-05-01 (daily), 2024-05-01T13 (hourly)."
+    )
+    status: str = Field(description="running | succeeded | failed | skipped")
     attempt: int
     owner: str
     started_at: datetime
@@ -414,7 +420,12 @@ class RollbackRequest(BaseModel):
 class TriggerCycleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    date: date
+    date: str = Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2})?)?$",
+        max_length=16,
+        description="The period by its start: 2024-05-01 (daily) or 2024-05-01T13 (RELOOP_CYCLE_PERIOD=1h).",
+        examples=["2024-05-01", "2024-05-01T13"],
+    )
     force: bool = False
     reason: str | None = Field(
         default=None, max_length=2000, description="Why (logged with the actor; the dashboard asks for it)."

@@ -16,7 +16,7 @@ from reloop_service.serving.holder import ModelHolder
 from reloop_service.serving.prometheus import ServingMetrics
 
 CycleTrigger = Callable[[date, bool, str], Any]
-"""``(cycle_date, force, actor) -> run_id``: starts a cycle in the background (the cycle wires it)."""
+"""``(period, force, actor) -> run_id``: starts a cycle in the background (the cycle wires it)."""
 
 
 @dataclass

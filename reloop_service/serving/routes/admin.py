@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 
 from reloop_service.alerts import rollback_alert, send_alert
+from reloop_service.data.period import Period, PeriodError
 from reloop_service.registry.db import safe_url
 from reloop_service.registry.events import VersionStatus
 from reloop_service.serving import admin_actions as actions
@@ -226,16 +227,29 @@ async def reload(request: Request, _actor: Actor) -> dict[str, Any]:
     summary="Start a training cycle for a date",
 )
 async def trigger_cycle(request: Request, response: Response, actor: Actor, body: TriggerCycleRequest) -> Any:
-    horizon = datetime.now(UTC).date() + timedelta(days=state_of(request).settings.cycle_future_days)
-    if body.date > horizon:
+    settings = state_of(request).settings
+    try:
+        period = Period.parse(body.date, settings.period_step)
+    except PeriodError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "period",
+                    "loc": ("body", "date"),
+                    "msg": f"{exc} (RELOOP_CYCLE_PERIOD={settings.cycle_period})",
+                    "input": body.date,
+                }
+            ]
+        ) from None
+    horizon = datetime.now(UTC).date() + timedelta(days=settings.cycle_future_days)
+    if period.day > horizon:
         raise RequestValidationError(
             [
                 {
                     "type": "date_too_far_ahead",
                     "loc": ("body", "date"),
-                    "msg": f"cycle date {body.date} is after {horizon} "
-                    "(today UTC + RELOOP_CYCLE_FUTURE_DAYS)",
-                    "input": body.date.isoformat(),
+                    "msg": f"cycle date {period} is after {horizon} (today UTC + RELOOP_CYCLE_FUTURE_DAYS)",
+                    "input": body.date,
                 }
             ]
         )
@@ -244,15 +258,19 @@ async def trigger_cycle(request: Request, response: Response, actor: Actor, body
         return problem(
             501,
             "cycle trigger not available in this process: run `reloop cycle run --date "
-            f"{body.date.isoformat()}` or the scheduler",
+            f"{period}` or the scheduler",
             instance=request.url.path,
         )
-    log.info("cycle %s triggered by %s (force=%s), reason %r", body.date, actor, body.force, body.reason)
+    log.info("cycle %s triggered by %s (force=%s), reason %r", period, actor, body.force, body.reason)
     run_id = await _off_loop(
         state_of(request),
-        f"start cycle {body.date}",
+        f"start cycle {period}",
         lambda _deadline: actions.trigger_cycle(
-            trigger=trigger, cycle_date=body.date, force=body.force, actor=actor
+            # a daily period goes as its date (the trigger's contract before sub-daily periods)
+            trigger=trigger,
+            cycle_date=period.day if period.is_daily else period,
+            force=body.force,
+            actor=actor,
         ),
     )
     response.headers["Location"] = f"{router.prefix}/cycles/{run_id}"

@@ -1,0 +1,119 @@
+"""Sub-daily cycles (issue 16): hourly partitions, periods named by their start, an empty hour."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cycle_data import DAY0, write_day
+from hourly_data import write_hour
+
+from reloop_service.config import Settings
+from reloop_service.cycle.run import run_cycle
+from reloop_service.data.period import HOUR, Period, PeriodError
+from reloop_service.registry import cycle_runs, store
+from reloop_service.registry.db import make_engine, session_scope
+
+Env = Callable[..., Settings]
+H0 = Period(datetime(DAY0.year, DAY0.month, DAY0.day, tzinfo=UTC), HOUR)
+HOUR_ROWS = 700
+
+
+def _hourly(env: Env, **overrides: object) -> Settings:
+    return env(cycle_period="1h", min_day_rows=100, **overrides)
+
+
+def _registry(settings: Settings) -> tuple[dict[str, object], list[object], object]:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(engine, readonly=True) as session:
+            runs = {r.period: r for r in cycle_runs.list_cycle_runs(session, model_name=settings.model_name)}
+            versions = store.list_versions(session, model_name=settings.model_name)
+            production = store.get_production(session, model_name=settings.model_name)
+    finally:
+        engine.dispose()
+    return runs, list(versions), production
+
+
+# ----------------------------------------------------------------------------------------- Period
+def test_period_names_partitions_and_bad_values() -> None:
+    assert Period.of_day(date(2024, 5, 1)).name == "2024-05-01"
+    assert Period.of_day(date(2024, 5, 1)).partitions() == ("dt=2024-05-01",)
+    hour = Period.parse("2024-05-01T13", HOUR)
+    assert hour.name == "2024-05-01T13" and hour.end == datetime(2024, 5, 1, 14, tzinfo=UTC)
+    assert hour.partitions() == ("dt=2024-05-01/hr=13",)
+    assert Period.parse("2024-05-01T13:30", timedelta(minutes=30)).partitions() == (
+        "dt=2024-05-01/hr=13/mi=30",
+    )
+    two = Period.parse("2024-05-01T12", timedelta(hours=2))
+    assert two.partitions() == ("dt=2024-05-01/hr=12", "dt=2024-05-01/hr=13")
+    merged = Period.parse("2024-05-01T22", HOUR).merged(3)
+    assert merged.describe() == "2024-05-01T22..2024-05-02T00 (3 periods)"
+    assert merged.partitions()[-1] == "dt=2024-05-02/hr=00" and merged == Period.parse("2024-05-01T22", HOUR)
+    # Periods sort by start and a bare date is the day's first hour.
+    midnight = Period.parse("2024-05-01", HOUR)
+    assert midnight < hour and midnight.name == "2024-05-01T00"
+    with pytest.raises(PeriodError, match="not the start of a 2h period"):
+        Period.parse("2024-05-01T13", timedelta(hours=2))
+    with pytest.raises(PeriodError, match="names a day but the cycle period is 1h"):
+        Period.coerce(date(2024, 5, 1), HOUR)
+    with pytest.raises(PeriodError, match="not a period start"):
+        Period.parse("2024-05-01 1pm", HOUR)
+    assert Settings(cycle_period="60m").cycle_period == "1h" and Settings().cycle_period == "1d"
+
+
+def test_a_bad_cycle_period_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {"RELOOP_CYCLE_PERIOD": "7h", "RELOOP_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "reloop_service.cli", "cycle", "runs"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "error: RELOOP_CYCLE_PERIOD='7h'" in proc.stderr and "divide a day" in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "RELOOP_CYCLE_PERIOD" in line]) == 1
+
+
+# ------------------------------------------------------------------------------------- layouts
+def test_hourly_cycles_read_their_hour_and_name_the_period(cycle_env: Env) -> None:
+    settings = _hourly(cycle_env)
+    logs = Path(settings.resolved_logs_uri)
+    write_hour(logs, H0, HOUR_ROWS)
+    write_hour(logs, H0.next(), HOUR_ROWS)
+    # A daily partition of the same day is not an hourly period's data.
+    write_day(logs, DAY0, 50)
+    first = run_cycle(settings=settings, cycle_date=H0, actor="test")
+    assert first.status == "succeeded", first.error
+    assert first.period_name == "2024-03-01T00" and first.record["cycle_date"] == "2024-03-01T00"
+    assert first.record["ingest"]["rows_valid"] == HOUR_ROWS  # the hour alone, not the day
+    assert first.record["period"]["end"] == "2024-03-01T01:00:00+00:00"
+    second = run_cycle(settings=settings, cycle_date=H0.next(), actor="test")
+    assert second.status == "succeeded", second.error
+    assert second.parent_version == first.version  # warm-started from the previous hour
+    runs, versions, _ = _registry(settings)
+    assert set(runs) == {"2024-03-01T00", "2024-03-01T01"}
+    assert all(r.cycle_date == DAY0 for r in runs.values())  # type: ignore[attr-defined]
+    assert sorted(v.period for v in versions) == ["2024-03-01T00", "2024-03-01T01"]  # type: ignore[attr-defined]
+    # Exactly once per hour: the same hour again is a no-op.
+    again = run_cycle(settings=settings, cycle_date=Period.parse("2024-03-01T01", HOUR), actor="test")
+    assert again.status == "skipped" and again.reason == "succeeded"
+
+
+def test_an_hour_with_no_rows_is_skipped_and_changes_nothing(sqlite_env: Env) -> None:
+    settings = _hourly(sqlite_env)
+    logs = Path(settings.resolved_logs_uri)
+    write_hour(logs, H0, HOUR_ROWS)
+    assert run_cycle(settings=settings, cycle_date=H0, actor="test").status == "succeeded"
+    _, versions_before, production_before = _registry(settings)
+    write_hour(logs, H0.next(), 0)  # the hour's file exists and holds no rows
+    empty = run_cycle(settings=settings, cycle_date=H0.next(), actor="test")
+    assert empty.status == "skipped" and empty.reason == "no_data"
+    assert "2024-03-01T01" in (empty.error or "")
+    missing = run_cycle(settings=settings, cycle_date=H0.next().next(), actor="test")
+    assert missing.status == "skipped" and missing.reason == "no_data"
+    assert "dt=2024-03-01/hr=02" in (missing.error or "")
+    runs, versions, production = _registry(settings)
+    assert runs["2024-03-01T01"].status.value == "skipped"  # type: ignore[attr-defined]
+    assert len(versions) == len(versions_before) and production == production_before
