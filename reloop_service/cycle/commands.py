@@ -56,7 +56,7 @@ NprocOption = Annotated[
         "--nproc", min=1, help="Training processes on this host (DDP via torchrun; default RELOOP_NPROC)."
     ),
 ]
-STEPS = ("parent", "ingest", "priors", "train", "gate", "train_holdout", "register", "report")
+STEPS = ("ready", "parent", "ingest", "priors", "train", "gate", "train_holdout", "register", "report")
 
 
 def _parse_date(value: str, flag: str) -> date:

@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
+from reloop_service.cycle.readiness import Clock, SystemClock, wait_until_ready
 from reloop_service.cycle.run_report import ReportPaths
 from reloop_service.data.period import Period
 from reloop_service.registry import cycle_runs
@@ -226,6 +227,7 @@ def run_cycle(
     extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
+    clock: Clock | None = None,
 ) -> CycleOutcome:
     """Claim the period ``cycle_date`` and run it (see the module docstring); never raises for a step failure.
 
@@ -235,6 +237,7 @@ def run_cycle(
     ``stop`` cancels at the next step boundary (the run is then marked failed, its claim closed).
     ``extra`` adds figures to the run record (the demo's Bayes-optimal logloss).
     ``hook`` is called with each step's name as it starts (the CLI's progress bar).
+    ``clock`` is where the readiness check reads the time and waits (``cycle.readiness``; tests inject one).
     ``trainer`` trains the candidate: in this process by default, on every rank of a torchrun job
     with ``training.distributed.DDPTrainer`` (``cycle.torchrun``).
     """
@@ -261,6 +264,7 @@ def run_cycle(
             hook=hook,
             trainer=trainer,
             period=period,
+            clock=clock,
         )
     finally:
         if own_engine:
@@ -301,6 +305,7 @@ def execute_claimed(
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
     period: Period | None = None,
+    clock: Clock | None = None,
 ) -> CycleOutcome:
     """Run an acquired claim to its end, with retries; the claim is always closed (or lost).
 
@@ -322,6 +327,7 @@ def execute_claimed(
         hook=hook,
         trainer=trainer,
         period=period or Period.parse(claim.run.period, settings.period_step),
+        clock=clock,
     )
     cycle_finished(settings, outcome)
     return outcome
@@ -339,6 +345,7 @@ def _execute_claimed(
     hook: StepHook | None,
     trainer: DayTrainer | None,
     period: Period,
+    clock: Clock | None = None,
 ) -> CycleOutcome:
     run = claim.run
     cycle_date = period
@@ -355,6 +362,7 @@ def _execute_claimed(
             hook=hook,
             trainer=trainer,
             period=period,
+            clock=clock,
         )
         if (
             outcome.status in ("succeeded", "skipped")
@@ -394,6 +402,7 @@ def _attempt(
     hook: StepHook | None,
     trainer: DayTrainer | None,
     period: Period,
+    clock: Clock | None = None,
 ) -> CycleOutcome:
     """One attempt: steps 2-7 under a heartbeat; any failure closes the run as failed."""
     clog = steps.cycle_logger("reloop_service.cycle", period, run.attempt)
@@ -441,6 +450,19 @@ def _attempt(
             engine=engine, run=run, interval_s=settings.heartbeat_s, lost=ctx.claim_lost, paused=ctx.finishing
         ):
             ctx.workdir = steps.make_workdir(settings, period, run)
+            step("ready")
+            ready = wait_until_ready(settings, period, clock or SystemClock(stop))
+            record["readiness"] = {
+                "ready": ready.ready,
+                "reason": ready.reason,
+                "checks": ready.checks,
+                "mode": settings.readiness,
+                "label_delay": settings.label_delay,
+            }
+            if not ready.ready:
+                raise steps.DaySkipped(
+                    "not_ready", f"not ready after {ready.checks} check(s): {ready.reason}"
+                )
             step("parent")
             parent = steps.resolve_parent(ctx)
             record["parent_version"] = parent.number

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,24 @@ def mark(logs_root: Path, period: Period) -> None:
     for part in period.partitions():
         (logs_root / part).mkdir(parents=True, exist_ok=True)
         (logs_root / part / "_SUCCESS").write_bytes(b"")
+
+
+class FakeClock:
+    """A clock that moves only when the code under test waits: ``sleep`` advances ``now`` at once.
+
+    ``on_sleep`` runs at each wait (a late partition arriving while the cycle backs off).
+    """
+
+    def __init__(self, now: datetime, on_sleep: Callable[[float], None] | None = None) -> None:
+        self.current = now
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def now(self) -> datetime:
+        return self.current
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.current += timedelta(seconds=seconds)
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cycle_data import DAY0, write_day
-from hourly_data import write_hour
+from hourly_data import FakeClock, mark, write_hour
 
 from reloop_service.config import Settings
 from reloop_service.cycle.run import run_cycle
@@ -117,3 +117,68 @@ def test_an_hour_with_no_rows_is_skipped_and_changes_nothing(sqlite_env: Env) ->
     runs, versions, production = _registry(settings)
     assert runs["2024-03-01T01"].status.value == "skipped"  # type: ignore[attr-defined]
     assert len(versions) == len(versions_before) and production == production_before
+
+
+# ------------------------------------------------------------------------------------ readiness
+def test_readiness_by_marker_skips_then_runs_once_the_marker_lands(sqlite_env: Env) -> None:
+    settings = _hourly(sqlite_env, readiness="marker", readiness_attempts=2, readiness_backoff_s=60)
+    logs = Path(settings.resolved_logs_uri)
+    write_hour(logs, H0, HOUR_ROWS, marker=False)
+    clock = FakeClock(H0.end + timedelta(hours=5))  # long ended: only the marker is missing
+    first = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
+    assert first.status == "skipped" and first.reason == "not_ready", first.error
+    assert "not ready after 2 check(s)" in (first.error or "") and "no _SUCCESS in dt=2024-03-01/hr=00" in (
+        first.error or ""
+    )
+    assert clock.sleeps == [60.0]  # bounded: two checks, one wait between them
+    runs, versions, production = _registry(settings)
+    assert runs["2024-03-01T00"].status.value == "skipped" and versions == [] and production is None  # type: ignore[attr-defined]
+    mark(logs, H0)
+    again = run_cycle(
+        settings=settings, cycle_date=H0, actor="test", clock=clock
+    )  # a skipped period is reclaimed
+    assert again.status == "succeeded" and again.attempt == 2, again.error
+    assert (
+        again.record["readiness"]["checks"] == 1
+        and "_SUCCESS in all 1 partition" in again.record["readiness"]["reason"]
+    )
+
+
+def test_readiness_by_label_delay_waits_with_an_injected_clock(sqlite_env: Env) -> None:
+    settings = _hourly(
+        sqlite_env, readiness="delay", label_delay="30m", readiness_attempts=4, readiness_backoff_s=300
+    )
+    write_hour(Path(settings.resolved_logs_uri), H0, HOUR_ROWS, marker=False)
+    clock = FakeClock(H0.end + timedelta(minutes=10))
+    outcome = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
+    assert outcome.status == "succeeded", outcome.error
+    # checks at +10m, +15m, +25m (not yet 30 minutes after the hour), then +45m: ready
+    assert clock.sleeps == [300.0, 600.0, 1200.0]
+    assert outcome.record["readiness"]["checks"] == 4
+    assert "label delay 30m passed" in outcome.record["readiness"]["reason"]
+
+
+def test_a_period_still_open_is_never_trained_on(sqlite_env: Env) -> None:
+    settings = _hourly(sqlite_env, readiness="either", readiness_attempts=1)
+    write_hour(Path(settings.resolved_logs_uri), H0, HOUR_ROWS, marker=True)  # even with its marker
+    clock = FakeClock(H0.start + timedelta(minutes=59))
+    outcome = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
+    assert outcome.status == "skipped" and outcome.reason == "not_ready"
+    assert "is still open" in (outcome.error or "") and clock.sleeps == []
+
+
+def test_a_late_partition_arriving_after_a_not_ready_retry_is_trained_on(sqlite_env: Env) -> None:
+    settings = _hourly(sqlite_env, readiness="marker", readiness_attempts=3, readiness_backoff_s=120)
+    logs = Path(settings.resolved_logs_uri)
+    arrived: list[float] = []
+
+    def late_delivery(_seconds: float) -> None:
+        if not arrived:  # the upstream job lands the hour (files, then _SUCCESS) during the first wait
+            write_hour(logs, H0, HOUR_ROWS, marker=True)
+        arrived.append(_seconds)
+
+    clock = FakeClock(H0.end + timedelta(minutes=1), on_sleep=late_delivery)
+    outcome = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
+    assert outcome.status == "succeeded", outcome.error
+    assert clock.sleeps == [120.0] and outcome.record["readiness"]["checks"] == 2
+    assert outcome.record["ingest"]["rows_valid"] == HOUR_ROWS
