@@ -290,6 +290,9 @@ def cycle_backfill(
     except RegistryError as exc:
         raise _registry_errors(exc) from None
     status = {r.period: r.status.value for r in runs}
+    for r in runs:  # the parts of a merged catch-up run count as that run
+        for part in (r.details.get("period") or {}).get("parts") or ():
+            status.setdefault(str(part), r.status.value)
     todo: list[Period] = []
     not_run: list[tuple[Period, str]] = []
     for day in period_range(start, end):

@@ -43,7 +43,8 @@ class ReportPaths:
 
 
 def _stem(record: Mapping[str, Any]) -> str:
-    return f"cycle-{record['cycle_date']}-run{record.get('run_id') or 0}-a{record.get('attempt') or 1}"
+    name = str(record["cycle_date"]).replace(":", "")
+    return f"cycle-{name}-run{record.get('run_id') or 0}-a{record.get('attempt') or 1}"
 
 
 def _clean(value: Any) -> Any:
@@ -70,6 +71,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def render_markdown(record: Mapping[str, Any]) -> str:
     """Human-readable summary of one run record."""
     lines = [f"# Cycle {record['cycle_date']}: {record.get('status', '?')}", ""]
+    period = record.get("period") or {}
+    if period:
+        merged = int(period.get("count") or 1)
+        span = f"{period.get('start')} .. {period.get('end')} (step {period.get('step')})"
+        if merged > 1:
+            parts = period.get("parts") or []
+            span += f"; catch-up: {merged} periods {parts[0]}..{parts[-1]} merged into this one cycle"
+        lines.append(f"- period: {span}")
+    ready = record.get("readiness") or {}
+    if ready:
+        lines.append(
+            f"- readiness ({ready.get('mode')}): {'ready' if ready.get('ready') else 'not ready'} after "
+            f"{ready.get('checks')} check(s): {ready.get('reason')}"
+        )
     lines += [
         f"- run id: {record.get('run_id')} (attempt {record.get('attempt')}, actor {record.get('actor')})",
         f"- parent (production at start): {_fmt(record.get('parent_version'))}",

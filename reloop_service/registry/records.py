@@ -9,7 +9,6 @@ records written before a field existed still load (every field past the core one
 from __future__ import annotations
 
 import math
-from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -104,7 +103,19 @@ class CycleRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     run_id: int | None = None
-    cycle_date: date | None = None
+    cycle_date: str | None = Field(
+        default=None, description="The period by its start: 2024-05-01 (daily) or 2024-05-01T13 (hourly)."
+    )
+    period: dict[str, Any] | None = Field(
+        default=None,
+        description="name, start, end, step, count and parts (a catch-up merges count > 1 periods).",
+    )
+    readiness: dict[str, Any] | None = Field(
+        default=None, description="Whether the period's logs were ready: ready, reason, checks, mode."
+    )
+    costs: dict[str, float] | None = Field(
+        default=None, description="Seconds of each fixed cost of the cycle (claim, checkpoint load, ...)."
+    )
     attempt: int | None = None
     actor: str | None = None
     owner: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from hourly_data import FakeClock, mark, write_hour
 
 from reloop_service.config import Settings
 from reloop_service.cycle.run import run_cycle
+from reloop_service.cycle.scheduler import catch_up, plan_catch_up
 from reloop_service.data.period import HOUR, Period, PeriodError
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
@@ -24,7 +26,7 @@ HOUR_ROWS = 700
 
 
 def _hourly(env: Env, **overrides: object) -> Settings:
-    return env(cycle_period="1h", min_day_rows=100, **overrides)
+    return env(**{"cycle_period": "1h", "min_day_rows": 100, **overrides})
 
 
 def _registry(settings: Settings) -> tuple[dict[str, object], list[object], object]:
@@ -182,3 +184,53 @@ def test_a_late_partition_arriving_after_a_not_ready_retry_is_trained_on(sqlite_
     assert outcome.status == "succeeded", outcome.error
     assert clock.sleeps == [120.0] and outcome.record["readiness"]["checks"] == 2
     assert outcome.record["ingest"]["rows_valid"] == HOUR_ROWS
+
+
+# ------------------------------------------------------------------------------------- catch-up
+def test_plan_catch_up_in_hours_merges_the_oldest_beyond_the_bound() -> None:
+    target = Period.parse("2024-05-02T06", HOUR)
+    last = Period.parse("2024-05-01T00", HOUR)
+    plan = plan_catch_up(target=target, succeeded={last}, last_success=last, max_catchup_days=7)
+    assert len(plan.to_run) == 30 and plan.to_run[0].name == "2024-05-01T01" and plan.merged is None
+    assert plan.to_run == sorted(plan.to_run)  # oldest first
+    merged = plan_catch_up(
+        target=target, succeeded={last}, last_success=last, max_catchup_days=7, max_catchup_periods=6
+    )
+    assert len(merged.to_run) == 6 and merged.merged is not None and merged.merged.count == 25
+    assert merged.to_run[0].describe() == "2024-05-01T01..2024-05-02T01 (25 periods)"
+    assert [p.name for p in merged.to_run[1:]] == [f"2024-05-02T0{h}" for h in range(2, 7)]
+    # The lookback bound is in days whatever the period: 1 day of hours = 24 run, 6 logged.
+    bounded = plan_catch_up(target=target, succeeded={last}, last_success=last, max_catchup_days=1)
+    assert len(bounded.to_run) == 24 and len(bounded.beyond_bound) == 6
+
+
+def test_catch_up_after_30_missed_hours_merges_and_says_so(
+    sqlite_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _hourly(sqlite_env, max_catchup_periods=6, min_day_rows=50)
+    logs = Path(settings.resolved_logs_uri)
+    hours = [Period(H0.start + timedelta(hours=i), HOUR) for i in range(31)]
+    for hour in hours:
+        write_hour(logs, hour, 300 if hour != hours[0] else HOUR_ROWS)
+    assert run_cycle(settings=settings, cycle_date=hours[0], actor="test").status == "succeeded"
+    # 30 hours of downtime: the catch-up runs 6 cycles, the oldest 25 hours as one.
+    with caplog.at_level(logging.INFO, logger="reloop_service.cycle.scheduler"):
+        outcomes = catch_up(settings=settings, target=hours[30])
+    assert [o.period_name for o in outcomes] == [hours[1].name, *(h.name for h in hours[26:])]
+    assert all(o.status == "succeeded" for o in outcomes), [o.error for o in outcomes]
+    first = outcomes[0]
+    assert first.period is not None and first.period.count == 25
+    assert first.record["period"]["parts"] == [h.name for h in hours[1:26]]
+    assert first.record["ingest"]["rows_valid"] == 25 * 300
+    assert "the oldest 25 merged into one cycle 2024-03-01T01..2024-03-02T01 (25 periods)" in caplog.text
+    report = Path(first.report.markdown_uri).read_text() if first.report else ""
+    assert "25 periods 2024-03-01T01..2024-03-02T01 merged into this one cycle" in report
+    # In order: each starts from the production left by the one before (promoted or rejected by the gate).
+    production = outcomes[0].version if outcomes[0].promoted else outcomes[0].parent_version
+    for o in outcomes[1:]:
+        assert o.parent_version == production and o.decision in ("promoted", "rejected")
+        production = o.version if o.promoted else production
+    # Nothing left to catch up: the merged run covers its 25 hours.
+    assert catch_up(settings=settings, target=hours[30]) == []
+    runs, _, _ = _registry(settings)
+    assert sorted(runs) == sorted([hours[0].name, hours[1].name, *(h.name for h in hours[26:])])
