@@ -159,7 +159,8 @@ def cycle_alert(model_name: str, outcome: Any) -> AlertEvent | None:
         why = getattr(outcome, "error", None) or reason
         return AlertEvent(kind="cycle_skipped", summary=f"cycle {day} skipped: {why}", reason=why, **common)
     if status == "succeeded" and getattr(outcome, "decision", None) == "rejected":
-        gate = (getattr(outcome, "record", None) or {}).get("gate") or {}
+        verdict = getattr(outcome, "verdict", None)  # a registry GateVerdict (this module imports no domain)
+        gate = verdict.model_dump(mode="json") if verdict is not None else {}
         failed = ", ".join(gate.get("failed_rules") or []) or "gate"
         return AlertEvent(
             kind="cycle_rejected",

@@ -91,11 +91,13 @@ def _outcome_line(outcome: Any) -> str:
     if outcome.status == "failed":
         where = f"run {outcome.run_id} attempt {outcome.attempt}"
         return f"{outcome.period_name}: [red]failed[/] ({where}): {outcome.error}"
-    gate = outcome.record.get("gate") or {}
-    cand = gate.get("candidate") or {}
+    verdict = outcome.verdict
+    cand = verdict.candidate if verdict is not None else None
+    auc = cand.auc if cand is not None and cand.auc is not None else float("nan")
+    logloss = cand.logloss if cand is not None and cand.logloss is not None else float("nan")
     return (
         f"{outcome.period_name}: [green]succeeded[/] version {outcome.version} {outcome.decision} "
-        f"(auc {cand.get('auc', float('nan')):.4f}, logloss {cand.get('logloss', float('nan')):.4f})"
+        f"(auc {auc:.4f}, logloss {logloss:.4f})"
     )
 
 
@@ -291,7 +293,7 @@ def cycle_backfill(
         raise _registry_errors(exc) from None
     status = {r.period: r.status.value for r in runs}
     for r in runs:  # the parts of a merged catch-up run count as that run
-        for part in (r.details.get("period") or {}).get("parts") or ():
+        for part in r.details.period.parts if r.details.period else ():
             status.setdefault(str(part), r.status.value)
     todo: list[Period] = []
     not_run: list[tuple[Period, str]] = []
@@ -381,19 +383,16 @@ def cycle_runs(
     for col in ("period", "status", "attempt", "version", "decision", "prior coverage", "auc", "error"):
         table.add_column(col)
     for r in runs:
-        d = r.details or {}
-        cov = d.get("coverage") or {}
-        cand = (d.get("gate") or {}).get("candidate") or {}
-        coverage = (
-            f"{cov.get('archived', 0)}a/{cov.get('recomputed', 0)}r/{cov.get('missing', 0)}m" if cov else "-"
-        )
-        auc = cand.get("auc")
+        d = r.details
+        cov = d.coverage
+        coverage = f"{cov.archived}a/{cov.recomputed}r/{cov.missing}m" if cov else "-"
+        auc = d.gate.candidate.auc if d.gate else None
         table.add_row(
             r.period,
             r.status.value,
             str(r.attempt),
             str(r.produced_version or "-"),
-            str(d.get("decision") or "-"),
+            str(d.decision or "-"),
             coverage,
             f"{auc:.4f}" if isinstance(auc, float) else "-",
             (r.error or "")[:80],

@@ -130,15 +130,13 @@ def day_table(rows: list[DemoDay]) -> Table:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         o = r.outcome
-        rec = o.record
-        cov = rec.get("coverage") or {}
-        gate = rec.get("gate") or {}
-        cand = gate.get("candidate") or {}
-        prod = gate.get("production") or {}
-        n = cov.get("rows") or 0
+        cov, gate = o.record.coverage, o.record.gate
+        cand = gate.candidate if gate else None
+        prod = gate.production if gate else None
+        n = cov.rows if cov else 0
         coverage = (
-            f"{cov.get('archived', 0) / n:.0%} / {cov.get('recomputed', 0) / n:.0%}"
-            if n and cov.get("source") != "cold_start"
+            f"{cov.archived / n:.0%} / {cov.recomputed / n:.0%}"
+            if cov and n and cov.source != "cold_start"
             else "cold start: BCE"
         )
         if o.status != "succeeded":
@@ -146,7 +144,7 @@ def day_table(rows: list[DemoDay]) -> Table:
         elif o.decision == "promoted":
             verdict = "[green]promoted[/]"
         elif o.decision == "rejected":
-            verdict = f"[yellow]rejected[/]: {', '.join(gate.get('failed_rules') or [])}"
+            verdict = f"[yellow]rejected[/]: {', '.join(gate.failed_rules if gate else [])}"
         else:
             verdict = str(o.decision)
         table.add_row(
@@ -154,10 +152,10 @@ def day_table(rows: list[DemoDay]) -> Table:
             f"v{o.version}" if o.version else "-",
             str(n or "-"),
             coverage,
-            _fmt(cand.get("auc")),
-            _fmt(prod.get("auc")),
-            _fmt(cand.get("logloss")),
-            _fmt(prod.get("logloss")),
+            _fmt(cand.auc if cand else None),
+            _fmt(prod.auc if prod else None),
+            _fmt(cand.logloss if cand else None),
+            _fmt(prod.logloss if prod else None),
             _fmt(r.bayes_logloss),
             verdict,
         )
@@ -237,7 +235,9 @@ def run_demo(
                 truth = dict(zip(table.column("impression_id").to_pylist(), ctr.tolist(), strict=True))
                 bayes: dict[str, float] = {}
 
-                def holdout_bayes(prepared: Any, truth: dict[str, float] = truth, out_: dict = bayes) -> dict:
+                def holdout_bayes(
+                    prepared: Any, truth: dict[str, float] = truth, out_: dict = bayes
+                ) -> dict[str, float]:
                     hold = prepared.holdout()
                     ids = hold.column(prepared.spec.impression_id).to_pylist()
                     y = np.asarray(
@@ -312,9 +312,4 @@ def serve_command(folder: Path) -> str:
     return f"RELOOP_DATA_DIR={shlex.quote(str(folder))} reloop serve"
 
 
-def coverage_of(outcome: Any) -> dict[str, Any]:
-    """The prior coverage of a demo day's run (for tests and scripts)."""
-    return dict(outcome.record.get("coverage") or {})
-
-
-__all__ = ["DemoError", "DemoResult", "coverage_of", "day_table", "run_demo", "serve_command"]
+__all__ = ["DemoError", "DemoResult", "day_table", "run_demo", "serve_command"]

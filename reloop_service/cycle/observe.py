@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from reloop_service.config import Settings
+
+if TYPE_CHECKING:
+    from reloop_service.cycle.run import CycleOutcome
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +108,15 @@ class CycleMetrics:
                 self.set_last_success(run.finished_at.timestamp(), run.cycle_date)
                 return
 
-    def observe(self, outcome: Any) -> None:
+    def observe(self, outcome: CycleOutcome) -> None:
         status = str(outcome.status)
-        record: dict[str, Any] = getattr(outcome, "record", None) or {}
+        record = outcome.record
         self.runs.labels(status).inc()
         for s in ("succeeded", "failed", "skipped"):
             self.last_status.labels(s).set(1 if s == status else 0)
         now = datetime.now().astimezone()
         self.last_finished.set(now.timestamp())
-        started = record.get("started_at")
+        started = record.started_at
         if started:
             with contextlib.suppress(ValueError):
                 self.duration.set(max(0.0, now.timestamp() - datetime.fromisoformat(started).timestamp()))
@@ -121,24 +124,25 @@ class CycleMetrics:
             self.set_last_success(now.timestamp(), outcome.cycle_date)
             if outcome.decision:
                 self.gate.labels(str(outcome.decision)).inc()
-        gate = record.get("gate") or {}
-        if "passed" in gate:
-            self.gate_passed.set(1 if gate["passed"] else 0)
-        ingest = record.get("ingest") or {}
-        train = record.get("train") or {}
+        if record.gate is not None:
+            self.gate_passed.set(1 if record.gate.passed else 0)
+        ingest, train = record.ingest, record.train
         for kind, value in (
-            ("read", ingest.get("rows_read")),
-            ("valid", ingest.get("rows_valid")),
-            ("train", train.get("train_rows")),
-            ("holdout", train.get("holdout_rows")),
+            ("read", ingest.rows_read if ingest else None),
+            ("valid", ingest.rows_valid if ingest else None),
+            ("train", train.train_rows if train else None),
+            ("holdout", train.holdout_rows if train else None),
         ):
             if isinstance(value, int | float):
                 self.rows.labels(kind).set(value)
-        coverage = record.get("coverage") or {}
-        total = coverage.get("rows") or 0
-        if total:
-            for source in ("archived", "recomputed", "missing"):
-                self.coverage.labels(source).set(float(coverage.get(source) or 0) / float(total))
+        coverage = record.coverage
+        if coverage is not None and coverage.rows:
+            for source, n in (
+                ("archived", coverage.archived),
+                ("recomputed", coverage.recomputed),
+                ("missing", coverage.missing),
+            ):
+                self.coverage.labels(source).set(float(n) / float(coverage.rows))
 
 
 def _day_ts(day: Any) -> float:
@@ -150,7 +154,7 @@ def _day_ts(day: Any) -> float:
 CYCLE_METRICS = CycleMetrics()
 
 
-def cycle_finished(settings: Settings, outcome: Any) -> None:
+def cycle_finished(settings: Settings, outcome: CycleOutcome) -> None:
     """Count the outcome and alert the operator when it needs a look; never raises."""
     try:
         CYCLE_METRICS.observe(outcome)

@@ -36,7 +36,16 @@ from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, ConflictError, RegistryError
 from reloop_service.registry.events import CycleStatus
-from reloop_service.registry.records import CycleRecord, GateVerdict
+from reloop_service.registry.records import (
+    CycleRecord,
+    GateVerdict,
+    PeriodSummary,
+    PriorCoverage,
+    ReadinessSummary,
+    RunSettings,
+    TrainSummary,
+    plain_json,
+)
 from reloop_service.registry.service import open_registry
 from reloop_service.training.distributed import LocalTrainer
 
@@ -63,7 +72,7 @@ class CycleOutcome:
     version: int | None = None
     decision: str | None = None
     error: str | None = None
-    record: dict[str, Any] = field(default_factory=dict)
+    record: CycleRecord = field(default_factory=CycleRecord)
     report: ReportPaths | None = None
     world_size: int = 1  # ranks that trained (``--nproc``)
     ranks: tuple[RankReport, ...] = ()  # each rank's final state hash and shard, on N ranks
@@ -84,13 +93,8 @@ class CycleOutcome:
 
     @property
     def verdict(self) -> GateVerdict | None:
-        """The gate's verdict, typed (None when the run did not reach the gate)."""
-        gate = self.record.get("gate")
-        return GateVerdict.model_validate(gate) if gate else None
-
-    def typed_record(self) -> CycleRecord:
-        """The run record as the registry stores it (``details``), typed."""
-        return CycleRecord.model_validate(steps._jsonable(self.record))
+        """The gate's verdict (None when the run did not reach the gate)."""
+        return self.record.gate
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (``--json`` output, and what torchrun's rank 0 hands the launcher)."""
@@ -104,7 +108,7 @@ class CycleOutcome:
             "version": self.version,
             "decision": self.decision,
             "error": self.error,
-            "record": steps._jsonable(self.record),
+            "record": self.record.to_json(),
             "report": asdict(self.report) if self.report is not None else None,
             "world_size": self.world_size,
             "ranks": [r.to_dict() for r in self.ranks],
@@ -127,7 +131,7 @@ class CycleOutcome:
             version=d.get("version"),
             decision=d.get("decision"),
             error=d.get("error"),
-            record=dict(d.get("record") or {}),
+            record=CycleRecord.model_validate(d.get("record") or {}),
             report=ReportPaths(**d["report"]) if d.get("report") else None,
             world_size=int(d.get("world_size") or 1),
             ranks=tuple(RankReport.from_dict(r) for r in d.get("ranks") or ()),
@@ -224,7 +228,7 @@ def run_cycle(
     actor: str = "scheduler",
     stop: threading.Event | None = None,
     engine: Engine | None = None,
-    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
+    extra: Callable[[steps.PreparedDay], Mapping[str, float]] | None = None,
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
     clock: Clock | None = None,
@@ -301,7 +305,7 @@ def execute_claimed(
     owner: str,
     actor: str,
     stop: threading.Event | None = None,
-    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None = None,
+    extra: Callable[[steps.PreparedDay], Mapping[str, float]] | None = None,
     hook: StepHook | None = None,
     trainer: DayTrainer | None = None,
     period: Period | None = None,
@@ -341,7 +345,7 @@ def _execute_claimed(
     owner: str,
     actor: str,
     stop: threading.Event | None,
-    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
+    extra: Callable[[steps.PreparedDay], Mapping[str, float]] | None,
     hook: StepHook | None,
     trainer: DayTrainer | None,
     period: Period,
@@ -398,7 +402,7 @@ def _attempt(
     run: CycleRun,
     actor: str,
     stop: threading.Event | None,
-    extra: Callable[[steps.PreparedDay], dict[str, Any]] | None,
+    extra: Callable[[steps.PreparedDay], Mapping[str, float]] | None,
     hook: StepHook | None,
     trainer: DayTrainer | None,
     period: Period,
@@ -417,23 +421,23 @@ def _attempt(
         trainer=trainer or LocalTrainer(),
         period=period,
     )
-    record: dict[str, Any] = {
-        "run_id": run.id,
-        "cycle_date": period.name,
-        "period": period_record(period),
-        "attempt": run.attempt,
-        "actor": actor,
-        "owner": run.owner,
-        "status": "running",
-        "started_at": datetime.now(UTC).isoformat(),
-        "settings": {
-            "model": settings.model,
-            "loss": settings.loss,
-            "prior_source": settings.prior_source,
-            "holdout_fraction": settings.holdout_fraction,
-            "auto_promote": settings.auto_promote,
-        },
-    }
+    record = CycleRecord(
+        run_id=run.id,
+        cycle_date=period.name,
+        period=period_record(period),
+        attempt=run.attempt,
+        actor=actor,
+        owner=run.owner,
+        status="running",
+        started_at=datetime.now(UTC).isoformat(),
+        settings=RunSettings(
+            model=settings.model,
+            loss=settings.loss,
+            prior_source=settings.prior_source,
+            holdout_fraction=settings.holdout_fraction,
+            auto_promote=settings.auto_promote,
+        ),
+    )
     current = "start"
 
     def step(name: str) -> None:
@@ -452,55 +456,57 @@ def _attempt(
             ctx.workdir = steps.make_workdir(settings, period, run)
             step("ready")
             ready = wait_until_ready(settings, period, clock or SystemClock(stop))
-            record["readiness"] = {
-                "ready": ready.ready,
-                "reason": ready.reason,
-                "checks": ready.checks,
-                "mode": settings.readiness,
-                "label_delay": settings.label_delay,
-            }
+            record.readiness = ReadinessSummary(
+                ready=ready.ready,
+                reason=ready.reason,
+                checks=ready.checks,
+                mode=settings.readiness,
+                label_delay=settings.label_delay,
+            )
             if not ready.ready:
                 raise steps.DaySkipped(
                     "not_ready", f"not ready after {ready.checks} check(s): {ready.reason}"
                 )
             step("parent")
             parent = steps.resolve_parent(ctx)
-            record["parent_version"] = parent.number
+            record.parent_version = parent.number
             step("ingest")
             ingested = steps.ingest(ctx, parent=parent)
             step("priors")
             prepared = steps.fetch_priors(ctx, ingested=ingested, parent=parent)
-            record["ingest"] = prepared.ingest
-            record["coverage"] = prepared.coverage.to_dict()
-            record["collisions"] = prepared.collisions
+            record.ingest = prepared.ingest
+            record.coverage = PriorCoverage.model_validate(prepared.coverage.to_dict())
+            record.collisions = prepared.collisions
             if extra is not None:
-                record["extra"] = extra(prepared)
+                record.extra = plain_json(extra(prepared))
             step("train")
             trained = steps.train_candidate(ctx, prepared=prepared, parent=parent)
-            record["train"] = {
-                "loss": trained.loss,
-                "cold_start": trained.cold_start,
-                "seconds": trained.seconds,
-                "train_rows": prepared.train_rows,
-                "holdout_rows": prepared.holdout_rows,
-                **trained.info,
-            }
+            record.train = TrainSummary.model_validate(
+                plain_json(
+                    {
+                        "loss": trained.loss,
+                        "cold_start": trained.cold_start,
+                        "seconds": trained.seconds,
+                        "train_rows": prepared.train_rows,
+                        "holdout_rows": prepared.holdout_rows,
+                        **trained.info,
+                    }
+                )
+            )
             step("gate")
             verdict = steps.gate(ctx, prepared=prepared, candidate=trained.checkpoint, parent=parent)
-            record["gate"] = verdict.model_dump(mode="json")
+            record.gate = verdict
             if verdict.passed and settings.train_on_holdout:
                 step("train_holdout")
                 trained = steps.train_holdout(ctx, prepared=prepared, trained=trained)
-                record["train"]["holdout_trained_rows"] = trained.info["holdout_trained_rows"]
-                record["train"]["seconds"] = trained.seconds
+                record.train.holdout_trained_rows = int(trained.info["holdout_trained_rows"])
+                record.train.seconds = trained.seconds
             step("register")
             registered = steps.register(ctx, trained=trained, verdict=verdict, parent=parent, record=record)
-        record.update(
-            status="succeeded",
-            version=registered.version.version,
-            decision=registered.decision,
-            finished_at=datetime.now(UTC).isoformat(),
-        )
+        record.status = "succeeded"
+        record.version = registered.version.version
+        record.decision = registered.decision
+        record.finished_at = datetime.now(UTC).isoformat()
         clog.info("succeeded: version %d %s", registered.version.version, registered.decision)
         # Step 7 only after step 6 committed: a report never claims a version the registry lacks.
         # A report that cannot be written is logged; the run and its version stand.
@@ -518,7 +524,7 @@ def _attempt(
             reason="ran",
             run_id=run.id,
             attempt=run.attempt,
-            parent_version=record.get("parent_version"),
+            parent_version=record.parent_version,
             version=registered.version.version,
             decision=registered.decision,
             record=record,
@@ -531,9 +537,8 @@ def _attempt(
         error = f"step {current}: {type(exc).__name__}: {exc}"
         clog.error("failed: %s", error)
         clog.debug("traceback:\n%s", traceback.format_exc())
-        record.update(
-            status="failed", error=error, failed_step=current, finished_at=datetime.now(UTC).isoformat()
-        )
+        record.status, record.error, record.failed_step = "failed", error, current
+        record.finished_at = datetime.now(UTC).isoformat()
         return _close_run(
             settings,
             run,
@@ -554,15 +559,14 @@ def _skip_run(
     engine: Engine,
     run: CycleRun,
     period: Period,
-    record: dict[str, Any],
+    record: CycleRecord,
     skip: steps.DaySkipped,
     clog: logging.LoggerAdapter[logging.Logger],
 ) -> CycleOutcome:
     """Close the run as ``skipped`` with its reason: nothing was trained, production is untouched."""
     clog.warning("skipped (%s): %s", skip.code, skip)
-    record.update(
-        status="skipped", skip_reason=skip.code, error=str(skip), finished_at=datetime.now(UTC).isoformat()
-    )
+    record.status, record.skip_reason, record.error = "skipped", skip.code, str(skip)
+    record.finished_at = datetime.now(UTC).isoformat()
     return _close_run(
         settings,
         run,
@@ -582,12 +586,12 @@ def _close_run(
     settings: Settings,
     run: CycleRun,
     period: Period,
-    record: dict[str, Any],
+    record: CycleRecord,
     *,
     status: str,
     reason: str,
     error: str,
-    close: Callable[[dict[str, Any]], Any],
+    close: Callable[[CycleRecord], Any],
     clog: logging.LoggerAdapter[logging.Logger],
 ) -> CycleOutcome:
     """Close a run that produced no version (failed or skipped), then write its report.
@@ -595,7 +599,7 @@ def _close_run(
     The registry row first: a report never claims what the registry does not hold. A database that
     cannot take the row leaves the claim to go stale (another process takes it over).
     """
-    details = steps._jsonable({k: v for k, v in record.items() if k != "status"})
+    details = record.model_copy(update={"status": None})  # the run's row holds the status
     try:
         close(details)
     except ClaimLostError as lost:
@@ -613,7 +617,7 @@ def _close_run(
         reason=reason,
         run_id=run.id,
         attempt=run.attempt,
-        parent_version=record.get("parent_version"),
+        parent_version=record.parent_version,
         error=error,
         record=record,
         report=report_paths,
@@ -621,18 +625,18 @@ def _close_run(
     )
 
 
-def period_record(period: Period) -> dict[str, Any]:
+def period_record(period: Period) -> PeriodSummary:
     """What the run record says of its period: name, bounds, step, and the parts of a merged one."""
     from reloop_service.config import format_duration
 
-    return {
-        "name": period.name,
-        "start": period.start.isoformat(),
-        "end": period.end.isoformat(),
-        "step": format_duration(period.step),
-        "count": period.count,
-        "parts": [p.name for p in period.parts()],
-    }
+    return PeriodSummary(
+        name=period.name,
+        start=period.start.isoformat(),
+        end=period.end.isoformat(),
+        step=format_duration(period.step),
+        count=period.count,
+        parts=[p.name for p in period.parts()],
+    )
 
 
 # --------------------------------------------------------------------------------------- queries
@@ -655,7 +659,7 @@ def cycle_history(*, settings: Settings, engine: Engine | None = None) -> tuple[
     step = settings.period_step
     done: set[Period] = set()
     for r in runs:
-        parts = (r.details.get("period") or {}).get("parts") or [r.period]
+        parts = (r.details.period.parts if r.details.period else None) or [r.period]
         for name in parts:
             try:
                 done.add(Period.parse(str(name), step))

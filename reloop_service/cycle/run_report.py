@@ -18,13 +18,11 @@ import json
 import logging
 import math
 import posixpath
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from reloop_service.config import Settings
-from reloop_service.registry.records import GateVerdict
+from reloop_service.registry.records import CycleRecord, GateVerdict
 from reloop_service.storage import filesystem, join, write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,22 +40,9 @@ class ReportPaths:
     plot_uri: str | None
 
 
-def _stem(record: Mapping[str, Any]) -> str:
-    name = str(record["cycle_date"]).replace(":", "")
-    return f"cycle-{name}-run{record.get('run_id') or 0}-a{record.get('attempt') or 1}"
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN/inf (they become null) so every reader can parse the report."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
+def _stem(record: CycleRecord) -> str:
+    name = str(record.cycle_date).replace(":", "")
+    return f"cycle-{name}-run{record.run_id or 0}-a{record.attempt or 1}"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -68,64 +53,64 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def render_markdown(record: Mapping[str, Any]) -> str:
+def render_markdown(record: CycleRecord) -> str:
     """Human-readable summary of one run record."""
-    lines = [f"# Cycle {record['cycle_date']}: {record.get('status', '?')}", ""]
-    period = record.get("period") or {}
+    lines = [f"# Cycle {record.cycle_date}: {record.status or '?'}", ""]
+    period = record.period
     if period:
-        merged = int(period.get("count") or 1)
-        span = f"{period.get('start')} .. {period.get('end')} (step {period.get('step')})"
-        if merged > 1:
-            parts = period.get("parts") or []
-            span += f"; catch-up: {merged} periods {parts[0]}..{parts[-1]} merged into this one cycle"
+        span = f"{period.start} .. {period.end} (step {period.step})"
+        if period.count > 1 and period.parts:
+            span += (
+                f"; catch-up: {period.count} periods {period.parts[0]}..{period.parts[-1]} "
+                "merged into this one cycle"
+            )
         lines.append(f"- period: {span}")
-    ready = record.get("readiness") or {}
+    ready = record.readiness
     if ready:
         lines.append(
-            f"- readiness ({ready.get('mode')}): {'ready' if ready.get('ready') else 'not ready'} after "
-            f"{ready.get('checks')} check(s): {ready.get('reason')}"
+            f"- readiness ({ready.mode}): {'ready' if ready.ready else 'not ready'} after "
+            f"{ready.checks} check(s): {ready.reason}"
         )
     lines += [
-        f"- run id: {record.get('run_id')} (attempt {record.get('attempt')}, actor {record.get('actor')})",
-        f"- parent (production at start): {_fmt(record.get('parent_version'))}",
-        f"- version: {_fmt(record.get('version'))}, decision: {record.get('decision') or '-'}",
+        f"- run id: {record.run_id} (attempt {record.attempt}, actor {record.actor})",
+        f"- parent (production at start): {_fmt(record.parent_version)}",
+        f"- version: {_fmt(record.version)}, decision: {record.decision or '-'}",
     ]
-    if record.get("error"):
-        lines.append(f"- error: `{record['error']}`")
-    ingest = record.get("ingest") or {}
+    if record.error:
+        lines.append(f"- error: `{record.error}`")
+    ingest = record.ingest
     if ingest:
-        quarantined = ingest.get("quarantined") or {}
-        q = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
+        q = ", ".join(f"{k}: {v}" for k, v in sorted(ingest.quarantined.items())) or "none"
         lines += [
             "",
             "## Ingest",
-            f"- rows read: {ingest.get('rows_read')}, valid: {ingest.get('rows_valid')}",
+            f"- rows read: {ingest.rows_read}, valid: {ingest.rows_valid}",
             f"- quarantined: {q}",
         ]
-    cov = record.get("coverage") or {}
+    cov = record.coverage
     if cov:
         lines += [
             "",
             "## Prior predictions",
-            f"- source: {cov.get('source')}; archived: {cov.get('archived')}, "
-            f"recomputed: {cov.get('recomputed')}, missing: {cov.get('missing')} of {cov.get('rows')}",
+            f"- source: {cov.source}; archived: {cov.archived}, "
+            f"recomputed: {cov.recomputed}, missing: {cov.missing} of {cov.rows}",
         ]
-    train = record.get("train") or {}
+    train = record.train
     if train:
         lines += [
             "",
             "## Training",
-            f"- loss: {train.get('loss')}{' (cold start)' if train.get('cold_start') else ''}, "
-            f"train rows: {train.get('train_rows')}, holdout rows: {train.get('holdout_rows')}, "
-            f"seconds: {_fmt(train.get('seconds'), 1)}",
+            f"- loss: {train.loss}{' (cold start)' if train.cold_start else ''}, "
+            f"train rows: {train.train_rows}, holdout rows: {train.holdout_rows}, "
+            f"seconds: {_fmt(train.seconds, 1)}",
         ]
-    gate = record.get("gate") or {}
+    gate = record.gate
     if gate:
-        cand = gate.get("candidate") or {}
-        prod = gate.get("production") or {}
+        cand = gate.candidate.model_dump()
+        prod = gate.production.model_dump() if gate.production else {}
         lines += [
             "",
-            f"## Gate: {'passed' if gate.get('passed') else 'rejected'}",
+            f"## Gate: {'passed' if gate.passed else 'rejected'}",
             "",
             "| metric | candidate | production |",
             "|---|---|---|",
@@ -133,20 +118,19 @@ def render_markdown(record: Mapping[str, Any]) -> str:
         for key in ("auc", "logloss", "calibration"):
             lines.append(f"| {key} | {_fmt(cand.get(key))} | {_fmt(prod.get(key))} |")
         lines += ["", "| rule | passes when | threshold | value | passed |", "|---|---|---|---|---|"]
-        for rule in GateVerdict.model_validate(gate).rules:
+        for rule in gate.rules:
             lines.append(
                 f"| {rule.name} | value {rule.comparison} threshold | {_fmt(rule.threshold)} "
                 f"| {_fmt(rule.value)} | {'yes' if rule.passed else 'no'} |"
             )
-        if not gate.get("rules"):
+        if not gate.rules:
             lines.append("| (no rule applies) | - | - | yes |")
-    extra = record.get("extra") or {}
-    if extra:
-        lines += ["", "## Extra", *(f"- {k}: {_fmt(v)}" for k, v in sorted(extra.items()))]
+    if record.extra:
+        lines += ["", "## Extra", *(f"- {k}: {_fmt(v)}" for k, v in sorted(record.extra.items()))]
     return "\n".join(lines) + "\n"
 
 
-def load_history(settings: Settings) -> list[dict[str, Any]]:
+def load_history(settings: Settings) -> list[CycleRecord]:
     """Every run record under the reports folder, oldest cycle first (ties: run id, attempt)."""
     fs, root = filesystem(settings.resolved_reports_uri, settings.storage_options())
     folder = join(root, RUNS_DIR)
@@ -158,19 +142,19 @@ def load_history(settings: Settings) -> list[dict[str, Any]]:
         if not (name.startswith("cycle-") and name.endswith(".json")):
             continue
         try:
-            records.append(json.loads(fs.cat_file(str(path))))
+            records.append(CycleRecord.model_validate_json(fs.cat_file(str(path))))
         except (OSError, ValueError) as exc:  # one unreadable report must not hide the others
             log.warning("skipping unreadable report %s: %s", path, exc)
-    records.sort(key=lambda r: (str(r.get("cycle_date")), r.get("run_id") or 0, r.get("attempt") or 0))
+    records.sort(key=lambda r: (str(r.cycle_date), r.run_id or 0, r.attempt or 0))
     return records
 
 
-def plot_history(records: list[dict[str, Any]]) -> bytes | None:
+def plot_history(records: list[CycleRecord]) -> bytes | None:
     """PNG of candidate and production holdout AUC and logloss per cycle date (latest run per date)."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, GateVerdict] = {}
     for r in records:
-        if (r.get("gate") or {}).get("candidate"):
-            latest[str(r["cycle_date"])] = r
+        if r.gate is not None:
+            latest[str(r.cycle_date)] = r.gate
     if not latest:
         return None
     import matplotlib
@@ -184,7 +168,8 @@ def plot_history(records: list[dict[str, Any]]) -> bytes | None:
     def series(who: str, key: str) -> list[float]:
         out = []
         for d in days:
-            value = ((latest[d].get("gate") or {}).get(who) or {}).get(key)
+            metrics = latest[d].candidate if who == "candidate" else latest[d].production
+            value = getattr(metrics, key) if metrics is not None else None
             out.append(float(value) if isinstance(value, int | float) else math.nan)
         return out
 
@@ -192,7 +177,7 @@ def plot_history(records: list[dict[str, Any]]) -> bytes | None:
     for ax, key in zip(axes, ("auc", "logloss"), strict=True):
         ax.plot(xs, series("candidate", key), marker="o", label="candidate")
         ax.plot(xs, series("production", key), marker="s", linestyle="--", label="production (parent)")
-        rejected = [i for i, d in enumerate(days) if not (latest[d].get("gate") or {}).get("passed")]
+        rejected = [i for i, d in enumerate(days) if not latest[d].passed]
         if rejected:
             ys = series("candidate", key)
             ax.scatter(rejected, [ys[i] for i in rejected], color="red", zorder=3, label="rejected")
@@ -209,15 +194,14 @@ def plot_history(records: list[dict[str, Any]]) -> bytes | None:
     return buf.getvalue()
 
 
-def write_report(*, settings: Settings, record: Mapping[str, Any]) -> ReportPaths:
+def write_report(*, settings: Settings, record: CycleRecord) -> ReportPaths:
     """Write the run's JSON and markdown atomically, then refresh ``history.png`` and ``latest.md``."""
     fs, root = filesystem(settings.resolved_reports_uri, settings.storage_options())
-    clean = _clean(dict(record))
-    stem = _stem(clean)
+    stem = _stem(record)
     json_path = join(root, RUNS_DIR, f"{stem}.json")
     md_path = join(root, RUNS_DIR, f"{stem}.md")
-    markdown = render_markdown(clean)
-    write_atomic(fs, json_path, json.dumps(clean, indent=2, sort_keys=True, default=str).encode())
+    markdown = render_markdown(record)
+    write_atomic(fs, json_path, json.dumps(record.to_json(), indent=2, sort_keys=True).encode())
     write_atomic(fs, md_path, markdown.encode())
     write_atomic(fs, join(root, "latest.md"), markdown.encode())
     png = plot_history(load_history(settings)) if settings.report_history_plot else None

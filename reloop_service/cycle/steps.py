@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,11 +38,22 @@ from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import run_transaction, session_scope
 from reloop_service.registry.entities import CycleClaim, CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
-from reloop_service.registry.records import GateRule, GateVerdict, HoldoutMetrics
+from reloop_service.registry.records import (
+    CycleRecord,
+    FieldCollisionSummary,
+    GateRule,
+    GateVerdict,
+    HoldoutMetrics,
+    IngestSummary,
+    plain_json,
+)
 from reloop_service.registry.service import artifact_store
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
 from reloop_service.training.distributed import DayJob, DayTrainer, LocalTrainer, StagedDay
 from reloop_service.training.trainer import PRIOR_COLUMN
+
+if TYPE_CHECKING:
+    from reloop_service.cycle.run_report import ReportPaths
 
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
 READ_BATCH_ROWS = 65_536  # rows per Arrow batch when streaming a day (training batches are re-cut)
@@ -148,17 +159,15 @@ def heartbeat(*, engine: Engine, run: CycleRun) -> CycleRun:
         return cycle_runs.heartbeat_cycle(session, run=run)
 
 
-def fail_run(*, engine: Engine, run: CycleRun, error: str, details: Mapping[str, Any]) -> CycleRun:
+def fail_run(*, engine: Engine, run: CycleRun, error: str, details: CycleRecord) -> CycleRun:
     """Close the claim as failed with its error; production and the archive are not touched."""
     with session_scope(engine) as session:
         return cycle_runs.finish_cycle(
-            session, run=run, status=CycleStatus.FAILED, error=error[:4000], details=dict(details)
+            session, run=run, status=CycleStatus.FAILED, error=error[:4000], details=details
         )
 
 
-def skip_run(
-    *, engine: Engine, run: CycleRun, code: str, message: str, details: Mapping[str, Any]
-) -> CycleRun:
+def skip_run(*, engine: Engine, run: CycleRun, code: str, message: str, details: CycleRecord) -> CycleRun:
     """Close the claim as skipped with its reason; the date can be claimed again (late data)."""
     with session_scope(engine) as session:
         return cycle_runs.finish_cycle(
@@ -166,7 +175,7 @@ def skip_run(
             run=run,
             status=CycleStatus.SKIPPED,
             error=f"{code}: {message}"[:4000],
-            details=_jsonable(dict(details)),
+            details=details,
         )
 
 
@@ -209,15 +218,15 @@ class Ingested:
     day_log: Any
     spec: FeatureSpec
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> IngestSummary:
         r = self.day_log.report
-        return {
-            "rows_read": int(r.rows_read),
-            "rows_valid": int(r.rows_valid),
-            "quarantined": {str(k): int(v) for k, v in dict(r.quarantined).items()},
-            "files": len(r.files) if not isinstance(r.files, int) else int(r.files),
-            "quarantine_uri": r.quarantine_uri,
-        }
+        return IngestSummary(
+            rows_read=int(r.rows_read),
+            rows_valid=int(r.rows_valid),
+            quarantined={str(k): int(v) for k, v in dict(r.quarantined).items()},
+            files=len(r.files) if not isinstance(r.files, int) else int(r.files),
+            quarantine_uri=r.quarantine_uri,
+        )
 
 
 def ingest(ctx: CycleContext, *, parent: Parent) -> Ingested:
@@ -287,8 +296,8 @@ class PreparedDay:
     positives: int
     train_positives: int
     coverage: Coverage
-    ingest: dict[str, Any]
-    collisions: list[dict[str, Any]] = field(default_factory=list)
+    ingest: IngestSummary
+    collisions: list[FieldCollisionSummary] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -493,7 +502,10 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
         train_positives=positives[False],
         coverage=coverage,
         ingest=report,
-        collisions=[{**asdict(c), "colliding_fraction": round(c.colliding_fraction, 6)} for c in fields],
+        collisions=[
+            FieldCollisionSummary(**asdict(c), colliding_fraction=round(c.colliding_fraction, 6))
+            for c in fields
+        ],
     )
 
 
@@ -506,12 +518,12 @@ def _refuse_small_day(
     holdout_rows: int,
     holdout_positives: int,
     train_rows: int,
-    report: Mapping[str, Any],
+    report: IngestSummary,
 ) -> None:
     """Raise ``DaySkipped`` before training when the day cannot train or be gated meaningfully."""
     negatives = rows - positives
     if rows == 0:
-        quarantined = sum(dict(report.get("quarantined") or {}).values())
+        quarantined = sum(report.quarantined.values())
         raise DaySkipped("no_data", f"no valid rows for {day} ({quarantined} quarantined)")
     if rows < settings.min_day_rows:
         raise DaySkipped(
@@ -753,7 +765,7 @@ def register(
     trained: Trained,
     verdict: GateVerdict,
     parent: Parent,
-    record: dict[str, Any],
+    record: CycleRecord,
 ) -> Registered:
     """Step 6: write the artifact, then register + promote/reject + finish the run in ONE transaction.
 
@@ -774,9 +786,9 @@ def register(
         "auc": verdict.candidate.auc,
         "logloss": verdict.candidate.logloss,
         "calibration": verdict.candidate.calibration,
-        "rows": record.get("coverage", {}).get("rows"),
+        "rows": record.coverage.rows if record.coverage else None,
         "holdout_rows": verdict.holdout_rows,
-        "prior_coverage": record.get("coverage"),
+        "prior_coverage": record.coverage.model_dump() if record.coverage else None,
         "production_on_holdout": verdict.production.model_dump(mode="json") if verdict.production else None,
     }
     train_config = {
@@ -800,11 +812,11 @@ def register(
             reason=f"cycle {ctx.the_period.describe()}",
             parent_version=parent.number,
             feature_spec_hash=spec_hash,
-            train_config=_jsonable(train_config),
+            train_config=plain_json(train_config),
             data_first_day=checkpoint.first_day or ctx.cycle_date,
             data_last_day=checkpoint.last_day or ctx.last_day,
-            metrics=_jsonable(metrics),
-            gate_verdict=_jsonable(stored_verdict),
+            metrics=plain_json(metrics),
+            gate_verdict=plain_json(stored_verdict),
             cycle_date=ctx.cycle_date,
             period=ctx.the_period.name,
         )
@@ -827,7 +839,7 @@ def register(
                 version=version.version,
                 actor=ctx.actor,
                 reason=f"cycle {ctx.the_period}: gate rejected ({', '.join(verdict.failed_rules)})",
-                details={"verdict": _jsonable(stored_verdict)},
+                details={"verdict": plain_json(stored_verdict)},
             )
             decision = "rejected"
         run = cycle_runs.finish_cycle(
@@ -835,7 +847,7 @@ def register(
             run=ctx.run,
             status=CycleStatus.SUCCEEDED,
             produced_version=version.version,
-            details=_jsonable({**record, "version": version.version, "decision": decision}),
+            details=record.model_copy(update={"version": version.version, "decision": decision}),
         )
         return Registered(version=version, decision=decision, run=run)
 
@@ -850,25 +862,8 @@ def register(
     return registered
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON (NaN/inf -> None, dates -> ISO) for JSON columns that PostgreSQL parses strictly."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.floating):
-        return _jsonable(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, date | Period):
-        return value.isoformat()
-    return value
-
-
 # ---------------------------------------------------------------------------------------- report
-def report(*, settings: Settings, record: Mapping[str, Any]) -> Any:
+def report(*, settings: Settings, record: CycleRecord) -> ReportPaths:
     """Step 7: the run's JSON and markdown, and the refreshed history plot."""
     from reloop_service.cycle.run_report import write_report
 

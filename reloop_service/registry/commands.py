@@ -439,7 +439,7 @@ def cycle_timeline_rows(runs: list[Any]) -> list[dict[str, Any]]:
         status = getattr(r.status, "value", str(r.status))
         if status in ("succeeded", "running"):
             continue
-        details = r.details or {}
+        details = r.details
         when = r.finished_at or r.heartbeat_at or r.started_at
         rows.append(
             {
@@ -447,10 +447,10 @@ def cycle_timeline_rows(runs: list[Any]) -> list[dict[str, Any]]:
                 "kind": f"cycle_{status}",
                 "created_at": when.isoformat(),
                 "version": r.produced_version,
-                "from_version": details.get("parent_version"),
+                "from_version": details.parent_version,
                 "to_version": None,
-                "actor": str(details.get("actor") or "-"),
-                "reason": r.error or str(details.get("reason") or status),
+                "actor": str(details.actor or "-"),
+                "reason": r.error or str((details.model_extra or {}).get("reason") or status),
                 "cycle_date": r.cycle_date.isoformat(),
                 "run_id": r.id,
             }

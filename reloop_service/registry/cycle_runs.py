@@ -20,6 +20,7 @@ from reloop_service.registry.entities import CycleClaim, CycleRun
 from reloop_service.registry.errors import ClaimLostError, InvalidTransitionError, NotFoundError
 from reloop_service.registry.events import CycleStatus
 from reloop_service.registry.orm import CycleRunRow
+from reloop_service.registry.records import CycleRecord
 from reloop_service.registry.store import now_utc
 
 
@@ -37,7 +38,7 @@ def _run(row: CycleRunRow) -> CycleRun:
         finished_at=row.finished_at,
         error=row.error,
         produced_version=row.produced_version,
-        details=dict(row.details or {}),
+        details=CycleRecord.model_validate(row.details or {}),
     )
 
 
@@ -171,7 +172,7 @@ def finish_cycle(
     status: CycleStatus | str,
     error: str | None = None,
     produced_version: int | None = None,
-    details: dict[str, Any] | None = None,
+    details: CycleRecord | None = None,
     now: datetime | None = None,
 ) -> CycleRun:
     """Close the claim as ``succeeded``, ``failed`` or ``skipped``; ``details`` merge into the run's."""
@@ -193,7 +194,7 @@ def finish_cycle(
             "produced_version": produced_version,
             "finished_at": now,
             "heartbeat_at": now,
-            "details": {**current.details, **(details or {})},
+            "details": {**current.details.to_json(), **(details.to_json() if details else {})},
         },
     )
 

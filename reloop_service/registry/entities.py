@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Any
 
 from reloop_service.registry.events import CycleStatus, EventKind, VersionStatus
+from reloop_service.registry.records import CycleRecord
 
 
 def _plain(value: Any) -> Any:
@@ -17,6 +18,8 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, CycleStatus | EventKind | VersionStatus):
         return value.value
+    if isinstance(value, CycleRecord):
+        return value.to_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -119,7 +122,7 @@ class CycleRun(_ToDict):
     finished_at: datetime | None
     error: str | None
     produced_version: int | None
-    details: dict[str, Any]
+    details: CycleRecord  # the cycle's record of the run (claim notes ride along as extra keys)
 
 
 @dataclass(frozen=True, slots=True)

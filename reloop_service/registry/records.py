@@ -9,9 +9,14 @@ records written before a field existed still load (every field past the core one
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from datetime import date
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reloop_service.data.period import Period
 
 Comparison = Literal["<=", ">=", ">"]
 # How each rule compares its value with its threshold to pass (the dashboard and the report print it).
@@ -94,10 +99,100 @@ class GateVerdict(BaseModel):
     holdout: str | None = Field(default=None, description="How the holdout was drawn.")
 
 
+class PeriodSummary(BaseModel):
+    """The run's period: its name (its start), bounds, step, and the parts of a merged catch-up."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    start: str | None = None
+    end: str | None = None
+    step: str | None = None
+    count: int = 1
+    parts: list[str] = Field(default_factory=list)
+
+
+class ReadinessSummary(BaseModel):
+    """Whether the period's logs were ready to train (``cycle.readiness``), and why."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+    reason: str | None = None
+    checks: int = 1
+    mode: str | None = None
+    label_delay: str | None = None
+
+
+class RunSettings(BaseModel):
+    """The settings that shaped one run (the report shows them beside its figures)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    loss: str | None = None
+    prior_source: str | None = None
+    holdout_fraction: float | None = None
+    auto_promote: bool | None = None
+
+
+class IngestSummary(BaseModel):
+    """What the ingest step read: rows, bad rows by reason, files (a count), the quarantine folder."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rows_read: int | None = None
+    rows_valid: int | None = None
+    quarantined: dict[str, int] = Field(default_factory=dict)
+    files: int | None = None
+    quarantine_uri: str | None = None
+
+
+class PriorCoverage(BaseModel):
+    """Where each training row's prior prediction came from (``cycle.steps.Coverage``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str | None = None
+    rows: int = 0
+    archived: int = 0
+    recomputed: int = 0
+    missing: int = 0
+    parent_version: int | None = None
+    archived_fraction: float | None = None
+
+
+class FieldCollisionSummary(BaseModel):
+    """One feature field's hash-bucket collisions on the day (``data.collisions.FieldCollisions``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    buckets: int
+    distinct: int
+    colliding: int
+    flagged: bool
+    colliding_fraction: float | None = None
+
+
+class TrainSummary(BaseModel):
+    """The train step's figures (the trainer's own notes ride along as extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: str | None = None
+    cold_start: bool | None = None
+    seconds: float | None = None
+    train_rows: int | None = None
+    holdout_rows: int | None = None
+    holdout_trained_rows: int | None = None
+
+
 class CycleRecord(BaseModel):
     """A cycle run's record: the run's ``details`` in the registry, its report, and ``CycleOutcome.record``.
 
     Written step by step as the attempt goes; a failed or skipped run carries what it got to.
+    ``to_json()`` is the one plain-JSON form (stored, reported, printed).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -106,13 +201,10 @@ class CycleRecord(BaseModel):
     cycle_date: str | None = Field(
         default=None, description="The period by its start: 2024-05-01 (daily) or 2024-05-01T13 (hourly)."
     )
-    period: dict[str, Any] | None = Field(
-        default=None,
-        description="name, start, end, step, count and parts (a catch-up merges count > 1 periods).",
+    period: PeriodSummary | None = Field(
+        default=None, description="A catch-up merges count > 1 periods into one cycle (parts)."
     )
-    readiness: dict[str, Any] | None = Field(
-        default=None, description="Whether the period's logs were ready: ready, reason, checks, mode."
-    )
+    readiness: ReadinessSummary | None = None
     costs: dict[str, float] | None = Field(
         default=None, description="Seconds of each fixed cost of the cycle (claim, checkpoint load, ...)."
     )
@@ -122,16 +214,41 @@ class CycleRecord(BaseModel):
     status: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: RunSettings = Field(default_factory=RunSettings)
     parent_version: int | None = None
-    ingest: dict[str, Any] | None = None
-    coverage: dict[str, Any] | None = None
-    collisions: list[dict[str, Any]] | None = None
-    extra: dict[str, Any] | None = None
-    train: dict[str, Any] | None = None
+    ingest: IngestSummary | None = None
+    coverage: PriorCoverage | None = None
+    collisions: list[FieldCollisionSummary] | None = None
+    extra: dict[str, float | None] | None = Field(
+        default=None, description="Caller-supplied figures (the demo's)."
+    )
+    train: TrainSummary | None = None
     gate: GateVerdict | None = None
     version: int | None = None
     decision: str | None = None
     error: str | None = None
     failed_step: str | None = None
     skip_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: dates as ISO strings, NaN/inf and numpy scalars as JSON values."""
+        out = plain_json(self.model_dump())
+        assert isinstance(out, dict)
+        return out
+
+
+def plain_json(value: Any) -> Any:
+    """Plain JSON (NaN/inf -> None, numpy scalars -> Python, dates -> ISO) for strict JSON columns."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.floating):
+        return plain_json(float(value))
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(v) for v in value]
+    if isinstance(value, date | Period):
+        return value.isoformat()
+    return value

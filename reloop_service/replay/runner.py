@@ -40,6 +40,7 @@ from reloop_service.data.transforms import canonical_strings
 from reloop_service.training.evaluation import auc, logloss
 
 if TYPE_CHECKING:
+    from reloop_service.registry.records import TrainSummary
     from reloop_service.serving.harness import InProcessService
 
 log = logging.getLogger(__name__)
@@ -348,7 +349,7 @@ def run_one(
                 outcome = _cycle(settings, engine, day, k, config.gate)
                 cycle_s = time.perf_counter() - t0
                 cycle_seconds += cycle_s
-                cov = outcome.record.get("coverage") or {}
+                cov = outcome.record.coverage
                 entry: dict[str, Any] = {
                     "bin": k,
                     "date": day.isoformat(),
@@ -362,9 +363,9 @@ def run_one(
                     "trained_version": outcome.version if outcome.status == "succeeded" else None,
                     "decision": outcome.decision if outcome.status == "succeeded" else outcome.status,
                     "skip_reason": outcome.error if outcome.status == "skipped" else None,
-                    "prior_archived": int(cov.get("archived", 0)),
+                    "prior_archived": cov.archived if cov else 0,
                     # every row the version learned from: training split + the holdout after the gate
-                    "train_rows": _trained_rows(outcome.record.get("train") or {}),
+                    "train_rows": _trained_rows(outcome.record.train),
                     "cycle_seconds": round(cycle_s, 3),
                 }
                 if rows.num_rows:
@@ -407,8 +408,10 @@ def run_one(
     }
 
 
-def _trained_rows(train: dict[str, Any]) -> int:
-    return int(train.get("train_rows") or 0) + int(train.get("holdout_trained_rows") or 0)
+def _trained_rows(train: TrainSummary | None) -> int:
+    if train is None:
+        return 0
+    return int(train.train_rows or 0) + int(train.holdout_trained_rows or 0)
 
 
 def _reload(client: Any, auth: dict[str, str], engine: Any, settings: Settings, k: int) -> Any:

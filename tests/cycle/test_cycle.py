@@ -72,26 +72,29 @@ def test_cold_start_then_warm_start_idempotent_and_reported(sqlite_env: Env) -> 
 
     first = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
     assert first.version == 1 and first.promoted and first.parent_version is None
-    assert first.record["coverage"]["source"] == "cold_start"
-    assert first.record["coverage"]["missing"] == ROWS
-    assert first.record["train"]["loss"] == "bce" and first.record["train"]["cold_start"]
+    assert first.record.coverage is not None and first.record.train is not None
+    assert first.record.coverage.source == "cold_start"
+    assert first.record.coverage.missing == ROWS
+    assert first.record.train.loss == "bce" and first.record.train.cold_start
     # A cold start is still judged against the constant predictor (the training CTR).
-    gate = first.record["gate"]
-    assert gate["passed"] and [r["name"] for r in gate["rules"]] == ["beats_constant"]
-    assert gate["production"] is None
-    assert gate["rules"][0]["value"] == gate["constant"]["logloss"] - gate["candidate"]["logloss"] > 0
-    assert 0.5 < gate["candidate"]["auc"] <= 1.0 and gate["candidate"]["logloss"] > 0
-    assert gate["holdout_rows"] == first.record["train"]["holdout_rows"] > 0
+    gate = first.verdict
+    assert gate is not None and gate.constant is not None
+    assert gate.passed and [r.name for r in gate.rules] == ["beats_constant"]
+    assert gate.production is None
+    assert gate.rules[0].value == gate.constant.logloss - gate.candidate.logloss > 0
+    assert 0.5 < gate.candidate.auc <= 1.0 and gate.candidate.logloss > 0
+    assert gate.holdout_rows == first.record.train.holdout_rows > 0
 
     again = run_cycle(settings=settings, cycle_date=DAY0, actor="test")
     assert again.status == "skipped" and again.reason == "succeeded" and again.version == 1
 
     second = _ok(run_cycle(settings=settings, cycle_date=DAY0 + timedelta(days=1), actor="test"))
     assert second.parent_version == 1 and second.version == 2
-    assert second.record["train"]["loss"] == "reloop" and not second.record["train"]["cold_start"]
+    assert second.record.train is not None and second.record.coverage is not None
+    assert second.record.train.loss == "reloop" and not second.record.train.cold_start
     # No archive exists, so every prior was recomputed with the parent's artifact.
-    cov = second.record["coverage"]
-    assert (cov["archived"], cov["recomputed"], cov["missing"]) == (0, ROWS, 0)
+    cov = second.record.coverage
+    assert (cov.archived, cov.recomputed, cov.missing) == (0, ROWS, 0)
 
     reg = _registry(settings)
     assert reg["production"] == 2
@@ -102,7 +105,9 @@ def test_cold_start_then_warm_start_idempotent_and_reported(sqlite_env: Env) -> 
     assert reg["versions"][1].status == VersionStatus.ARCHIVED
     run = reg["runs"][DAY0 + timedelta(days=1)]
     assert run.status == CycleStatus.SUCCEEDED and run.produced_version == 2
-    assert run.details["ingest"]["rows_valid"] == ROWS and run.details["coverage"]["rows"] == ROWS
+    assert run.details.ingest is not None and run.details.coverage is not None
+    assert run.details.ingest.rows_valid == ROWS and run.details.coverage.rows == ROWS
+    assert run.details.gate == second.verdict and run.details.decision == "promoted"
 
     forced = _ok(run_cycle(settings=settings, cycle_date=DAY0, force=True, actor="test"))
     assert forced.version == 3 and forced.attempt == 2
@@ -122,10 +127,11 @@ def test_quarantine_counts_are_recorded(sqlite_env: Env) -> None:
     bad = table.slice(0, 3).set_column(1, "label", pa.array([2, 2, 7], pa.int64()))
     pq.write_table(bad, _logs(settings) / f"dt={DAY0}" / "part-1.parquet")
     outcome = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
-    ingest = outcome.record["ingest"]
-    assert ingest["rows_read"] == ROWS + 3 and ingest["rows_valid"] <= ROWS
-    assert sum(ingest["quarantined"].values()) == ingest["rows_read"] - ingest["rows_valid"] >= 3
-    assert _registry(settings)["runs"][DAY0].details["ingest"]["quarantined"] == ingest["quarantined"]
+    ingest = outcome.record.ingest
+    assert ingest is not None and ingest.rows_read == ROWS + 3 and ingest.rows_valid <= ROWS
+    assert sum(ingest.quarantined.values()) == ingest.rows_read - ingest.rows_valid >= 3
+    stored = _registry(settings)["runs"][DAY0].details.ingest
+    assert stored is not None and stored.quarantined == ingest.quarantined
 
 
 # --------------------------------------------------------------------------------- the claim
@@ -279,7 +285,7 @@ def test_retry_after_transient_failure_logs_date_and_attempt(
     cycle_records = [r for r in caplog.records if r.name == "reloop_service.cycle"]
     assert cycle_records and all(getattr(r, "cycle_date", None) == DAY0.isoformat() for r in cycle_records)
     run = _registry(settings)["runs"][DAY0]
-    assert run.attempt == 2 and run.details["previous_attempt"]["error"].endswith("transient")
+    assert run.attempt == 2 and run.details.model_extra["previous_attempt"]["error"].endswith("transient")
 
 
 def test_missing_day_is_skipped_with_the_reason_and_can_run_when_it_arrives(sqlite_env: Env) -> None:
@@ -338,10 +344,11 @@ def test_gate_refuses_a_candidate_no_better_than_the_constant_predictor(sqlite_e
         path,
     )
     outcome = _ok(run_cycle(settings=settings, cycle_date=DAY0, actor="test"))
-    verdict = outcome.record["gate"]
-    assert outcome.decision == "rejected" and verdict["failed_rules"] == ["beats_constant"]
-    rule = verdict["rules"][0]
-    assert rule["value"] == verdict["constant"]["logloss"] - verdict["candidate"]["logloss"] <= 0.005
+    verdict = outcome.verdict
+    assert verdict is not None and verdict.constant is not None
+    assert outcome.decision == "rejected" and verdict.failed_rules == ["beats_constant"]
+    rule = verdict.rules[0]
+    assert rule.value == verdict.constant.logloss - verdict.candidate.logloss <= 0.005
     reg = _registry(settings)
     assert reg["production"] is None and reg["versions"][1].status == VersionStatus.REJECTED
 
@@ -355,13 +362,14 @@ def test_gate_rejection_keeps_production_and_operator_can_override(sqlite_env: E
     strict = settings.model_copy(update={"gate_auc_floor": 0.999, "gate_max_logloss_rise": -1.0})
     outcome = _ok(run_cycle(settings=strict, cycle_date=day1, actor="test"))
     assert outcome.decision == "rejected" and outcome.version == 2
-    verdict = outcome.record["gate"]
-    assert not verdict["passed"] and set(verdict["failed_rules"]) == {"auc_floor", "max_logloss_rise"}
-    floor = next(r for r in verdict["rules"] if r["name"] == "auc_floor")
-    assert floor["threshold"] == 0.999 and floor["value"] == verdict["candidate"]["auc"]
+    verdict = outcome.verdict
+    assert verdict is not None
+    assert not verdict.passed and set(verdict.failed_rules) == {"auc_floor", "max_logloss_rise"}
+    floor = next(r for r in verdict.rules if r.name == "auc_floor")
+    assert floor.threshold == 0.999 and floor.value == verdict.candidate.auc
     reg = _registry(settings)
     assert reg["production"] == 1 and reg["versions"][2].status == VersionStatus.REJECTED
-    assert reg["versions"][2].gate_verdict["failed_rules"] == verdict["failed_rules"]
+    assert reg["versions"][2].gate_verdict["failed_rules"] == verdict.failed_rules
 
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -434,10 +442,11 @@ def test_prior_join_with_partly_missing_archive(
         return {}
 
     outcome = _ok(run_cycle(settings=settings, cycle_date=day1, actor="test", extra=inspect))
-    cov = outcome.record["coverage"]
+    cov = outcome.record.coverage
     sizes = {"half": ROWS // 2, "rest": ROWS - ROWS // 2, "all": ROWS, 0: 0}
-    assert (cov["archived"], cov["recomputed"], cov["missing"]) == tuple(sizes[e] for e in expect)
-    assert cov["rows"] == ROWS and cov["parent_version"] == 1
+    assert cov is not None
+    assert (cov.archived, cov.recomputed, cov.missing) == tuple(sizes[e] for e in expect)
+    assert cov.rows == ROWS and cov.parent_version == 1
     if source != "recompute":
         assert all(seen[i] == pytest.approx(0.123456) for i in half), "archived priors are used as served"
     other = ids[ROWS // 2]
@@ -468,10 +477,11 @@ def test_reloop_train_and_the_cycle_train_the_same_model(sqlite_env: Env, tmp_pa
     res = CliRunner().invoke(app, [*args, "--spec", str(settings.spec_path), "--loss", "bce"], env=env)
     assert res.exit_code == 0, res.output
     by_hand = load_checkpoint(str(out)).metrics
-    candidate = outcome.record["gate"]["candidate"]
-    assert by_hand["rows"] == candidate["rows"] == outcome.record["train"]["holdout_rows"]
-    assert by_hand["auc"] == pytest.approx(candidate["auc"], abs=1e-9)
-    assert by_hand["logloss"] == pytest.approx(candidate["logloss"], abs=1e-9)
+    assert outcome.verdict is not None and outcome.record.train is not None
+    candidate = outcome.verdict.candidate
+    assert by_hand["rows"] == candidate.rows == outcome.record.train.holdout_rows
+    assert by_hand["auc"] == pytest.approx(candidate.auc, abs=1e-9)
+    assert by_hand["logloss"] == pytest.approx(candidate.logloss, abs=1e-9)
 
 
 def test_cli_exit_code_says_the_day_was_skipped(sqlite_env: Env) -> None:

@@ -88,9 +88,10 @@ def test_hourly_cycles_read_their_hour_and_name_the_period(cycle_env: Env) -> No
     write_day(logs, DAY0, 50)
     first = run_cycle(settings=settings, cycle_date=H0, actor="test")
     assert first.status == "succeeded", first.error
-    assert first.period_name == "2024-03-01T00" and first.record["cycle_date"] == "2024-03-01T00"
-    assert first.record["ingest"]["rows_valid"] == HOUR_ROWS  # the hour alone, not the day
-    assert first.record["period"]["end"] == "2024-03-01T01:00:00+00:00"
+    assert first.period_name == "2024-03-01T00" and first.record.cycle_date == "2024-03-01T00"
+    assert first.record.ingest is not None and first.record.period is not None
+    assert first.record.ingest.rows_valid == HOUR_ROWS  # the hour alone, not the day
+    assert first.record.period.end == "2024-03-01T01:00:00+00:00"
     second = run_cycle(settings=settings, cycle_date=H0.next(), actor="test")
     assert second.status == "succeeded", second.error
     assert second.parent_version == first.version  # warm-started from the previous hour
@@ -141,8 +142,7 @@ def test_readiness_by_marker_skips_then_runs_once_the_marker_lands(sqlite_env: E
     )  # a skipped period is reclaimed
     assert again.status == "succeeded" and again.attempt == 2, again.error
     assert (
-        again.record["readiness"]["checks"] == 1
-        and "_SUCCESS in all 1 partition" in again.record["readiness"]["reason"]
+        again.record.readiness.checks == 1 and "_SUCCESS in all 1 partition" in again.record.readiness.reason
     )
 
 
@@ -156,8 +156,8 @@ def test_readiness_by_label_delay_waits_with_an_injected_clock(sqlite_env: Env) 
     assert outcome.status == "succeeded", outcome.error
     # checks at +10m, +15m, +25m (not yet 30 minutes after the hour), then +45m: ready
     assert clock.sleeps == [300.0, 600.0, 1200.0]
-    assert outcome.record["readiness"]["checks"] == 4
-    assert "label delay 30m passed" in outcome.record["readiness"]["reason"]
+    assert outcome.record.readiness.checks == 4
+    assert "label delay 30m passed" in outcome.record.readiness.reason
 
 
 def test_a_period_still_open_is_never_trained_on(sqlite_env: Env) -> None:
@@ -182,8 +182,8 @@ def test_a_late_partition_arriving_after_a_not_ready_retry_is_trained_on(sqlite_
     clock = FakeClock(H0.end + timedelta(minutes=1), on_sleep=late_delivery)
     outcome = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
     assert outcome.status == "succeeded", outcome.error
-    assert clock.sleeps == [120.0] and outcome.record["readiness"]["checks"] == 2
-    assert outcome.record["ingest"]["rows_valid"] == HOUR_ROWS
+    assert clock.sleeps == [120.0] and outcome.record.readiness.checks == 2
+    assert outcome.record.ingest.rows_valid == HOUR_ROWS
 
 
 # ------------------------------------------------------------------------------------- catch-up
@@ -220,8 +220,8 @@ def test_catch_up_after_30_missed_hours_merges_and_says_so(
     assert all(o.status == "succeeded" for o in outcomes), [o.error for o in outcomes]
     first = outcomes[0]
     assert first.period is not None and first.period.count == 25
-    assert first.record["period"]["parts"] == [h.name for h in hours[1:26]]
-    assert first.record["ingest"]["rows_valid"] == 25 * 300
+    assert first.record.period.parts == [h.name for h in hours[1:26]]
+    assert first.record.ingest.rows_valid == 25 * 300
     assert "the oldest 25 merged into one cycle 2024-03-01T01..2024-03-02T01 (25 periods)" in caplog.text
     report = Path(first.report.markdown_uri).read_text() if first.report else ""
     assert "25 periods 2024-03-01T01..2024-03-02T01 merged into this one cycle" in report

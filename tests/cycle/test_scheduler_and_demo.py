@@ -175,12 +175,14 @@ def test_reloop_demo_three_days_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     runs = _runs(settings)
     assert [runs[d].status for d in sorted(runs)] == [CycleStatus.SUCCEEDED] * 3
     first, *later = (runs[d] for d in sorted(runs))
-    assert first.details["coverage"]["source"] == "cold_start" and first.details["decision"] == "promoted"
+    assert first.details.coverage is not None and first.details.coverage.source == "cold_start"
+    assert first.details.decision == "promoted"
     for run in later:
-        cov = run.details["coverage"]
+        cov, extra, gate = run.details.coverage, run.details.extra, run.details.gate
+        assert cov is not None and extra is not None and gate is not None
         # Every impression of days 2 and 3 was scored over HTTP by the production version and archived.
-        assert cov["archived"] == cov["rows"] == 3000 and cov["recomputed"] == 0 and cov["missing"] == 0
-        assert run.details["extra"]["bayes_logloss_holdout"] < run.details["gate"]["candidate"]["logloss"]
+        assert cov.archived == cov.rows == 3000 and cov.recomputed == 0 and cov.missing == 0
+        assert extra["bayes_logloss_holdout"] < gate.candidate.logloss
     engine = make_engine(settings.resolved_database_url)
     try:
         with session_scope(engine, readonly=True) as session:

@@ -27,7 +27,7 @@ from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, run_transaction, upgrade
 from reloop_service.registry.entities import CycleRun, ModelVersion
 from reloop_service.registry.events import CycleStatus
-from reloop_service.registry.records import GateVerdict
+from reloop_service.registry.records import CycleRecord, GateVerdict, PriorCoverage, TrainSummary
 from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.evaluation import evaluate
 from reloop_service.training.layers import skip_table_init
@@ -174,12 +174,12 @@ def _claim(engine: Engine, day: date, owner: str, at: datetime) -> CycleRun:
 def _fail(engine: Engine, run: CycleRun, error: str, at: datetime, seconds: float) -> None:
     """Close ``run`` as failed at ingest, the way ``cycle.run`` records a failed attempt."""
     end = at + timedelta(seconds=seconds)
-    details = {
-        "actor": "scheduler",
-        "started_at": at.isoformat(),
-        "failed_step": "ingest",
-        "finished_at": end.isoformat(),
-    }
+    details = CycleRecord(
+        actor="scheduler",
+        started_at=at.isoformat(),
+        failed_step="ingest",
+        finished_at=end.isoformat(),
+    )
     run_transaction(
         engine,
         lambda s: cycle_runs.finish_cycle(
@@ -197,7 +197,7 @@ def _succeed(
     parent: ModelVersion | None,
     parent_ckpt: Checkpoint | None,
     gate: GateVerdict,
-    coverage: dict[str, Any],
+    coverage: PriorCoverage,
     started: datetime,
     seconds: float,
 ) -> int:
@@ -219,19 +219,19 @@ def _succeed(
         seconds=seconds - 8.0,
         info={},
     )
-    record = {
-        "run_id": run.id,
-        "cycle_date": run.cycle_date.isoformat(),
-        "attempt": run.attempt,
-        "actor": "scheduler",
-        "owner": run.owner,
-        "started_at": started.isoformat(),
-        "finished_at": (started + timedelta(seconds=seconds)).isoformat(),
-        "parent_version": parent.version if parent is not None else None,
-        "coverage": coverage,
-        "gate": gate.model_dump(mode="json"),
-        "train": {"seconds": seconds - 8.0, "cold_start": parent is None},
-    }
+    record = CycleRecord(
+        run_id=run.id,
+        cycle_date=run.period,
+        attempt=run.attempt,
+        actor="scheduler",
+        owner=run.owner,
+        started_at=started.isoformat(),
+        finished_at=(started + timedelta(seconds=seconds)).isoformat(),
+        parent_version=parent.version if parent is not None else None,
+        coverage=coverage,
+        gate=gate,
+        train=TrainSummary(seconds=seconds - 8.0, cold_start=parent is None),
+    )
     logging.getLogger("tests.dashboard").setLevel(logging.WARNING)
     registered = steps.register(
         ctx,
@@ -289,14 +289,14 @@ def _build(settings: Settings, engine: Engine) -> Demo:
         gate = verdict(settings, cand, prod_m, prod, labels)
         if gate.passed != (kind != "reject"):
             raise AssertionError(f"demo day {day}: the gate said {gate.passed}, the plan {kind}: {gate}")
-        coverage = {
-            "source": "archive",
-            "rows": 5000,
-            "archived": 4700 if prod else 0,
-            "recomputed": 0,
-            "missing": 300 if prod else 5000,
-            "parent_version": prod,
-        }
+        coverage = PriorCoverage(
+            source="archive",
+            rows=5000,
+            archived=4700 if prod else 0,
+            recomputed=0,
+            missing=300 if prod else 5000,
+            parent_version=prod,
+        )
         number = _succeed(
             settings,
             engine,

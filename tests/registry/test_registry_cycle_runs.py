@@ -12,6 +12,7 @@ from reloop_service.registry.db import session_scope
 from reloop_service.registry.entities import CycleClaim
 from reloop_service.registry.errors import ClaimLostError, InvalidTransitionError
 from reloop_service.registry.events import CycleStatus
+from reloop_service.registry.records import CycleRecord
 
 DAY = date(2024, 3, 1)
 T0 = datetime(2024, 3, 2, 2, 0, tzinfo=UTC)
@@ -48,7 +49,7 @@ def test_stale_claim_is_taken_over_and_old_owner_loses_it(migrated_engine: Engin
     taken = _claim(migrated_engine, "b", now=T0 + timedelta(seconds=221))
     assert taken.acquired and taken.reason == "taken_over"
     assert taken.run.attempt == 2 and taken.run.owner == "b" and taken.run.id == first.run.id
-    assert taken.run.details["previous_attempt"]["owner"] == "a"
+    assert taken.run.details.model_extra["previous_attempt"]["owner"] == "a"
     for call in (cycle_runs.heartbeat_cycle, cycle_runs.finish_cycle):
         with (
             pytest.raises(ClaimLostError, match="no longer holds"),
@@ -66,17 +67,16 @@ def test_succeeded_date_is_a_no_op_unless_forced(migrated_engine: Engine) -> Non
     claim = _claim(migrated_engine, "a", now=T0)
     with session_scope(migrated_engine) as session:
         done = cycle_runs.finish_cycle(
-            session, run=claim.run, status="succeeded", produced_version=None, details={"rows": 10}
+            session, run=claim.run, status="succeeded", produced_version=None, details=CycleRecord(version=10)
         )
-    assert (
-        done.status == CycleStatus.SUCCEEDED and done.finished_at is not None and done.details == {"rows": 10}
-    )
+    assert done.status == CycleStatus.SUCCEEDED and done.finished_at is not None
+    assert done.details.version == 10 and done.details.model_extra == {}
     later = T0 + timedelta(days=3)
     noop = _claim(migrated_engine, "b", now=later)
     assert not noop.acquired and noop.reason == "succeeded" and noop.run.status == CycleStatus.SUCCEEDED
     forced = _claim(migrated_engine, "b", now=later, force=True)
     assert forced.acquired and forced.reason == "taken_over" and forced.run.attempt == 2
-    assert forced.run.details["forced"] is True and forced.run.finished_at is None
+    assert forced.run.details.model_extra["forced"] is True and forced.run.finished_at is None
 
 
 def test_failed_run_records_error_and_can_be_retried(migrated_engine: Engine) -> None:
@@ -90,7 +90,7 @@ def test_failed_run_records_error_and_can_be_retried(migrated_engine: Engine) ->
     assert not kept.acquired and kept.reason == "failed"
     retry = _claim(migrated_engine, "b", now=T0)
     assert retry.acquired and retry.run.attempt == 2 and retry.run.error is None
-    assert retry.run.details["previous_attempt"]["error"] == "ingest: no files"
+    assert retry.run.details.model_extra["previous_attempt"]["error"] == "ingest: no files"
     with session_scope(migrated_engine, readonly=True) as session:
         runs = cycle_runs.list_cycle_runs(session, model_name="ctr", status="running")
         assert [r.cycle_date for r in runs] == [DAY]

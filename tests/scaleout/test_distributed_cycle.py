@@ -105,7 +105,8 @@ def test_two_rank_cycle_matches_one_process(tmp_path: Path, monkeypatch: pytest.
     # Day 1 on one process.
     single = run_cycle(settings=settings_from(single_env, monkeypatch), cycle_date=DAY1, actor="test")
     assert single.status == "succeeded" and single.version == 2, single
-    single_metrics = single.record["gate"]["candidate"]
+    assert single.verdict is not None
+    single_metrics = single.verdict.candidate.model_dump()
 
     # Day 1 on two ranks, through the CLI (torchrun --standalone --nproc-per-node 2).
     env = {**os.environ, **ddp_env, "OMP_NUM_THREADS": "1"}

@@ -221,7 +221,9 @@ def test_replicas_share_registry_and_archive(
     settings = settings_from(replicas_env, monkeypatch, auto_promote=False)
     second = run_cycle(settings=settings, cycle_date=DAY1, actor="test")
     assert second.status == "succeeded" and second.version == 2 and not second.promoted, second
-    assert second.record["coverage"]["archived"] == ROWS, second.record["coverage"]
+    assert second.record.coverage is not None and second.record.coverage.archived == ROWS, (
+        second.record.coverage
+    )
     assert a.version() == 1 and b.version() == 1
 
     # Promote through replica A's admin API: both serve v2 within 2 s.

@@ -130,8 +130,8 @@ def test_cycle_serving_and_next_cycle_all_on_s3(s3_server: S3Server, s3_prefix: 
     # The next cycle joins the archived predictions from the bucket and trains v2.
     second = run_cycle(settings=settings, cycle_date=DAY1, actor="test")
     assert second.status == "succeeded" and second.version == 2, second
-    coverage = second.record["coverage"]
-    assert coverage["archived"] == ROWS and coverage["recomputed"] == 0, coverage
+    coverage = second.record.coverage
+    assert coverage is not None and coverage.archived == ROWS and coverage.recomputed == 0, coverage
 
     # Artifacts and reports are on the bucket, and readable back through the registry.
     artifacts = keys_under(s3_server, settings.resolved_artifacts_uri)
