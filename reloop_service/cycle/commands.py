@@ -185,6 +185,12 @@ def _print_outcome(outcome: Any, *, json_out: bool) -> None:
         print_json(outcome.to_dict())
     else:
         console.print(_outcome_line(outcome))
+        costs = outcome.record.costs
+        if outcome.status == "succeeded" and costs:
+            from reloop_service.cycle.run import describe_costs, trained_rows
+
+            line = describe_costs(costs, rows=trained_rows(outcome.record))
+            console.print(line, soft_wrap=True, highlight=False)
         if outcome.report is not None:
             console.print(f"report: {outcome.report.markdown_uri}")
     if outcome.status == "failed":

@@ -250,13 +250,16 @@ def run_cycle(
     eng = engine if engine is not None else open_registry(settings)
     try:
         owner = new_owner(actor)
+        started = time.perf_counter()
         claim = steps.claim(settings=settings, engine=eng, cycle_date=period, owner=owner, force=force)
+        claimed = time.perf_counter()
         if not claim.acquired:
             return _skipped(claim, period)
         # Orphaned artifacts and dead attempts' work folders go before this attempt makes its own.
         from reloop_service.cycle.gc import sweep_quietly
 
         sweep_quietly(settings=settings, engine=eng)
+        costs = {"claim": claimed - started, "sweep": time.perf_counter() - claimed}
         return execute_claimed(
             settings=settings,
             engine=eng,
@@ -269,6 +272,7 @@ def run_cycle(
             trainer=trainer,
             period=period,
             clock=clock,
+            costs=costs,
         )
     finally:
         if own_engine:
@@ -310,6 +314,7 @@ def execute_claimed(
     trainer: DayTrainer | None = None,
     period: Period | None = None,
     clock: Clock | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> CycleOutcome:
     """Run an acquired claim to its end, with retries; the claim is always closed (or lost).
 
@@ -332,6 +337,7 @@ def execute_claimed(
         trainer=trainer,
         period=period or Period.parse(claim.run.period, settings.period_step),
         clock=clock,
+        costs=costs,
     )
     cycle_finished(settings, outcome)
     return outcome
@@ -350,6 +356,7 @@ def _execute_claimed(
     trainer: DayTrainer | None,
     period: Period,
     clock: Clock | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> CycleOutcome:
     run = claim.run
     cycle_date = period
@@ -367,6 +374,7 @@ def _execute_claimed(
             trainer=trainer,
             period=period,
             clock=clock,
+            costs=costs,
         )
         if (
             outcome.status in ("succeeded", "skipped")
@@ -407,6 +415,7 @@ def _attempt(
     trainer: DayTrainer | None,
     period: Period,
     clock: Clock | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> CycleOutcome:
     """One attempt: steps 2-7 under a heartbeat; any failure closes the run as failed."""
     clog = steps.cycle_logger("reloop_service.cycle", period, run.attempt)
@@ -439,9 +448,20 @@ def _attempt(
         ),
     )
     current = "start"
+    # Seconds per step (``record.costs``): the fixed costs of a cycle (claim, checkpoint load,
+    # artifact write, registry transaction, report) against its training (docs/benchmarks.md).
+    spent: dict[str, float] = dict(costs or {})
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        spent[name] = spent.get(name, 0.0) + now - mark
+        mark = now
 
     def step(name: str) -> None:
         nonlocal current
+        lap(STEP_COST.get(current, current))
         current = name
         ctx.check(name)
         if hook is not None:
@@ -502,7 +522,10 @@ def _attempt(
                 record.train.holdout_trained_rows = int(trained.info["holdout_trained_rows"])
                 record.train.seconds = trained.seconds
             step("register")
+            record.costs = _rounded(spent)
             registered = steps.register(ctx, trained=trained, verdict=verdict, parent=parent, record=record)
+            spent.update(registered.seconds)
+            mark = time.perf_counter()
         record.status = "succeeded"
         record.version = registered.version.version
         record.decision = registered.decision
@@ -518,6 +541,9 @@ def _attempt(
             paths.append(steps.report(settings=settings, record=record))
         except Exception as rep_err:
             clog.error("could not write the report of version %d: %s", registered.version.version, rep_err)
+        lap("report")
+        record.costs = _rounded(spent)
+        clog.info("%s", describe_costs(spent, rows=trained_rows(record)))
         return CycleOutcome(
             cycle_date=run.cycle_date,
             status="succeeded",
@@ -622,6 +648,47 @@ def _close_run(
         record=record,
         report=report_paths,
         period=period,
+    )
+
+
+# The step names as costs: the parent step is the checkpoint load; register splits into artifact
+# write and registry transaction (``steps.register`` times both).
+STEP_COST = {"start": "workdir", "parent": "checkpoint_load"}
+FIXED_COSTS = (
+    "claim",
+    "sweep",
+    "workdir",
+    "ready",
+    "checkpoint_load",
+    "artifact_write",
+    "registry_tx",
+    "report",
+)
+TRAINING_COSTS = ("train", "gate", "train_holdout")
+
+
+def _rounded(spent: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in spent.items()}
+
+
+def trained_rows(record: CycleRecord) -> int:
+    """Rows the candidate trained on (its day's training rows plus, once the gate passed, the holdout)."""
+    train = record.train
+    if train is None:
+        return 0
+    return int(train.train_rows or 0) + int(train.holdout_trained_rows or 0)
+
+
+def describe_costs(spent: Mapping[str, float], *, rows: int) -> str:
+    """One line: each fixed cost in ms, their sum, and the training time and rows/s it compares with."""
+    fixed = sum(spent.get(k, 0.0) for k in FIXED_COSTS)
+    training = sum(spent.get(k, 0.0) for k in TRAINING_COSTS)
+    parts = ", ".join(f"{k} {1000 * spent[k]:.0f}ms" for k in FIXED_COSTS if k in spent)
+    rate = f", {rows / training:,.0f} training rows/s" if training > 0 and rows else ""
+    return (
+        f"fixed costs {1000 * fixed:.0f}ms ({parts}); ingest+priors "
+        f"{1000 * (spent.get('ingest', 0.0) + spent.get('priors', 0.0)):.0f}ms; "
+        f"training {1000 * training:.0f}ms{rate}"
     )
 
 

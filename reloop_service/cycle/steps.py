@@ -757,6 +757,7 @@ class Registered:
     version: ModelVersion
     decision: str  # promoted | rejected | registered (passed, auto-promotion off)
     run: CycleRun
+    seconds: dict[str, float] = field(default_factory=dict)  # artifact_write, registry_tx
 
 
 def register(
@@ -773,6 +774,7 @@ def register(
     (an operator promoted or rolled back), the whole transaction rolls back and the run fails.
     """
     settings = ctx.settings
+    started = time.perf_counter()
     checkpoint = trained.checkpoint
     cand = verdict.candidate.model_dump(mode="json")
     checkpoint.metrics = {**checkpoint.metrics, "holdout": cand}
@@ -780,6 +782,7 @@ def register(
     ref = artifact_store(settings).put(
         data, f"{settings.model_name}/cycle-{file_stem(ctx.the_period)}-run{ctx.run.id}.ckpt"
     )
+    written = time.perf_counter()
     ctx.log.info("artifact written: %s (%d bytes)", ref.uri, ref.size)
     spec_hash = checkpoint.feature_spec().fingerprint()
     metrics = {
@@ -858,6 +861,10 @@ def register(
         registered = run_transaction(ctx.engine, tx)
     finally:
         ctx.finishing.clear()
+    registered = replace(
+        registered,
+        seconds={"artifact_write": written - started, "registry_tx": time.perf_counter() - written},
+    )
     ctx.log.info("registered version %d: %s", registered.version.version, registered.decision)
     return registered
 

@@ -14,7 +14,7 @@ from cycle_data import DAY0, write_day
 from hourly_data import FakeClock, mark, write_hour
 
 from reloop_service.config import Settings
-from reloop_service.cycle.run import run_cycle
+from reloop_service.cycle.run import FIXED_COSTS, run_cycle
 from reloop_service.cycle.scheduler import catch_up, plan_catch_up
 from reloop_service.data.period import HOUR, Period, PeriodError
 from reloop_service.registry import cycle_runs, store
@@ -92,6 +92,9 @@ def test_hourly_cycles_read_their_hour_and_name_the_period(cycle_env: Env) -> No
     assert first.record.ingest is not None and first.record.period is not None
     assert first.record.ingest.rows_valid == HOUR_ROWS  # the hour alone, not the day
     assert first.record.period.end == "2024-03-01T01:00:00+00:00"
+    # Fixed costs are measured per cycle; the history plot is redrawn once a day, not every hour.
+    assert set(FIXED_COSTS) <= set(first.record.costs) and first.record.costs["train"] > 0
+    assert first.report is not None and first.report.plot_uri is None
     second = run_cycle(settings=settings, cycle_date=H0.next(), actor="test")
     assert second.status == "succeeded", second.error
     assert second.parent_version == first.version  # warm-started from the previous hour
