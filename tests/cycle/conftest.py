@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from cycle_data import make_settings
 
 from reloop_service.config import Settings
+
+from .cycle_data import make_settings
 
 
 @pytest.fixture(autouse=True)

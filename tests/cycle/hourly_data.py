@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cycle_data import day_rows
 
 from reloop_service.data.period import Period
+
+from .cycle_data import day_rows
 
 
 def write_hour(logs_root: Path, period: Period, n: int, *, seed: int = 0, marker: bool = True) -> Path:

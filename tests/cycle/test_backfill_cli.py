@@ -10,11 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cycle_data import DAY0, write_day
 from typer.testing import CliRunner
 
 from reloop_service.cli import app
 from reloop_service.config import Settings
+
+from .cycle_data import DAY0, write_day
 
 Env = Callable[..., Settings]
 

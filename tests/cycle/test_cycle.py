@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cycle_data import DAY0, write_day
 from sqlalchemy import update
 
 from reloop_service.config import Settings
@@ -25,6 +24,8 @@ from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.errors import ClaimLostError
 from reloop_service.registry.events import CycleStatus, VersionStatus
 from reloop_service.registry.orm import CycleRunRow
+
+from .cycle_data import DAY0, write_day
 
 ROWS = 1500
 Env = Callable[..., Settings]

@@ -10,8 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cycle_data import DAY0, write_day
-from hourly_data import FakeClock, mark, write_hour
 
 from reloop_service.config import Settings
 from reloop_service.cycle.run import FIXED_COSTS, run_cycle
@@ -19,6 +17,9 @@ from reloop_service.cycle.scheduler import catch_up, plan_catch_up
 from reloop_service.data.period import HOUR, Period, PeriodError
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
+
+from .cycle_data import DAY0, write_day
+from .hourly_data import FakeClock, mark, write_hour
 
 Env = Callable[..., Settings]
 H0 = Period(datetime(DAY0.year, DAY0.month, DAY0.day, tzinfo=UTC), HOUR)

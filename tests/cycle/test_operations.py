@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from cycle_data import DAY0, write_day
 from typer.testing import CliRunner
 
 from reloop_service.config import Settings
 from reloop_service.cycle.observe import CYCLE_METRICS
 from reloop_service.cycle.run import run_cycle
 from reloop_service.cycle.scheduler import CycleScheduler, target_day
+
+from .cycle_data import DAY0, write_day
 
 Env = Callable[..., Settings]
 ROWS = 2000

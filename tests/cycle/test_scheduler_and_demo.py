@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cycle_data import DAY0, write_day
 
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
@@ -20,6 +19,8 @@ from reloop_service.cycle.scheduler import CycleScheduler, catch_up, plan_catch_
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.events import CycleStatus
+
+from .cycle_data import DAY0, write_day
 
 Env = Callable[..., Settings]
 ROWS = 1200
@@ -204,9 +205,9 @@ def test_reloop_scheduler_process_stops_cleanly_on_sigterm(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from cycle_data import make_settings
-
     from reloop_service.registry.db import upgrade
+
+    from .cycle_data import make_settings
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)

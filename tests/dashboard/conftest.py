@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from support.net import free_port
 
 from reloop_service.config import Settings
+from tests.support.net import free_port
 
 from .seed_registry import Demo, build_demo
 

@@ -1,8 +1,6 @@
 """Real processes for the fault suite: ``reloop serve`` and ``reloop`` CLI subprocesses, a throwaway
 PostgreSQL cluster the test owns (so it can freeze it with SIGSTOP), tiny real checkpoints in a real
 artifact store, and a wait helper that polls a condition with a deadline.
-
-A plain module with a unique name (pytest puts ``tests/faults`` on ``sys.path``), like ``registry_tools``.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from typing import Any, TypeVar
 
 import httpx
 import torch
-from support.net import free_port
 
 from reloop_service.data.spec import CategoricalField, FeatureSpec, NumericField
 from reloop_service.registry import store
@@ -33,6 +30,7 @@ from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, session_scope, upgrade
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
+from tests.support.net import free_port
 
 T = TypeVar("T")
 TOKEN = "fault-suite-admin-token"
@@ -145,8 +143,7 @@ def flip_bytes(path: Path, count: int = 3) -> None:
 # ----------------------------------------------------------------------------------------- cycles
 def cycle_env(tmp: Path, db_url: str, **settings: Any) -> dict[str, str]:
     """Environment of ``reloop cycle run`` on generated click logs under ``tmp`` (tiny model, fast claims)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cycle"))
-    from cycle_data import SPEC_TOML
+    from tests.cycle.cycle_data import SPEC_TOML
 
     spec = tmp / "spec.toml"
     spec.write_text(SPEC_TOML)
@@ -167,8 +164,7 @@ def cycle_env(tmp: Path, db_url: str, **settings: Any) -> dict[str, str]:
 
 
 def write_days(tmp: Path, days: list[date], rows: int = 3000) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cycle"))
-    from cycle_data import write_day
+    from tests.cycle.cycle_data import write_day
 
     for day in days:
         write_day(tmp / "data" / "logs", day, rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faultkit as fk
+from . import faultkit as fk
 
 
 def test_promoting_flipped_bytes_is_refused_and_restart_names_the_load_error(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-import faultkit as fk
+from . import faultkit as fk
 
 DAY1, DAY2 = date(2024, 3, 1), date(2024, 3, 2)
 EXIT_HELD = 3

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faultkit as fk
 import httpx
 import pytest
+
+from . import faultkit as fk
 
 
 @pytest.fixture

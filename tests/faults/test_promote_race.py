@@ -6,8 +6,9 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import faultkit as fk
 import httpx
+
+from . import faultkit as fk
 
 CLIENTS = 6
 PROMOTES_EACH = 8

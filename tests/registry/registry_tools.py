@@ -1,7 +1,7 @@
 """Builders and multi-process workers shared by the registry tests.
 
-A plain module (no package) with a unique name: pytest puts ``tests/registry`` on ``sys.path`` and spawned
-worker processes inherit that path, so they can import the workers by name.
+Spawned worker processes import the workers as ``tests.registry.registry_tools`` (they inherit the
+parent's ``sys.path``, which holds the repository root).
 """
 
 from __future__ import annotations

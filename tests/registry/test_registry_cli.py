@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import registry_tools as rt
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
@@ -15,6 +14,8 @@ import reloop_service.registry.commands  # noqa: F401  (registers the registry c
 from reloop_service.clitools import app
 from reloop_service.registry import db
 from reloop_service.registry.artifacts import ArtifactStore
+
+from . import registry_tools as rt
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import registry_tools as rt
 from sqlalchemy import Engine, text
 
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import session_scope
 from reloop_service.registry.events import EventKind
+
+from . import registry_tools as rt
 
 ROUNDS = 60
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-import registry_tools as rt
 from sqlalchemy import Engine, text
 
 from reloop_service.registry import store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.errors import DatabaseError, DeadlineExceededError
+
+from . import registry_tools as rt
 
 
 def test_a_write_that_outlives_its_deadline_is_rolled_back(db_url: str, migrated_engine: Engine) -> None:

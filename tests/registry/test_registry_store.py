@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from registry_tools import fake_ref, production_version, promote, register
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -20,6 +19,8 @@ from reloop_service.registry.errors import (
     RetryableConflictError,
 )
 from reloop_service.registry.events import EventKind, VersionStatus
+
+from .registry_tools import fake_ref, production_version, promote, register
 
 
 def _status(engine: Engine, version: int) -> VersionStatus:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from support.net import free_port
+
+from tests.support.net import free_port
 
 torch.set_num_threads(1)
 

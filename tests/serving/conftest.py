@@ -17,7 +17,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from support.net import free_port
 
 from reloop_service.config import Settings
 from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
@@ -27,6 +26,7 @@ from reloop_service.registry.db import make_engine, run_transaction, upgrade
 from reloop_service.serving.app import create_app
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
+from tests.support.net import free_port
 
 torch.set_num_threads(1)
 

@@ -1,1 +1,1 @@
-"""Shared test helpers (importable as ``support`` from every test folder: pytest puts tests/ on sys.path)."""
+"""Shared test helpers: ``from tests.support.net import free_port`` (every test folder is a package)."""
