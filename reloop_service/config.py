@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PriorSource = Literal["archive", "recompute", "archive_then_recompute"]
+ArchiveFeatures = Literal["hashed", "json"]
 Readiness = Literal["marker", "delay", "either"]
 
 DAY = timedelta(days=1)
@@ -199,6 +200,12 @@ class Settings(BaseSettings):
         "and counted.",
     )
     archive_block_ms: float = Field(default=50.0, ge=0.0)
+    archive_features: ArchiveFeatures = Field(
+        default="hashed",
+        description="How the archive keeps each prediction's features: 'hashed' (the SipHash of each "
+        "categorical value and the numbers as sent, as columns: no per-row work) or 'json' (the values as "
+        "sent, one JSON object a row: ~1.5 µs more server CPU a prediction).",
+    )
     registry_stale_after_s: float | None = Field(
         default=None,
         gt=0.0,

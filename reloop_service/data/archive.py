@@ -1,10 +1,12 @@
 """The prediction archive: every prediction served, durably, for the next training cycle.
 
-Serving appends column chunks (no I/O on the request path; each batch's features are JSON-encoded
-at append and packed into one UTF-8 blob with Arrow offsets, so the buffer holds a few objects per
-batch instead of tens of thousands of dicts that the cyclic GC rescans, which cost more server CPU
-than the encoding and the Parquet write together); a background flusher thread
-turns them into Parquet parts at ``<root>/dt=YYYY-MM-DD/version=V/part-<replica>-<uuid>.parquet``
+Serving appends column chunks with no I/O and no per-row Python work on the request path: the
+features arrive as the arrays the transform already computed (``FeatureColumns``: the SipHash
+of every categorical value, the numbers as sent), so a batch costs the buffer a few NumPy
+arrays, not a dict per row that the cyclic GC would rescan; mappings (``archive_features=json``)
+are JSON-encoded at append and packed into one blob a batch. A background flusher thread
+concatenates them into Arrow columns and writes Parquet parts at
+``<root>/dt=YYYY-MM-DD/version=V/part-<replica>-<uuid>.parquet``
 every ``flush_rows`` rows or ``flush_seconds`` seconds, and on ``close()``. Parts are written
 atomically (temporary dot-name then rename locally, a single PUT on object stores), so a reader
 never sees a partial part, and a crash loses at most what was still buffered.
@@ -38,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reloop_service.data.spec import FeatureSpec
 from reloop_service.storage import filesystem, join, write_atomic
 
 log = logging.getLogger(__name__)
@@ -51,18 +54,80 @@ ARCHIVE_SCHEMA = pa.schema(
         pa.field("features", pa.string(), nullable=False),
     ]
 )
+"""The parts' columns. ``features`` is the JSON of each row's feature mapping in parts written from
+mappings (every part before columnar archiving, and ``PredictionRows`` built from mappings); parts
+written from ``FeatureColumns`` (what serving appends) hold a struct of the spec's fields instead
+(``features_schema``). ``archived_features`` reads either."""
 READ_COLUMNS: tuple[str, ...] = ("impression_id", "ctr", "model_version", "ts")
 _PART_PREFIX = "part-"
 _PART_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
+class FeatureColumns:
+    """One served batch's features as the model read them: hashed categorical values, raw numbers.
+
+    ``hashes`` / ``valid`` [K]: the 64-bit SipHash of every categorical value's canonical string
+    (``transforms.stable_hash``; before the fold into a field's buckets, so they fit any bucket
+    count) and whether it was present: the categorical fields one after the other (``n`` each),
+    then every element of each multi-valued field (``multi_lengths[j]``: int64 [n] elements per
+    row). ``num[j]``: float64 [n] of numeric field j as sent (NaN: missing). Only the spec's
+    fields; missing, null and ``[]`` are one value to the model and are archived alike.
+
+    Building it costs nothing (these are the transform's own arrays: no per-row Python work) and
+    the buffer holds a few NumPy arrays per batch; the values themselves are not kept (set
+    ``RELOOP_ARCHIVE_FEATURES=json`` for that: ``PredictionRows`` of mappings).
+    """
+
+    spec: FeatureSpec
+    n: int
+    hashes: np.ndarray
+    valid: np.ndarray
+    num: Sequence[np.ndarray]
+    multi_lengths: Sequence[np.ndarray]
+
+    def nbytes(self) -> int:
+        """What these arrays hold in memory."""
+        arrays = (self.hashes, self.valid, *self.num, *self.multi_lengths)
+        return sum(x.nbytes for x in arrays)
+
+    def check(self, n: int) -> None:
+        """Refuse columns that do not fit their spec and row count (they would write a wrong part)."""
+        spec = self.spec
+        elements = sum(int(x.sum()) for x in self.multi_lengths)
+        if (
+            self.n != n
+            or len(self.num) != len(spec.numeric)
+            or len(self.multi_lengths) != len(spec.multi)
+            or any(len(x) != n for x in (*self.num, *self.multi_lengths))
+            or len(self.hashes) != len(self.valid)
+            or len(self.hashes) != n * len(spec.categorical) + elements
+        ):
+            raise ValueError("feature columns do not match their spec and row count")
+
+
+def features_schema(spec: FeatureSpec) -> pa.StructType:
+    """The ``features`` struct of parts written from ``FeatureColumns``: the spec's fields in order.
+
+    Categorical ``uint64`` (the SipHash of the canonical string; null: missing), numeric
+    ``float64`` as sent, multi-valued ``list<uint64>``. A field's bucket is ``hash % (buckets - 1)
+    + 1`` (``transforms.bucketize``), for the spec's bucket counts or any other.
+    """
+    return pa.struct(
+        [pa.field(f.name, pa.uint64()) for f in spec.categorical]
+        + [pa.field(f.name, pa.float64()) for f in spec.numeric]
+        + [pa.field(f.name, pa.list_(pa.uint64())) for f in spec.multi]
+    )
+
+
+@dataclass(frozen=True)
 class PredictionRows:
     """One served batch, as columns: what ``append`` takes (building it costs no per-row I/O).
 
-    ``features`` holds the feature mappings as served, or each one already JSON-encoded
-    (``bytes``); ``append`` encodes mappings at once (~1 µs a row) so the buffer holds flat bytes
-    rather than tens of thousands of dicts and lists that the cyclic GC would keep re-scanning.
+    ``features`` holds the batch's ``FeatureColumns`` (serving), or per row the feature mapping as
+    served or already JSON-encoded (``bytes``); ``append`` encodes mappings at once (~1 µs a row)
+    so the buffer holds flat bytes rather than tens of thousands of dicts and lists that the cyclic
+    GC would keep re-scanning.
     ``ts_us`` is one timestamp (microseconds since the epoch, UTC) for the whole batch: a batch is
     served at one instant.
     """
@@ -71,7 +136,7 @@ class PredictionRows:
     ctr: np.ndarray
     model_version: int
     ts_us: int
-    features: Sequence[Mapping[str, Any]] | Sequence[bytes]
+    features: Sequence[Mapping[str, Any]] | Sequence[bytes] | FeatureColumns
 
     def __len__(self) -> int:
         return len(self.impression_ids)
@@ -83,6 +148,8 @@ class PredictionRows:
     def encoded(self) -> PredictionRows:
         """The same rows with every feature mapping JSON-encoded to ``bytes`` (idempotent)."""
         feats = self.features
+        if isinstance(feats, FeatureColumns):
+            return self
         if feats and not isinstance(feats[0], bytes):
             try:  # the common case, mappings only: one C-level map (a mixed list falls through)
                 return replace(self, features=list(map(orjson.dumps, feats)))
@@ -118,24 +185,31 @@ class ArchiveCounters:
 
 @dataclass
 class _Pending:
-    """One appended batch; its features packed into one UTF-8 blob + Arrow offsets."""
+    """One appended batch: its ``FeatureColumns`` as given, or mappings packed into one UTF-8 JSON
+    blob + Arrow offsets."""
 
     rows: PredictionRows
     blob: bytes = b""
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
     attempts: int = 0
     nbytes: int = 0  # what this batch holds in memory (see ``_pack``)
+    columns: FeatureColumns | None = None
 
 
 def _pack(rows: PredictionRows) -> _Pending:
-    """Encode ``rows``' features and pack them: one bytes object and one offsets array a batch."""
+    """Hold ``rows``' columns as they are, or encode its mappings into one bytes object + offsets."""
+    n = len(rows)
+    ids_bytes = sum(map(len, rows.impression_ids)) + _STR_OVERHEAD * n
+    if isinstance(rows.features, FeatureColumns):
+        cols = rows.features
+        cols.check(n)
+        return _Pending(rows, columns=cols, nbytes=cols.nbytes() + 8 * n + ids_bytes)
     feats: list[bytes] = list(rows.encoded().features)  # type: ignore[arg-type]
     offsets = np.zeros(len(feats) + 1, np.int32)
     np.cumsum(np.fromiter(map(len, feats), np.int64, len(feats)), out=offsets[1:])
     blob = b"".join(feats)
     # the blob, offsets and scores, plus each id string (its characters + CPython's 49-byte header)
-    n = len(rows)
-    nbytes = len(blob) + offsets.nbytes + 8 * n + sum(map(len, rows.impression_ids)) + _STR_OVERHEAD * n
+    nbytes = len(blob) + offsets.nbytes + 8 * n + ids_bytes
     return _Pending(replace(rows, features=()), blob, offsets, nbytes=nbytes)
 
 
@@ -288,6 +362,10 @@ class PredictionArchive:
 
     # --- flusher -------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:  # off the request path, before the first flush
+            warm_up_writer()
+        except Exception:  # only a warm-up: the real write reports its own errors
+            log.exception("archive writer warm-up failed")
         while True:
             with self._cond:
                 if not self._closed and not self._flush_requested:
@@ -300,17 +378,26 @@ class PredictionArchive:
                 log.exception("archive flusher failed")
 
     def _write(self, taken: list[_Pending]) -> int:
-        groups: dict[tuple[date, int], list[_Pending]] = {}
+        # One part per day, version and features layout (JSON, or the struct of one spec's fields).
+        groups: dict[tuple[date, int, pa.DataType], list[_Pending]] = {}
+        layouts: dict[int, pa.DataType] = {}  # by spec identity: a batch's spec is its model's
         for pending in taken:
-            groups.setdefault((pending.rows.day, pending.rows.model_version), []).append(pending)
+            cols = pending.columns
+            if cols is None:
+                layout: pa.DataType = pa.string()
+            else:
+                layout = layouts.get(id(cols.spec)) or layouts.setdefault(
+                    id(cols.spec), features_schema(cols.spec)
+                )
+            groups.setdefault((pending.rows.day, pending.rows.model_version, layout), []).append(pending)
         written = 0
         retry: list[_Pending] = []
         released = released_bytes = 0
-        for (day, version), chunks in groups.items():
+        for (day, version, layout), chunks in groups.items():
             nrows = sum(len(c.rows) for c in chunks)
             path = part_path(self._root, day=day, version=version, replica_id=self.replica_id)
             try:
-                write_atomic(self._fs, path, _to_parquet(chunks))
+                write_atomic(self._fs, path, _to_parquet(chunks, layout))
             except Exception as exc:
                 self.counters.write_errors += 1
                 log.error("archive write of %d rows to %s failed: %s", nrows, path, exc)
@@ -356,18 +443,64 @@ def part_path(root: str, *, day: date, version: int, replica_id: str) -> str:
 _ROWS_PER_STEP = 4096
 
 
-def _table(pendings: Sequence[_Pending]) -> pa.Table:
+def _part_schema(layout: pa.DataType) -> pa.Schema:
+    return ARCHIVE_SCHEMA.set(ARCHIVE_SCHEMA.get_field_index("features"), pa.field("features", layout, False))
+
+
+def _struct(cols: Sequence[FeatureColumns], layout: pa.StructType) -> pa.StructArray:
+    """The ``features`` struct of many batches: each field's slices concatenated (NumPy only)."""
+    spec = cols[0].spec
+    n_cat = len(spec.categorical)
+    sizes = [c.n for c in cols]
+
+    def hashed(pieces: list[tuple[np.ndarray, np.ndarray]]) -> pa.Array:
+        h = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.uint64)
+        v = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, bool)
+        return pa.array(h, pa.uint64(), mask=~v)
+
+    arrays: list[pa.Array] = []
+    for j in range(n_cat):
+        arrays.append(
+            hashed(
+                [
+                    (c.hashes[j * k : (j + 1) * k], c.valid[j * k : (j + 1) * k])
+                    for c, k in zip(cols, sizes, strict=True)
+                ]
+            )
+        )
+    for j in range(len(spec.numeric)):
+        x = np.concatenate([c.num[j] for c in cols])
+        arrays.append(pa.array(x, pa.float64(), mask=np.isnan(x)))
+    starts = [n_cat * k for k in sizes]  # where each batch's next multi field begins in its hashes
+    for j in range(len(spec.multi)):
+        pieces = []
+        for b, c in enumerate(cols):
+            total = int(c.multi_lengths[j].sum())
+            pieces.append((c.hashes[starts[b] : starts[b] + total], c.valid[starts[b] : starts[b] + total]))
+            starts[b] += total
+        lengths = np.concatenate([c.multi_lengths[j] for c in cols])
+        offsets = np.zeros(len(lengths) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets), hashed(pieces)))
+    return pa.StructArray.from_arrays(arrays, fields=list(layout))
+
+
+def _table(pendings: Sequence[_Pending], schema: pa.Schema) -> pa.Table:
     """One Arrow table of ``pendings`` (a few thousand rows: one write step)."""
     ids: list[str] = []
     chunks = [p.rows for p in pendings]
     for rows in chunks:
         ids.extend(rows.impression_ids)
-    feats = pa.concat_arrays(
-        [
-            pa.StringArray.from_buffers(len(p.rows), pa.py_buffer(p.offsets), pa.py_buffer(p.blob))
-            for p in pendings
-        ]
-    )
+    layout = schema.field("features").type
+    if pa.types.is_struct(layout):
+        feats: pa.Array = _struct([p.columns for p in pendings if p.columns is not None], layout)
+    else:
+        feats = pa.concat_arrays(
+            [
+                pa.StringArray.from_buffers(len(p.rows), pa.py_buffer(p.offsets), pa.py_buffer(p.blob))
+                for p in pendings
+            ]
+        )
     n = [len(rows) for rows in chunks]
     return pa.Table.from_arrays(
         [
@@ -377,29 +510,35 @@ def _table(pendings: Sequence[_Pending]) -> pa.Table:
             pa.array(np.concatenate([np.asarray(r.ctr, dtype=np.float64).reshape(len(r)) for r in chunks])),
             feats,
         ],
-        schema=ARCHIVE_SCHEMA,
+        schema=schema,
     )
 
 
-def _to_parquet(chunks: Sequence[_Pending]) -> bytes:
+def _to_parquet(chunks: Sequence[_Pending], layout: pa.DataType) -> bytes:
     """One Parquet part of ``chunks``, written in steps of about ``_ROWS_PER_STEP`` rows."""
     sink = io.BytesIO()
-    # No dictionary pages for the unique ids and feature JSON: they never repeat enough to pay for
-    # the dictionary build, which took half the flusher's CPU (zstd still compresses them).
-    with pq.ParquetWriter(
-        sink, ARCHIVE_SCHEMA, compression="zstd", use_dictionary=["model_version"]
-    ) as writer:
+    schema = _part_schema(layout)
+    # No dictionary pages for the unique ids and feature values: they never repeat enough to pay
+    # for the dictionary build, which took half the flusher's CPU (zstd still compresses them).
+    with pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=["model_version"]) as writer:
         step: list[_Pending] = []
         size = 0
         for pending in chunks:
             step.append(pending)
             size += len(pending.rows)
             if size >= _ROWS_PER_STEP:
-                writer.write_table(_table(step), row_group_size=size)
+                writer.write_table(_table(step, schema), row_group_size=size)
                 step, size = [], 0
         if step:
-            writer.write_table(_table(step), row_group_size=size)
+            writer.write_table(_table(step, schema), row_group_size=size)
     return sink.getvalue()
+
+
+def warm_up_writer() -> None:
+    """Write one tiny part to memory: the first Parquet write of a process costs ~0.2 s of CPU
+    (zstd and writer set-up), which a server pays at start rather than inside its first flush."""
+    rows = PredictionRows(["warm-up"], np.zeros(1), 0, 0, [b"{}"])
+    _to_parquet([_pack(rows)], pa.string())
 
 
 # --- reader -------------------------------------------------------------------------------------
@@ -463,3 +602,20 @@ def read_predictions(
                         if batch.num_rows == 0:
                             continue
                     yield batch.select(list(columns))
+
+
+def archived_features(column: pa.Array | pa.ChunkedArray) -> list[dict[str, Any]]:
+    """The feature mapping of each row of an archive ``features`` column, whichever layout wrote it.
+
+    JSON parts give the mappings as served (minus unknown keys); struct parts give the spec's
+    fields as archived (categorical values as their SipHash, numbers as sent), leaving out those
+    the model read as missing (null, NaN, an empty list), so both layouts decode to the same keys.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not pa.types.is_struct(column.type):
+        return [orjson.loads(v) if v is not None else {} for v in column.to_pylist()]
+    return [
+        {k: v for k, v in (row or {}).items() if v is not None and v != [] and v == v}
+        for row in column.to_pylist()
+    ]

@@ -16,6 +16,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "records_to_batch",
     "stable_hash",
     "transform",
+    "transform_record_columns",
     "transform_records",
     "unknown_keys",
 ]
@@ -386,29 +388,39 @@ _hash_cache_lock = threading.Lock()
 _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
 _NUMBER_KINDS = frozenset({float, int, bool, _NONE})
+_LIST_ONLY = {list}
 
 
 def _cached_hashes(strings: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 hashes, valid) of canonical strings; nulls hash to 0 and are invalid.
 
     A bounded memo in front of ``_siphash``: hashes are pure functions of the string, so a hit
-    returns exactly what hashing again would. Misses are hashed in one vectorized call. When the
-    memo is full it is emptied (bounded memory; hot values return within a few requests).
+    returns exactly what hashing again would. One C-level pass reads the memo with 0 for a miss;
+    only the zeros (nulls, misses, and a string whose hash really is 0) are looked at one by one,
+    and the misses hashed in one vectorized call. When the memo is full it is emptied (bounded
+    memory; hot values return within a few requests).
     """
-    get = _hash_cache.get
-    found = list(map(get, strings))
-    if None in found:
-        missing = list(dict.fromkeys(s for s, h in zip(strings, found, strict=True) if h is None))
-        hashed = _siphash(np.array(missing, dtype=object)).tolist()
-        with _hash_cache_lock:
-            if len(_hash_cache) + len(missing) > HASH_CACHE_SIZE:
-                _hash_cache.clear()
-                _hash_cache[None] = 0
-            _hash_cache.update(zip(missing, hashed, strict=True))
-        local = dict(zip(missing, hashed, strict=True))
-        found = [local[s] if h is None else h for s, h in zip(strings, found, strict=True)]
-    hashes = np.array(found, dtype=np.uint64)
-    valid: np.ndarray = np.array(strings, dtype=object) != None  # noqa: E711  (elementwise)
+    n = len(strings)
+    hashes = np.fromiter(map(_hash_cache.get, strings, repeat(0)), dtype=np.uint64, count=n)
+    valid = np.ones(n, dtype=bool)
+    zeros = np.flatnonzero(hashes == 0)
+    if zeros.size:
+        todo: list[int] = []
+        for i in zeros.tolist():
+            if strings[i] is None:
+                valid[i] = False
+            else:
+                todo.append(i)
+        if todo:
+            missing = list(dict.fromkeys(strings[i] for i in todo))
+            hashed = _siphash(np.array(missing, dtype=object)).tolist()
+            with _hash_cache_lock:
+                if len(_hash_cache) + len(missing) > HASH_CACHE_SIZE:
+                    _hash_cache.clear()
+                    _hash_cache[None] = 0
+                _hash_cache.update(zip(missing, hashed, strict=True))
+            local = dict(zip(missing, hashed, strict=True))
+            hashes[todo] = np.array([local[strings[i]] for i in todo], dtype=np.uint64)
     return hashes, valid
 
 
@@ -462,6 +474,16 @@ def _multi_lists(values: list[Any], name: str) -> tuple[list[str | None], np.nda
 
     A list (or other sequence) gives its elements; a scalar gives a one-element list; None none.
     """
+    if set(map(type, values)) == _LIST_ONLY:  # the common case: every row sent a list
+        flat_ = list(chain.from_iterable(values))
+        lens_ = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if flat_:
+
+            def row_of(k: int) -> int:  # only on errors
+                return int(np.searchsorted(np.cumsum(lens_), k, side="right"))
+
+            return _canonical_list(flat_, name, row_of), lens_
+        return [], lens_
     flat: list[Any] = []
     lengths: list[int] = []
     for i, v in enumerate(values):
@@ -512,8 +534,12 @@ def _unknown(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> tuple[s
 
 
 @dataclass
-class _RecordColumns:
-    """One request's feature columns as Python lists of canonical values (see ``_record_columns``)."""
+class RecordColumns:
+    """One request's feature columns as Python lists of canonical values (see ``_record_columns``).
+
+    None of them aliases the records' own lists, so they outlive changes to the records (the
+    archive keeps them until its next flush).
+    """
 
     n: int
     cat: list[list[str | None]]
@@ -521,12 +547,20 @@ class _RecordColumns:
     numeric: list[np.ndarray]  # float64 [n], NaN for missing
 
 
-def _record_columns(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> _RecordColumns:
+def _field(records: Sequence[Mapping[str, Any]], name: str) -> list[Any]:
+    """One field of every record (None where missing), read by a C-level map (no Python loop)."""
+    try:
+        return list(map(dict.get, records, repeat(name)))  # type: ignore[arg-type]
+    except TypeError:  # a Mapping that is not a dict
+        return [r.get(name) for r in records]
+
+
+def _record_columns(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> RecordColumns:
     """Read and canonicalize every feature column of the records (missing key or None: null)."""
-    cat = [_canonical_list([r.get(f.name) for r in records], f.name) for f in spec.categorical]
-    multi = [_multi_lists([r.get(m.name) for r in records], m.name) for m in spec.multi]
-    numeric = [_float_list([r.get(nf.name) for r in records], nf.name) for nf in spec.numeric]
-    return _RecordColumns(n=len(records), cat=cat, multi=multi, numeric=numeric)
+    cat = [_canonical_list(_field(records, f.name), f.name) for f in spec.categorical]
+    multi = [_multi_lists(_field(records, m.name), m.name) for m in spec.multi]
+    numeric = [_float_list(_field(records, nf.name), nf.name) for nf in spec.numeric]
+    return RecordColumns(n=len(records), cat=cat, multi=multi, numeric=numeric)
 
 
 def transform_records(
@@ -538,6 +572,31 @@ def transform_records(
     ``_encode`` as ``transform``. Returns the batch and the distinct record keys that are not
     features (ignored; serving counts them). Raises ``FeatureError`` naming record and field.
     """
+    batch, unknown, _ = transform_record_columns(spec, records)
+    return batch, unknown
+
+
+@dataclass
+class RecordHashes:
+    """What ``transform_record_columns`` read, before the fold into buckets (what serving archives).
+
+    ``hashes`` / ``valid`` [K]: SipHash of each categorical value (field by field, ``n`` each), then
+    of each multi-valued element (field by field); ``multi_lengths`` int64 [n] per multi field;
+    ``numeric`` float64 [n] per numeric field as sent (NaN for missing). Fresh arrays: nothing
+    aliases the records.
+    """
+
+    n: int
+    hashes: np.ndarray
+    valid: np.ndarray
+    numeric: list[np.ndarray]
+    multi_lengths: list[np.ndarray]
+
+
+def transform_record_columns(
+    spec: FeatureSpec, records: Sequence[Mapping[str, Any]]
+) -> tuple[FeatureBatch, tuple[str, ...], RecordHashes]:
+    """``transform_records``, also returning the hashes and numbers it read (``RecordHashes``)."""
     cols = _record_columns(spec, records)
     n = cols.n
     strings: list[str | None] = []
@@ -554,7 +613,9 @@ def transform_records(
     hashes, valid = _cached_hashes(strings)
     _require_fitted(spec)
     numeric = [_log1p_nonneg(x.copy()) for x in cols.numeric]
-    return _encode(spec, n, hashes, valid, piece_buckets, multi_meta, numeric), _unknown(spec, records)
+    batch = _encode(spec, n, hashes, valid, piece_buckets, multi_meta, numeric)
+    read = RecordHashes(n, hashes, valid, cols.numeric, [lengths for _, lengths in cols.multi])
+    return batch, _unknown(spec, records), read
 
 
 def records_to_batch(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:

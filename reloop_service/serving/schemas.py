@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Annotated, Any
 
 import numpy as np
@@ -113,6 +115,9 @@ _VALUE_TYPES = frozenset({str, int, float, bool, type(None), list})
 _ITEM_KEYS = frozenset({"features", "impression_id"})
 _I64 = 2**63
 _STR = frozenset({str})
+_DICT = {dict}
+_NONE_ONLY = {type(None)}
+_ID_TYPES = frozenset({str, type(None)})
 
 
 def _may_hold_long_strings(body: bytes, max_string: int) -> bool:
@@ -133,9 +138,10 @@ def _may_hold_long_strings(body: bytes, max_string: int) -> bool:
 def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]], list[str | None]] | None:
     """Parse and check a well-formed body cheaply; ``None`` means "let the model decide".
 
-    The checks run in C where they can: value types per item as one set of types, string lengths
-    as one pass over the raw body's quotes (``_may_hold_long_strings``). Only
-    items holding integers or lists get a per-value look.
+    Every check is a C-level pass over the whole batch rather than a Python loop per item: item
+    and feature types as sets of types, integers and lists picked out with ``compress``, limits
+    as ``max`` of lengths, string lengths as one pass over the raw body's quotes
+    (``_may_hold_long_strings``).
     """
     try:
         doc = orjson.loads(body)  # rejects NaN / Infinity; integers beyond 64 bits become floats
@@ -146,35 +152,40 @@ def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]
     items = doc.get("items")
     if type(items) is not list or not 1 <= len(items) <= limits.max_batch:
         return None
-    check_strings = _may_hold_long_strings(body, limits.max_string)
-    features: list[dict[str, Any]] = []
-    ids: list[str | None] = []
-    max_keys, max_string, max_list = limits.max_keys, limits.max_string, limits.max_list
-    scalars, value_types = _SCALARS, _VALUE_TYPES
-    for item in items:
-        if type(item) is not dict:
+    if set(map(type, items)) != _DICT or not set().union(*items) <= _ITEM_KEYS:
+        return None
+    features: list[dict[str, Any]] = list(map(dict.get, items, repeat("features")))  # type: ignore[arg-type]
+    if set(map(type, features)) != _DICT or max(map(len, features)) > limits.max_keys:
+        return None
+    values = list(chain.from_iterable(map(dict.values, features)))
+    types = list(map(type, values))
+    kinds = set(types)
+    if not kinds <= _SCALARS:
+        if not kinds <= _VALUE_TYPES:
             return None
-        feats = item.get("features")
-        if type(feats) is not dict or not item.keys() <= _ITEM_KEYS or len(feats) > max_keys:
-            return None
-        values = feats.values()
-        kinds = set(map(type, values))
-        if not kinds <= scalars:
-            if not kinds <= value_types:
+        if int in kinds:
+            ints = list(compress(values, map(is_, types, repeat(int))))
+            if min(ints) < -_I64 or max(ints) >= _I64:
                 return None
-            if int in kinds and not all(-_I64 <= v < _I64 for v in values if type(v) is int):
+        if list in kinds:
+            lists = list(compress(values, map(is_, types, repeat(list))))
+            if (
+                max(map(len, lists)) > limits.max_list
+                or not set(map(type, chain.from_iterable(lists))) <= _STR
+            ):
                 return None
-            if list in kinds:
-                for v in values:
-                    if type(v) is list and (len(v) > max_list or not set(map(type, v)) <= _STR):
-                        return None
-        if check_strings and _too_long(feats, max_string):
+    if _may_hold_long_strings(body, limits.max_string) and any(
+        map(_too_long, features, repeat(limits.max_string))
+    ):
+        return None
+    ids: list[str | None] = list(map(dict.get, items, repeat("impression_id")))  # type: ignore[arg-type]
+    id_kinds = set(map(type, ids))
+    if id_kinds != _NONE_ONLY:
+        if not id_kinds <= _ID_TYPES:
             return None
-        iid = item.get("impression_id")
-        if iid is not None and (type(iid) is not str or not 1 <= len(iid) <= MAX_ID_LEN):
+        given: list[str] = list(compress(ids, map(is_, map(type, ids), repeat(str))))  # type: ignore[arg-type]
+        if min(map(len, given)) < 1 or max(map(len, given)) > MAX_ID_LEN:
             return None
-        features.append(feats)
-        ids.append(iid)
     return features, ids
 
 

@@ -402,13 +402,25 @@ def test_gate_passes_without_auto_promote_registers_only(sqlite_env: Env) -> Non
 
 
 # ------------------------------------------------------------------------------------ priors
-def _archive(settings: Settings, ids: list[str], ctr: np.ndarray, version: int) -> None:
-    from reloop_service.data.archive import PredictionArchive, PredictionRows, now_us
+def _archive(
+    settings: Settings, ids: list[str], ctr: np.ndarray, version: int, rows: pa.Table | None = None
+) -> None:
+    """Archive predictions as serving does: with ``rows``, their features as the transform's columns
+    (struct parts); without, as JSON mappings (the layout of parts written before columnar archiving)."""
+    from reloop_service.data.archive import FeatureColumns, PredictionArchive, PredictionRows, now_us
+    from reloop_service.data.spec import default_spec
+    from reloop_service.data.transforms import transform_record_columns
 
+    features: Any = [{}] * len(ids)
+    if rows is not None:
+        spec = default_spec()
+        spec = spec.with_numeric_stats({f.name: (0.0, 1.0) for f in spec.numeric})
+        _, _, read = transform_record_columns(spec, rows.to_pylist())
+        features = FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
     with PredictionArchive(settings.resolved_archive_uri, replica_id="test", start=False) as archive:
         archive.append(
             PredictionRows(
-                impression_ids=ids, ctr=ctr, model_version=version, ts_us=now_us(), features=[{}] * len(ids)
+                impression_ids=ids, ctr=ctr, model_version=version, ts_us=now_us(), features=features
             )
         )
 
@@ -432,7 +444,23 @@ def test_prior_join_with_partly_missing_archive(
     ids = table.column("impression_id").to_pylist()
     half = ids[: ROWS // 2]
     marked = np.full(len(half), 0.123456)
-    _archive(settings, half, marked, version=1)  # served by the parent
+    # served by the parent: one part in the old JSON layout, one columnar, in one partition
+    quarter = ROWS // 4
+    _archive(settings, half[:quarter], marked[:quarter], version=1)
+    _archive(
+        settings, half[quarter:], marked[quarter:], version=1, rows=table.slice(quarter, len(half) - quarter)
+    )
+    from datetime import UTC, datetime
+
+    from reloop_service.data.archive import list_parts
+
+    today = datetime.now(UTC).date()  # and the day before: the parts may have been written before midnight
+    days = (today - timedelta(days=1), today)
+    parts = [p for d in days for p in list_parts(settings.resolved_archive_uri, version=1, day=d)]
+    assert sorted(pa.types.is_struct(pq.read_schema(p).field("features").type) for p in parts) == [
+        False,
+        True,
+    ]
     _archive(settings, ids[ROWS // 2 : ROWS // 2 + 100], np.full(100, 0.5), version=99)  # another version
     seen: dict[str, Any] = {}
 

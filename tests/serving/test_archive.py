@@ -206,3 +206,72 @@ def test_features_are_archived_as_served_and_never_fail_the_append(tmp_path: Pat
     assert got["f-2"]["big"] == 2**70
     assert got["f-pre"] == {"site": "pre"}
     assert archive.counters.written_rows == 4 and archive.counters.dropped_rows == 0
+
+
+def test_feature_columns_round_trip_as_a_struct_beside_json_parts(tmp_path: Path) -> None:
+    """Serving archives the transform's own arrays: the part holds the spec's fields as a struct of
+    hashes and numbers that fold back into the very model inputs that were served; a JSON part of
+    the same version and day (the layout written before) is still read by ``read_predictions``."""
+    import pyarrow as pa
+
+    from reloop_service.data.archive import FeatureColumns, archived_features, features_schema
+    from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
+    from reloop_service.data.transforms import bucketize, stable_hash, transform_record_columns
+
+    spec = FeatureSpec(
+        label="label",
+        impression_id="impression_id",
+        event_time="event_time",
+        categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
+        numeric=(NumericField("price", 1.0, 0.5),),
+        multi=(MultiCategoricalField("tags", 51, 4),),
+    )
+    records = [
+        {"site": "a", "device": 7, "price": 2.5, "tags": ["x", "y"], "junk": 1},
+        {"site": None, "price": True, "tags": "solo"},
+        {"device": 1.0, "tags": []},
+    ]
+    served, unknown, read = transform_record_columns(spec, records)
+    assert unknown == ("junk",)
+    features = FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
+    root = str(tmp_path / "arch")
+    with PredictionArchive(root, start=False) as archive:
+        ids = ["c-0", "c-1", "c-2"]
+        assert archive.append(
+            PredictionRows(ids, np.array([0.1, 0.2, 0.3]), 1, _us(date(2024, 5, 1)), features)
+        )
+        assert archive.buffered_bytes > 0
+        archive.flush()
+        assert archive.append(_rows("j", 2))  # JSON layout, same version and day: its own part
+        bad = FeatureColumns(spec, 2, read.hashes, read.valid, read.numeric, read.multi_lengths)
+        assert not archive.append(PredictionRows(["x", "y"], np.zeros(2), 1, _us(date(2024, 5, 1)), bad))
+        assert archive.counters.dropped_rows == 2  # refused and counted, never raised
+    parts = list_parts(root, version=1, day=date(2024, 5, 1))
+    layouts = {pq.read_schema(p).field("features").type for p in parts}
+    names = {tuple(f.name for f in t) if pa.types.is_struct(t) else str(t) for t in layouts}
+    assert names == {"string", tuple(f.name for f in features_schema(spec))}
+    struct_part = next(p for p in parts if pa.types.is_struct(pq.read_schema(p).field("features").type))
+    table = pq.read_table(struct_part)
+    assert table.column("impression_id").to_pylist() == ids
+
+    def h(*values: object) -> list[int]:
+        return [int(x) for x in stable_hash(list(values))]
+
+    assert archived_features(table.column("features")) == [
+        {"site": h("a")[0], "device": h("7")[0], "price": 2.5, "tags": h("x", "y")},
+        {"price": 1.0, "tags": h("solo")},
+        {"device": h(1)[0]},
+    ]
+    # the struct folds into the model inputs that were scored
+    struct = table.column("features").combine_chunks()
+    for j, f in enumerate(spec.categorical):
+        col = struct.field(f.name)
+        ids_ = bucketize(
+            col.fill_null(0).to_numpy(), col.is_valid().to_numpy(zero_copy_only=False), f.buckets
+        )
+        assert np.array_equal(ids_, served.cat[:, j].numpy()), f.name
+    tags = struct.field("tags")
+    folded = bucketize(tags.flatten().to_numpy(), np.ones(len(tags.flatten()), bool), 51)
+    assert folded.tolist() == [v for v in served.multi[:, 0, :].flatten().tolist() if v]
+    got = _read_all(root, 1, date(2024, 5, 1), date(2024, 5, 1), columns=("impression_id", "features"))
+    assert sorted(r["impression_id"] for r in got) == ["c-0", "c-1", "c-2", "j-0", "j-1"]

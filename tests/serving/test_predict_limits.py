@@ -6,7 +6,6 @@ that must come before the body is read whole.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from reloop_service.data.archive import PredictionArchive, PredictionRows
+from reloop_service.data.archive import PredictionArchive, PredictionRows, archived_features, features_schema
 from reloop_service.serving.app import create_app
 
-from .conftest import Registry, make_settings, start_server
+from .conftest import SPEC, Registry, make_settings, start_server
 from .test_routes import _metric
 
 LIMITS = {
@@ -130,9 +129,14 @@ def test_a_body_that_is_not_json_is_415(limited: tuple[TestClient, Registry], co
     assert r.status_code == 200
 
 
-def test_only_the_spec_features_are_archived(registry: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["hashed", "json"])
+def test_only_the_spec_features_are_archived(registry: Registry, tmp_path: Path, layout: str) -> None:
+    from reloop_service.data.transforms import stable_hash
+
     registry.promote(registry.add_version(1))
-    settings = make_settings(tmp_path, archive_flush_seconds=60, archive_flush_rows=10_000)
+    settings = make_settings(
+        tmp_path, archive_flush_seconds=60, archive_flush_rows=10_000, archive_features=layout
+    )
     items = [
         {"features": {"site": "a", "junk": "j" * 100, "more": ["q"]}, "impression_id": "with-junk"},
         {"features": {"site": "b", "price": 2.5}, "impression_id": "clean"},
@@ -141,10 +145,24 @@ def test_only_the_spec_features_are_archived(registry: Registry, tmp_path: Path)
         r = client.post("/v1/predict", json={"items": items})
         assert r.status_code == 200, r.text
     parts = sorted(Path(settings.resolved_archive_uri).rglob("part-*.parquet"))
+    tables = [pq.read_table(p) for p in parts]
+    kinds = {str(t.schema.field("features").type) for t in tables}
+    struct = [f.name for f in features_schema(SPEC)]
+    if layout == "hashed":  # the spec's fields as columns, categorical values as their SipHash
+        assert all([f.name for f in t.schema.field("features").type] == struct for t in tables), kinds
+        a, b = (int(x) for x in stable_hash(["a", "b"]))
+        expected = {"with-junk": {"site": a}, "clean": {"site": b, "price": 2.5}}
+    else:  # the values as sent, one JSON object a row
+        assert kinds == {"string"}
+        expected = {"with-junk": {"site": "a"}, "clean": {"site": "b", "price": 2.5}}
     rows = {
-        r["impression_id"]: json.loads(r["features"]) for p in parts for r in pq.read_table(p).to_pylist()
+        i: f
+        for t in tables
+        for i, f in zip(
+            t.column("impression_id").to_pylist(), archived_features(t.column("features")), strict=True
+        )
     }
-    assert rows == {"with-junk": {"site": "a"}, "clean": {"site": "b", "price": 2.5}}
+    assert rows == expected
 
 
 def test_the_archive_buffer_is_bounded_in_bytes_and_overflow_is_counted(
@@ -158,6 +176,7 @@ def test_the_archive_buffer_is_bounded_in_bytes_and_overflow_is_counted(
         archive_buffer_rows=1_000_000,
         archive_buffer_bytes=4096,
         archive_block_ms=0,
+        archive_features="json",  # values as sent: a long string is archived whole (hashed: 8 bytes)
     )
     item = {"features": {"site": "s" * 1000, "device": "d"}}  # ~1 KB archived per item
     with TestClient(create_app(settings)) as client:

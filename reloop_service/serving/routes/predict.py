@@ -29,8 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reloop_service.data.archive import PredictionRows
-from reloop_service.data.transforms import FeatureError, transform_records
+from reloop_service.data.archive import FeatureColumns, PredictionRows
+from reloop_service.data.transforms import FeatureError, transform_record_columns
 from reloop_service.serving.holder import LoadedModel
 from reloop_service.serving.ids import uuid7_batch
 from reloop_service.serving.schemas import (
@@ -61,10 +61,8 @@ def _feature_error(exc: FeatureError) -> RequestValidationError:
     return RequestValidationError([{"type": "feature_type", "loc": loc, "msg": message}])
 
 
-def _spec_features(
-    features: list[dict[str, Any]], unknown: tuple[str, ...]
-) -> list[dict[str, Any]] | list[bytes]:
-    """What the archive keeps of each item: only the spec's features.
+def _spec_features(features: list[dict[str, Any]], unknown: tuple[str, ...]) -> list[dict[str, Any]]:
+    """What the archive keeps of each item with ``RELOOP_ARCHIVE_FEATURES=json``: the spec's features.
 
     ``unknown`` (from ``transform_records``) lists the keys of this request that are not features;
     the common case has none and the items are archived as sent, with no per-row work.
@@ -80,7 +78,7 @@ def score(
 ) -> bytes:
     """Transform, predict, assign ids, archive; returns the JSON response body."""
     try:
-        encoded, unknown = transform_records(loaded.spec, features)
+        encoded, unknown, read = transform_record_columns(loaded.spec, features)
     except FeatureError as exc:
         raise _feature_error(exc) from None
     if unknown:
@@ -89,19 +87,29 @@ def score(
     if None in ids:
         missing = [i for i, v in enumerate(ids) if v is None]
         fresh = uuid7_batch(len(missing))
-        final: list[str] = list(ids)  # type: ignore[arg-type]
-        for i, new in zip(missing, fresh, strict=True):
-            final[i] = new
+        if len(missing) == len(ids):
+            final: list[str] = fresh
+        else:
+            final = list(ids)  # type: ignore[arg-type]
+            for i, new in zip(missing, fresh, strict=True):
+                final[i] = new
     else:
         final = ids  # type: ignore[assignment]
     if state.archive is not None:
+        # Hashed: the transform's own arrays (only the spec's features, no per-row work here).
         state.archive.append(
             PredictionRows(
                 impression_ids=final,
                 ctr=ctr,
                 model_version=loaded.version,
                 ts_us=time.time_ns() // 1000,
-                features=_spec_features(features, unknown),
+                features=(
+                    FeatureColumns(
+                        loaded.spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths
+                    )
+                    if state.settings.archive_features == "hashed"
+                    else _spec_features(features, unknown)
+                ),
             )
         )
     state.metrics.predictions_of(loaded.version).inc(len(final))
