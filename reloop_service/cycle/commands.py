@@ -447,6 +447,9 @@ def demo_command(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Demo folder (default: <RELOOP_DATA_DIR>/demo).")
     ] = None,
+    period: Annotated[
+        str, typer.Option("--period", help="One cycle per period: 1d (default), 1h or any divisor of a day.")
+    ] = "1d",
 ) -> None:
     """The closed loop on embedded defaults: simulate users, serve, archive, train, gate, promote, repeat."""
     from reloop_service.cycle.demo import DemoError, run_demo
@@ -461,6 +464,7 @@ def demo_command(
             port=port,
             data_dir=data_dir,
             console=console,
+            period=period,
         )
     except DemoError as exc:
         raise fail(str(exc)) from None

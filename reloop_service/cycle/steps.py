@@ -778,7 +778,7 @@ def register(
     checkpoint = trained.checkpoint
     cand = verdict.candidate.model_dump(mode="json")
     checkpoint.metrics = {**checkpoint.metrics, "holdout": cand}
-    data = checkpoint_to_bytes(checkpoint)
+    data = checkpoint_to_bytes(checkpoint, compress=True)
     ref = artifact_store(settings).put(
         data, f"{settings.model_name}/cycle-{file_stem(ctx.the_period)}-run{ctx.run.id}.ckpt"
     )

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reloop_service.data.ingest import day_dir, parse_event_time
+from reloop_service.data.period import Period
 from reloop_service.data.spec import FeatureSpec, default_spec
 from reloop_service.storage import filesystem, is_local, join, write_atomic
 
@@ -332,9 +333,60 @@ class ClickSimulator:
         write_atomic(fs, path, buf.getvalue())
         return path if is_local(fs) else fs.unstrip_protocol(path)
 
+    def write_period(
+        self,
+        logs_uri: str,
+        period: Period,
+        table: pa.Table,
+        *,
+        labels: np.ndarray | None = None,
+        marker: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Write the rows of ``table`` whose event time falls in ``period``, one file per partition.
+
+        An hourly period goes to ``<logs_uri>/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`` (a daily one to
+        ``dt=YYYY-MM-DD``); with ``marker`` each partition then gets its ``_SUCCESS`` file, written last,
+        as Spark and Hive do. Returns the files' URIs.
+        """
+        if labels is not None:
+            if "label" in table.column_names:
+                table = table.drop_columns(["label"])
+            table = table.append_column("label", pa.array(np.asarray(labels), pa.int8()))
+        times = parse_event_time(table.column("event_time")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        fs, root = filesystem(logs_uri, storage_options)
+        uris: list[str] = []
+        for part in period.parts():
+            for folder_name in part.partitions():
+                start, end = _partition_bounds(folder_name, part)
+                keep = (times >= start) & (times < end)
+                folder = join(root, folder_name)
+                path = join(folder, "part-00000.parquet")
+                buf = io.BytesIO()
+                pq.write_table(table.filter(pa.array(keep)), buf, compression="zstd", row_group_size=65_536)
+                write_atomic(fs, path, buf.getvalue())
+                if marker:
+                    write_atomic(fs, join(folder, "_SUCCESS"), b"")
+                uris.append(path if is_local(fs) else fs.unstrip_protocol(path))
+        return uris
+
     def days(self, start: date, count: int) -> list[date]:
         """``count`` consecutive days from ``start``."""
         return [start + timedelta(days=i) for i in range(count)]
+
+
+def _partition_bounds(folder: str, part: Period) -> tuple[int, int]:
+    """Epoch microseconds [start, end) of one partition folder of ``part`` (an hour of a 2h period...)."""
+    if "/hr=" not in folder or "/mi=" in folder:
+        start = part.start
+        return _micros(start), _micros(part.end)
+    day_s, hour_s = folder.removeprefix("dt=").split("/hr=")
+    start = datetime.fromisoformat(day_s).replace(hour=int(hour_s), tzinfo=UTC)
+    return _micros(start), _micros(start + timedelta(hours=1))
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
 
 
 def _rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:

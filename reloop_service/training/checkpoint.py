@@ -83,8 +83,18 @@ class Checkpoint:
 _DATE_FIELDS: Final = ("first_day", "last_day")  # stored as ISO strings (weights_only loads no dates)
 
 
-def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
-    """Serialize with ``torch.save``: the marker, then every ``Checkpoint`` field by its own name."""
+# A zstd-compressed checkpoint: this magic, the torch.save size (8 bytes, little endian), the frame.
+# Embedding tables are mostly rows training never touched (zeros): the demo model's 69 MB compress to
+# about 2.3 MB in ~30 ms, which made writing and reading the artifact most of an hourly cycle's cost.
+_COMPRESSED = b"RLCKZST1"
+
+
+def checkpoint_to_bytes(checkpoint: Checkpoint, *, compress: bool = False) -> bytes:
+    """Serialize with ``torch.save``: the marker, then every ``Checkpoint`` field by its own name.
+
+    ``compress`` wraps the bytes in one zstd frame (the cycle's artifacts); ``checkpoint_from_bytes``
+    reads both forms.
+    """
     payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
     for f in fields(Checkpoint):
         value = getattr(checkpoint, f.name)
@@ -95,11 +105,27 @@ def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
         payload[f.name] = value
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    return buffer.getvalue()
+    raw = buffer.getvalue()
+    if not compress:
+        return raw
+    import pyarrow as pa
+
+    frame = pa.compress(raw, codec="zstd", asbytes=True)
+    return _COMPRESSED + len(raw).to_bytes(8, "little") + frame
 
 
 def checkpoint_from_bytes(data: bytes) -> Checkpoint:
     """Inverse of ``checkpoint_to_bytes``; ``CheckpointError`` for anything that is not one."""
+    if data[: len(_COMPRESSED)] == _COMPRESSED:
+        import pyarrow as pa
+
+        size = int.from_bytes(data[len(_COMPRESSED) : len(_COMPRESSED) + 8], "little")
+        try:
+            data = pa.decompress(
+                data[len(_COMPRESSED) + 8 :], decompressed_size=size, codec="zstd", asbytes=True
+            )
+        except Exception as exc:  # a truncated or corrupt frame
+            raise CheckpointError(f"not a readable checkpoint: compressed frame: {exc}") from exc
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt input

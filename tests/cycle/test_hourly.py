@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+import reloop_service
 from reloop_service.config import Settings
-from reloop_service.cycle.run import FIXED_COSTS, run_cycle
+from reloop_service.cycle.run import FIXED_COSTS, make_cycle_trigger, run_cycle
 from reloop_service.cycle.scheduler import catch_up, plan_catch_up
 from reloop_service.data.period import HOUR, Period, PeriodError
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
+from reloop_service.serving.harness import in_process
+from reloop_service.training.checkpoint import CheckpointError, checkpoint_from_bytes, checkpoint_to_bytes
 
 from .cycle_data import DAY0, write_day
 from .hourly_data import FakeClock, mark, write_hour
@@ -238,3 +244,88 @@ def test_catch_up_after_30_missed_hours_merges_and_says_so(
     assert catch_up(settings=settings, target=hours[30]) == []
     runs, _, _ = _registry(settings)
     assert sorted(runs) == sorted([hours[0].name, hours[1].name, *(h.name for h in hours[26:])])
+
+
+# ------------------------------------------------------------------------------ API and dashboard
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the dashboard's chart module")
+def test_the_api_and_the_dashboard_name_hourly_periods_by_their_start(sqlite_env: Env) -> None:
+    token = "hourly-test-token"
+    settings = _hourly(sqlite_env, admin_token=token)
+    logs = Path(settings.resolved_logs_uri)
+    h13 = Period(H0.start + timedelta(hours=13), HOUR)
+    write_hour(logs, h13, HOUR_ROWS)
+    assert run_cycle(settings=settings, cycle_date=h13, actor="test").status == "succeeded"
+    auth = {"Authorization": f"Bearer {token}"}
+    with in_process(settings, cycle_trigger=make_cycle_trigger(settings)) as service:
+        client = service.client
+        runs = client.get("/v1/admin/cycles", headers=auth).json()["runs"]
+        assert [(r["period"], r["cycle_date"]) for r in runs] == [("2024-03-01T13", "2024-03-01")]
+        assert runs[0]["details"]["cycle_date"] == "2024-03-01T13"
+        assert runs[0]["details"]["period"]["end"] == "2024-03-01T14:00:00+00:00"
+        version = client.get("/v1/admin/versions", headers=auth).json()["versions"][0]
+        assert version["period"] == "2024-03-01T13"
+        # The trigger takes a period start; a start that is not an hour's, or a day, is a 422 naming it.
+        bad = client.post("/v1/admin/cycles", json={"date": "2024-03-01T13:30"}, headers=auth)
+        assert bad.status_code == 422 and "not the start of a 1h period" in bad.text
+        assert (
+            client.post("/v1/admin/cycles", json={"date": "2024-03-01 13"}, headers=auth).status_code == 422
+        )
+        write_hour(logs, h13.next(), HOUR_ROWS)
+        started = client.post("/v1/admin/cycles", json={"date": "2024-03-01T14"}, headers=auth)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        for thread in threading.enumerate():  # the trigger runs the cycle in a thread of that name
+            if thread.name == "cycle-2024-03-01T14":
+                thread.join(timeout=120)
+        done = client.get(f"/v1/admin/cycles/{run_id}", headers=auth).json()
+        assert done["period"] == "2024-03-01T14" and done["status"] == "succeeded", done["error"]
+        page = client.get("/ui").text
+        assert "Period" in page and 'pattern="\\d{4}-\\d{2}-\\d{2}(T\\d{2}(:\\d{2})?)?"' in page
+    # The dashboard's chart code places and labels the runs by their period (the shipped ES module, in node).
+    script = (
+        "import {chartPoints, periodStart} from 'file://%s';"
+        "const runs = JSON.parse(process.argv[1]);"
+        "console.log(JSON.stringify({pts: chartPoints(runs, 'auc').map(p => [p.label, p.date.toISOString()]),"
+        "minute: periodStart('2024-03-01T13:30').toISOString()}));"
+    ) % (Path(reloop_service.__file__).parent / "serving" / "static" / "chart.js")
+    shown = subprocess.run(
+        ["node", "--input-type=module", "-e", script, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(shown.stdout)
+    assert out["pts"] == [["2024-03-01T13", "2024-03-01T13:00:00.000Z"]]
+    assert out["minute"] == "2024-03-01T13:30:00.000Z"
+
+
+def test_cycle_artifacts_are_compressed_and_a_corrupt_frame_is_refused(sqlite_env: Env) -> None:
+    settings = _hourly(sqlite_env)
+    write_hour(Path(settings.resolved_logs_uri), H0, HOUR_ROWS)
+    outcome = run_cycle(settings=settings, cycle_date=H0, actor="test")
+    assert outcome.status == "succeeded", outcome.error
+    _, versions, _ = _registry(settings)
+    stored = Path(versions[0].artifact.uri).read_bytes()  # type: ignore[attr-defined]
+    assert stored.startswith(b"RLCKZST1")
+    ckpt = checkpoint_from_bytes(stored)
+    assert len(checkpoint_to_bytes(ckpt)) > len(stored)  # the plain torch.save form is larger
+    with pytest.raises(CheckpointError, match="compressed frame"):
+        checkpoint_from_bytes(stored[:-100])
+
+
+def test_the_simulator_writes_hourly_partitions_with_their_marker(tmp_path: Path) -> None:
+    from reloop_service.data.ingest import open_days
+    from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
+
+    sim = ClickSimulator(0, start=DAY0, config=SimulatorConfig(impressions_per_day=2400))
+    table, _ = sim.simulate_day(DAY0)
+    day = Period.of_day(DAY0)
+    hours = [Period(day.start + timedelta(hours=h), HOUR) for h in range(24)]
+    for hour in hours:
+        sim.write_period(str(tmp_path), hour, table)
+    assert all((tmp_path / h.partitions()[0] / "_SUCCESS").exists() for h in hours)
+    counts = [open_days(str(tmp_path), [h], sim.spec, quarantine=False).report.rows_valid for h in hours]
+    assert sum(counts) == table.num_rows and min(counts) > 0
+    batch = next(open_days(str(tmp_path), [hours[13]], sim.spec, quarantine=False).iter_batches())
+    times = batch.column(sim.spec.event_time).to_pylist()
+    assert all(hours[13].start <= t < hours[13].end for t in times)

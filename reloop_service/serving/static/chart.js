@@ -14,7 +14,14 @@ function finite(x) {
   return typeof x === "number" && Number.isFinite(x);
 }
 
-/** Points of one metric: [{date: Date, label, cand, prod, rejected, failed}] sorted by date. */
+/** The start of a period named by its start: 2024-05-01 (a day), 2024-05-01T13 (an hour), …T13:30. */
+export function periodStart(name) {
+  const [day, time] = String(name).split("T");
+  const [hh, mm] = (time || "00:00").split(":");
+  return new Date(`${day}T${hh.padStart(2, "0")}:${(mm || "00").padStart(2, "0")}:00Z`);
+}
+
+/** Points of one metric: [{date: Date, label, cand, prod, rejected, failed}] sorted by period start. */
 export function chartPoints(runs, metric) {
   return runs
     .map((run) => {
@@ -22,8 +29,8 @@ export function chartPoints(runs, metric) {
       const cand = gate.candidate ? gate.candidate[metric] : undefined;
       const prod = gate.production ? gate.production[metric] : undefined;
       return {
-        date: new Date(run.cycle_date + "T00:00:00Z"),
-        label: run.cycle_date,
+        date: periodStart(run.period || run.cycle_date),
+        label: run.period || run.cycle_date,
         cand: finite(cand) ? cand : null,
         prod: finite(prod) ? prod : null,
         rejected: run.details && run.details.decision === "rejected",

@@ -296,7 +296,7 @@ function renderProduction() {
     h("div", { class: "prod-head" },
       h("span", { class: "prod-version", id: "prod-version", "data-version": number }, `v${number}`),
       badge("production"),
-      v && v.cycle_date ? h("span", { class: "muted" }, `cycle ${v.cycle_date}`) : null,
+      v && (v.period || v.cycle_date) ? h("span", { class: "muted" }, `cycle ${v.period || v.cycle_date}`) : null,
       v ? h("a", { href: `#version=${number}` }, "details") : null),
     cards,
     facts,
@@ -346,8 +346,9 @@ function renderRuns() {
     const d = run.details || {};
     const gate = d.gate || {};
     const pair = (m) => (m ? `${num(m.auc)} / ${num(m.logloss)}` : "—");
-    return h("tr", { "data-cycle": run.cycle_date },
-      h("td", {}, run.cycle_date),
+    // a period is named by its start: 2024-05-01 (daily), 2024-05-01T13 (hourly)
+    return h("tr", { "data-cycle": run.period || run.cycle_date },
+      h("td", {}, run.period || run.cycle_date),
       h("td", {}, badge(run.status)),
       h("td", {}, d.decision ? badge(d.decision) : "—"),
       h("td", { class: "num" }, run.attempt),
@@ -443,7 +444,7 @@ async function renderDetail() {
     h("dl", { class: "facts" },
       h("dt", {}, "Status"), h("dd", {}, badge(v.status), ` since ${fmtTime(v.status_changed_at)}`),
       h("dt", {}, "Registered"), h("dd", {}, fmtTime(v.created_at)),
-      h("dt", {}, "Cycle date"), h("dd", {}, v.cycle_date || "—"),
+      h("dt", {}, "Cycle period"), h("dd", {}, v.period || v.cycle_date || "—"),
       h("dt", {}, "Data window"), h("dd", {}, `${v.data_first_day || "?"} → ${v.data_last_day || "?"}`),
       h("dt", {}, "Gate verdict"), h("dd", {}, verdictNode(v.gate_verdict))),
     h("h4", {}, "Lineage chain"), chain,
@@ -490,7 +491,7 @@ function renderTimeline() {
       version: r.produced_version,
       actor: (r.details && r.details.actor) || "—",
       reason: r.error || (r.details && r.details.reason) || "",
-      cycle_date: r.cycle_date,
+      cycle_date: r.period || r.cycle_date,
     }));
   const shown = state.events
     .filter((e) => all || e.kind !== "registered")
