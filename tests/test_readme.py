@@ -16,11 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.support.wait import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_RUNNING = {"scheduler": "scheduler_port", "serve": "api_port"}
@@ -67,19 +67,6 @@ def _env(tmp: Path, data_dir: Path | None) -> dict[str, str]:
     return env
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited early with {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never answered 200")
-
-
 def _run_long(line: str, cwd: Path, env: dict[str, str], url: str) -> None:
     proc = subprocess.Popen(
         ["bash", "-c", line],  # bash execs a single simple command: the signal reaches reloop
@@ -91,7 +78,7 @@ def _run_long(line: str, cwd: Path, env: dict[str, str], url: str) -> None:
         start_new_session=True,
     )
     try:
-        _wait_healthy(url, proc)
+        wait_http_ok(url, timeout=120, proc=proc)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=90)
     finally:

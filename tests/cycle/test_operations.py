@@ -21,6 +21,7 @@ from reloop_service.config import Settings
 from reloop_service.cycle.observe import CYCLE_METRICS
 from reloop_service.cycle.run import run_cycle
 from reloop_service.cycle.scheduler import CycleScheduler, target_day
+from tests.support.wait import wait_for
 
 from .cycle_data import DAY0, write_day
 
@@ -163,14 +164,16 @@ def test_scheduler_serves_metrics_and_health(sqlite_env: Env) -> None:
     sched.start()
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        text = ""
-        while time.monotonic() < deadline:
-            health = httpx.get(f"{base}/healthz", timeout=5)
-            text = httpx.get(f"{base}/metrics", timeout=5).text
-            if 'reloop_cycle_runs_total{status="succeeded"}' in text:
-                break
-            time.sleep(0.3)
+        wait_for(
+            lambda: (
+                'reloop_cycle_runs_total{status="succeeded"}' in httpx.get(f"{base}/metrics", timeout=5).text
+            ),
+            timeout=120,
+            what="the scheduled cycle to succeed",
+            every=0.3,
+        )
+        health = httpx.get(f"{base}/healthz", timeout=5)
+        text = httpx.get(f"{base}/metrics", timeout=5).text
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert health.json()["next_run"]
         for name in (

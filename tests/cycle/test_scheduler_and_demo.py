@@ -19,6 +19,7 @@ from reloop_service.cycle.scheduler import CycleScheduler, catch_up, plan_catch_
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.events import CycleStatus
+from tests.support.wait import wait_for
 
 from .cycle_data import DAY0, write_day
 
@@ -139,15 +140,13 @@ def test_admin_trigger_runs_cycle_in_background(sqlite_env: Env) -> None:
         resp = client.post("/v1/admin/cycles", json={"date": DAY0.isoformat()}, headers=auth)
         assert resp.status_code == 202, resp.text
         run_id = resp.json()["run_id"]
-        deadline = time.monotonic() + 90
-        status = None
-        while time.monotonic() < deadline:
+
+        def status() -> str:
             runs = client.get("/v1/admin/cycles", headers=auth).json()["runs"]
-            status = next(r for r in runs if r["id"] == run_id)["status"]
-            if status != "running":
-                break
-            time.sleep(0.2)
-        assert status == "succeeded"
+            return str(next(r for r in runs if r["id"] == run_id)["status"])
+
+        wait_for(lambda: status() != "running", timeout=90, what=f"run {run_id} to finish", every=0.2)
+        assert status() == "succeeded"
         again = client.post("/v1/admin/cycles", json={"date": DAY0.isoformat()}, headers=auth)
         assert again.status_code == 409 and "succeeded" in again.json()["detail"]
         assert client.get("/v1/admin/versions", headers=auth).json()["versions"][0]["version"] == 1
@@ -234,13 +233,13 @@ def test_reloop_scheduler_process_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            run = _runs(settings).get(yesterday)
-            if run is not None and run.status != CycleStatus.RUNNING:
-                break
+
+        def finished() -> bool:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.3)
+            run = _runs(settings).get(yesterday)
+            return run is not None and run.status != CycleStatus.RUNNING
+
+        wait_for(finished, timeout=120, what="the scheduler's catch-up cycle to finish", every=0.3)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:

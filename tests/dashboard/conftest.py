@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from reloop_service.config import Settings
 from tests.support.net import free_port
+from tests.support.wait import wait_http_ok
 
 from .seed_registry import Demo, build_demo
 
@@ -98,18 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"reloop serve exited {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"reloop serve not ready in 60 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_http_ok(f"{url}/readyz", timeout=60, proc=proc, log=log_path.read_text)
         yield Server(url=url, demo=demo, log_path=log_path, proc=proc)
     finally:
         proc.terminate()

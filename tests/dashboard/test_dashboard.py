@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 
 import httpx
 import pytest
 from playwright.sync_api import expect
+
+from tests.support.wait import wait_for
 
 from .conftest import TOKEN, PageWatch, Server
 
@@ -199,12 +200,11 @@ def test_cycle_triggered_from_the_page_runs_and_its_failure_shows(page: PageWatc
     expect(p.locator("#action-result")).to_contain_text("Cycle started: run ")
     run_id = int(re.search(r"run (\d+)", p.inner_text("#action-result")).group(1))  # type: ignore[union-attr]
 
-    deadline = time.monotonic() + 60
-    while True:
+    def finished() -> dict[str, object] | None:
         run = next(r for r in server.admin("/v1/admin/cycles")["runs"] if r["id"] == run_id)
-        if run["status"] != "running" or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        return run if run["status"] != "running" else None
+
+    run = wait_for(finished, timeout=60, what=f"run {run_id} to finish", every=0.3)
     assert run["status"] == "skipped" and run["cycle_date"] == day and "no click logs" in run["error"]
     assert server.production() == server.demo.production
     assert "'late logs'" in server.log()  # the reason is logged with the actor

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date
@@ -31,6 +30,7 @@ from reloop_service.registry.db import make_engine, run_transaction, session_sco
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
 from tests.support.net import free_port
+from tests.support.wait import wait_for
 
 T = TypeVar("T")
 TOKEN = "fault-suite-admin-token"
@@ -44,22 +44,6 @@ SPEC = FeatureSpec(
     multi=(),
 )
 ITEMS = [{"features": {"site": f"s{i % 17}", "device": "ios", "price": 1.0 + i}} for i in range(200)]
-
-
-def wait_for(condition: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last  # type: ignore[no-any-return]
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 # --------------------------------------------------------------------------------- registry + data

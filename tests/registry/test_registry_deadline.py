@@ -23,7 +23,8 @@ def test_a_write_that_outlives_its_deadline_is_rolled_back(db_url: str, migrated
         session_scope(migrated_engine, deadline=deadline) as session,
     ):
         store.promote(session, model_name="ctr", version=1, actor="t", reason="late", expected_current=None)
-        while time.monotonic() <= deadline:  # the database "answered" only after the deadline
+        # The behaviour under test is time passing: the database "answers" only after the deadline.
+        while time.monotonic() <= deadline:
             time.sleep(0.01)
     assert rt.production_version(migrated_engine) is None
     with session_scope(migrated_engine, readonly=True) as session:
@@ -46,7 +47,7 @@ def test_postgresql_statement_timeout_cancels_long_statements(db_url: str) -> No
     engine = make_engine(db_url, statement_timeout_s=0.2, connect_timeout_s=2)
     try:
         with pytest.raises(DatabaseError, match="statement timeout"), session_scope(engine) as session:
-            session.execute(text("SELECT pg_sleep(5)"))
+            session.execute(text("SELECT pg_sleep(5)"))  # a statement that outlives the timeout: the subject
         with session_scope(engine) as session:  # the connection is usable afterwards
             assert session.execute(text("SELECT 1")).scalar_one() == 1
     finally:

@@ -22,6 +22,7 @@ import pytest
 
 from reloop_service.config import Settings
 from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
+from tests.support.wait import wait_for, wait_http_ok
 
 from .conftest import free_port
 
@@ -84,17 +85,13 @@ class Replica:
         self.client = httpx.Client(base_url=self.url, timeout=10.0)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"replica {self.replica_id} exited: {self.log_text()[-3000:]}")
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"replica {self.replica_id} not ready in {timeout}s: {self.log_text()[-3000:]}")
+        wait_http_ok(
+            f"{self.url}/readyz",
+            timeout=timeout,
+            proc=self.proc,
+            log=lambda: f"replica {self.replica_id}: {self.log_text()[-3000:]}",
+            client=self.client,
+        )
 
     def version(self) -> int:
         resp = self.client.get("/v1/model")
@@ -153,13 +150,12 @@ def two_replicas(replicas_env: dict[str, str], tmp_path: Path) -> Iterator[list[
 def wait_all_serve(replicas: list[Replica], version: int) -> float:
     """Seconds until every replica serves ``version``; fails past the deadline."""
     t0 = time.monotonic()
-    while True:
-        seen = [r.version() for r in replicas]
-        elapsed = time.monotonic() - t0
-        if all(v == version for v in seen):
-            return elapsed
-        assert elapsed < SWAP_DEADLINE_S, f"after {elapsed:.2f}s replicas serve {seen}, expected {version}"
-        time.sleep(0.05)
+    wait_for(
+        lambda: all(r.version() == version for r in replicas),
+        timeout=SWAP_DEADLINE_S,
+        what=f"every replica to serve version {version}",
+    )
+    return time.monotonic() - t0
 
 
 @pytest.mark.slow
@@ -196,19 +192,20 @@ def test_replicas_share_registry_and_archive(
     # Wait for both replicas' archive flushes (RELOOP_ARCHIVE_FLUSH_SECONDS=0.3).
     archive = replicas_env["RELOOP_ARCHIVE_URI"]
     today = datetime.now(UTC).date()  # archive partitions are UTC serving days; allow midnight
-    deadline = time.monotonic() + 15
-    while True:
-        ids = {
+
+    def archived_ids() -> set[str]:
+        return {
             i
             for batch in read_predictions(
                 archive, version=1, start=today - timedelta(days=1), end=today + timedelta(days=1)
             )
             for i in batch.column("impression_id").to_pylist()
         }
-        if len(ids) == ROWS or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert len(ids) == ROWS
+
+    wait_for(
+        lambda: len(archived_ids()) >= ROWS, timeout=15, what="both replicas' archive flushes", every=0.2
+    )
+    assert len(archived_ids()) == ROWS
 
     # Part names carry the replica ids and never collide.
     parts = sorted(Path(archive).rglob("part-*.parquet"))

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -27,6 +25,7 @@ from reloop_service.serving.app import create_app
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
 from tests.support.net import free_port
+from tests.support.wait import wait_http_ok
 
 torch.set_num_threads(1)
 
@@ -188,15 +187,9 @@ def start_server(settings: Settings, tmp_path: Path, *args: str, **env_extra: st
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Server(proc, url, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server not ready in time:\n{log_path.read_text()}")
+    try:
+        wait_http_ok(f"{url}/readyz", timeout=60, proc=proc, log=log_path.read_text)
+    except AssertionError:
+        proc.kill()
+        raise
+    return Server(proc, url, log_path)

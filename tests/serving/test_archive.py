@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reloop_service.data.archive import PredictionArchive, PredictionRows, list_parts, read_predictions
+from tests.support.wait import wait_for
 
 
 def _us(day: date, second: int = 0) -> int:
@@ -72,14 +73,10 @@ def test_flushes_every_n_rows_and_every_t_seconds(tmp_path: Path) -> None:
     root = str(tmp_path / "a")
     arch = PredictionArchive(root, flush_rows=10, flush_seconds=0.2)
     arch.append(_rows("x", 10))
-    deadline = time.monotonic() + 5
-    while arch.counters.written_rows < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: arch.counters.written_rows >= 10, timeout=5, what="the row-triggered flush", every=0.01)
     assert arch.counters.written_rows == 10  # row trigger
     arch.append(_rows("y", 3))
-    deadline = time.monotonic() + 5
-    while arch.counters.written_rows < 13 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: arch.counters.written_rows >= 13, timeout=5, what="the time-triggered flush", every=0.01)
     assert arch.counters.written_rows == 13  # time trigger (3 < flush_rows)
     arch.close()
     assert len(_read_all(root, 1, date(2024, 5, 1), date(2024, 5, 1))) == 13
@@ -146,7 +143,7 @@ _WRITER = textwrap.dedent(
             ts_us=1714521600000000, features=[{"f": "x" * 200}] * n))
         i += n
         print(i, arch.counters.written_rows, flush=True)
-        time.sleep(0.001)
+        time.sleep(0.001)  # pace the writer: parts land at ~20 Hz, so the kill falls mid-stream
     """
 )
 

@@ -16,6 +16,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from reloop_service.data.archive import read_predictions
+from tests.support.wait import wait_for
 
 from .conftest import Registry, auth, start_server
 
@@ -68,6 +69,16 @@ def _allowed(
     return any(v == version and lo <= end and start <= hi for lo, hi, v in segments)
 
 
+def _wait_traffic_after(served: list[Served], moment: float, *, requests: int = 3) -> None:
+    """Wait until ``requests`` predictions that started after ``moment`` have been answered."""
+    wait_for(
+        lambda: sum(1 for s in served[-100:] if s.started > moment) >= requests,
+        timeout=30,
+        what=f"{requests} predictions answered after the last change",
+        every=0.01,
+    )
+
+
 def test_hot_swap_under_load_then_graceful_stop_archives_exactly_what_was_served(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -86,7 +97,7 @@ def test_hot_swap_under_load_then_graceful_stop_archives_exactly_what_was_served
     try:
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        _wait_traffic_after(served, float("-inf"))
         with httpx.Client(base_url=server.url, headers=auth(), timeout=30) as admin:
             for i in range(10):
                 if i % 2 == 0:
@@ -98,8 +109,8 @@ def test_hot_swap_under_load_then_graceful_stop_archives_exactly_what_was_served
                 t1 = time.monotonic()
                 assert r.status_code == 200, r.text
                 changes.append((t0, t1, r.json()["version"]["version"]))
-                time.sleep(0.15)
-        time.sleep(0.2)
+                _wait_traffic_after(served, t1)  # every version serves some traffic before the next change
+        _wait_traffic_after(served, changes[-1][1], requests=10)
     finally:
         stop.set()
         for t in threads:
@@ -146,8 +157,15 @@ def test_sigkill_mid_write_leaves_only_complete_parts(registry: Registry, tmp_pa
     ]
     for t in threads:
         t.start()
+    archive = Path(registry.settings.resolved_archive_uri)
     try:
-        time.sleep(1.5)
+        # Kill while the flusher is busy: several parts already written, more on the way.
+        wait_for(
+            lambda: len(list(archive.rglob("part-killme-*.parquet"))) >= 5,
+            timeout=60,
+            what="five archive parts",
+            every=0.01,
+        )
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=10)
     finally:

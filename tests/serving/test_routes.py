@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from reloop_service.registry.db import upgrade
 from reloop_service.serving.app import create_app
 from reloop_service.training.checkpoint import checkpoint_to_bytes
 from reloop_service.training.predict import Predictor
+from tests.support.wait import wait_for
 
 from .conftest import Registry, auth, make_checkpoint, make_settings
 
@@ -267,9 +267,9 @@ def test_failed_load_keeps_the_old_model_and_counts(served) -> None:
     assert client.post("/v1/predict", json={"items": ITEMS[:1]}).json()["model_version"] == 1
     # a registry moved behind the API's back (another tool) is refused by the replica, which says why
     reg.promote(v2)
-    deadline = time.monotonic() + 10
-    while client.get("/readyz").json()["load_error"] is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(
+        lambda: client.get("/readyz").json()["load_error"], timeout=10, what="the refused load on /readyz"
+    )
     ready = client.get("/readyz").json()
     assert ready["ready"] is True and ready["model_version"] == 1
     assert ready["load_error"] == f"version {v2}: artifact checksum mismatch"
@@ -290,9 +290,11 @@ def test_database_unreachable_keeps_serving_and_readyz_says_so(served) -> None:
     db_file.mkdir()  # a directory where the database file was: every connection fails
     client.app.state.serving.engine.dispose()  # drop pooled connections to the moved file
     try:
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").json()["database"] != "unreachable" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: client.get("/readyz").json()["database"] == "unreachable",
+            timeout=10,
+            what="/readyz to say the database is unreachable",
+        )
         ready = client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["database"] == "unreachable"
@@ -307,9 +309,7 @@ def test_database_unreachable_keeps_serving_and_readyz_says_so(served) -> None:
     finally:
         db_file.rmdir()
         moved.rename(db_file)
-    deadline = time.monotonic() + 10
-    while client.get("/readyz").json()["database"] != "ok" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: client.get("/readyz").json()["database"] == "ok", timeout=10, what="the database back")
     assert client.get("/readyz").json()["database"] == "ok"
 
 

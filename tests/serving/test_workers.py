@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
+
+from tests.support.wait import wait_for
 
 from .conftest import Registry, auth, start_server
 
@@ -51,11 +52,7 @@ def _load(url: str, stop: threading.Event, versions: list[int], failures: list[s
 
 
 def _wait(predicate, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_for(predicate, timeout=timeout, what=what)
 
 
 def test_two_workers_serve_archive_and_hot_swap_together(registry: Registry, tmp_path: Path) -> None:
