@@ -92,16 +92,17 @@ class FeatureColumns:
         return sum(x.nbytes for x in arrays)
 
     def check(self, n: int) -> None:
-        """Refuse columns that do not fit their spec and row count (they would write a wrong part)."""
+        """Refuse columns that do not fit their spec and row count (O(fields): on the request path;
+        element counts that disagree with ``multi_lengths`` fail the part's write, counted)."""
         spec = self.spec
-        elements = sum(int(x.sum()) for x in self.multi_lengths)
         if (
             self.n != n
             or len(self.num) != len(spec.numeric)
             or len(self.multi_lengths) != len(spec.multi)
-            or any(len(x) != n for x in (*self.num, *self.multi_lengths))
+            or any(len(x) != n for x in self.num)
+            or any(len(x) != n for x in self.multi_lengths)
             or len(self.hashes) != len(self.valid)
-            or len(self.hashes) != n * len(spec.categorical) + elements
+            or len(self.hashes) < n * len(spec.categorical)
         ):
             raise ValueError("feature columns do not match their spec and row count")
 
@@ -482,6 +483,8 @@ def _struct(cols: Sequence[FeatureColumns], layout: pa.StructType) -> pa.StructA
         offsets = np.zeros(len(lengths) + 1, np.int32)
         np.cumsum(lengths, out=offsets[1:])
         arrays.append(pa.ListArray.from_arrays(pa.array(offsets), hashed(pieces)))
+    if any(start != len(c.hashes) for start, c in zip(starts, cols, strict=True)):
+        raise ValueError("feature columns: hashes and multi-valued lengths disagree")
     return pa.StructArray.from_arrays(arrays, fields=list(layout))
 
 
@@ -519,8 +522,10 @@ def _to_parquet(chunks: Sequence[_Pending], layout: pa.DataType) -> bytes:
     sink = io.BytesIO()
     schema = _part_schema(layout)
     # No dictionary pages for the unique ids and feature values: they never repeat enough to pay
-    # for the dictionary build, which took half the flusher's CPU (zstd still compresses them).
-    with pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=["model_version"]) as writer:
+    # for the dictionary build, which took half the flusher's CPU. Columnar parts use LZ4: 0.43
+    # against 0.63 µs a row for zstd on the demo's 50,000-row parts, for 108 against 88 bytes a row.
+    codec = "zstd" if pa.types.is_string(layout) else "lz4"
+    with pq.ParquetWriter(sink, schema, compression=codec, use_dictionary=["model_version"]) as writer:
         step: list[_Pending] = []
         size = 0
         for pending in chunks:

@@ -243,6 +243,10 @@ def test_feature_columns_round_trip_as_a_struct_beside_json_parts(tmp_path: Path
         bad = FeatureColumns(spec, 2, read.hashes, read.valid, read.numeric, read.multi_lengths)
         assert not archive.append(PredictionRows(["x", "y"], np.zeros(2), 1, _us(date(2024, 5, 1)), bad))
         assert archive.counters.dropped_rows == 2  # refused and counted, never raised
+        archive.flush()
+        short = FeatureColumns(spec, 3, read.hashes[:-1], read.valid[:-1], read.numeric, read.multi_lengths)
+        assert archive.append(PredictionRows(ids, np.zeros(3), 1, _us(date(2024, 5, 1)), short))
+        assert archive.flush() == 0 and archive.counters.write_errors == 1  # the part is refused, counted
     parts = list_parts(root, version=1, day=date(2024, 5, 1))
     layouts = {pq.read_schema(p).field("features").type for p in parts}
     names = {tuple(f.name for f in t) if pa.types.is_struct(t) else str(t) for t in layouts}
