@@ -121,6 +121,7 @@ def _options(**kw: Any) -> Options:
         default=base,
         strategies=per,
         gate=kw["gate"],
+        period=_period_option(kw.get("period", "1d")),
     )
     protocol = SplitProtocol(
         warmup_bins=kw["warmup_bins"],
@@ -140,6 +141,47 @@ def _options(**kw: Any) -> Options:
         select=kw["select"],
         bootstrap=kw["bootstrap"],
     )
+
+
+def _period_option(value: str) -> str:
+    from reloop_service.config import format_duration, parse_period_step
+
+    try:
+        return format_duration(parse_period_step(value))
+    except ValueError as exc:
+        raise fail(f"--period: {exc}") from None
+
+
+def cost_lines(results: list[dict[str, Any]], period: str) -> list[str]:
+    """Per cycle: the fixed cost (median, and its parts), the training time and rows/s, the wall time."""
+    import statistics
+
+    from reloop_service.config import parse_period_step
+    from reloop_service.cycle.run import FIXED_COSTS
+
+    bins = [b for r in results for b in r["bins"] if "fixed_seconds" in b]
+    if not bins:
+        return []
+    med = statistics.median
+    trained = sum(b.get("train_rows") or 0 for b in bins)
+    train_s = sum(b["train_seconds"] for b in bins)
+    parts = ", ".join(
+        f"{k.replace('_', ' ')} {1000 * med(b.get(f'cost_{k}', 0.0) for b in bins):.0f}"
+        for k in FIXED_COSTS
+        if any(f"cost_{k}" in b for b in bins)
+    )
+    budget = parse_period_step(period).total_seconds()
+    worst = max(b["cycle_seconds"] for b in bins)
+    return [
+        f"per cycle ({len(bins)} cycles, one per {period}): fixed cost median "
+        f"{1000 * med(b['fixed_seconds'] for b in bins):.0f} ms ({parts}; ms)",
+        f"training: median {1000 * med(b['train_seconds'] for b in bins):.0f} ms per cycle, "
+        f"{trained / train_s:,.0f} training rows/s over {trained:,} rows"
+        if train_s
+        else "training: none",
+        f"cycle wall time: median {med(b['cycle_seconds'] for b in bins):.2f} s, max {worst:.2f} s "
+        f"({100 * worst / budget:.2f}% of the {period} period)",
+    ]
 
 
 def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dict[str, Any]:
@@ -207,6 +249,8 @@ def execute(data: ReplayData, opts: Options, *, title: str, command: str) -> dic
     )
     console.print((opts.out / "results.md").read_text(), markup=False, highlight=False)
     console.print(f"total wall time {total:.0f} s with {opts.workers} worker(s)")
+    for line in cost_lines(results, opts.config.period):
+        console.print(line, markup=False, highlight=False)
     for name, path in paths.items():
         console.print(f"{name}: {path}")
     return summary
@@ -284,7 +328,16 @@ def movielens(
 @replay_app.command("synthetic")
 def synthetic(
     ctx: typer.Context,
-    bins: Annotated[int, typer.Option("--bins", min=2, help="Simulated days (one bin each).")] = 31,
+    bins: Annotated[
+        int, typer.Option("--bins", min=2, help="Bins: simulated days, or periods with --period.")
+    ] = 31,
+    period: Annotated[
+        str,
+        typer.Option(
+            "--period",
+            help="One cycle per period (RELOOP_CYCLE_PERIOD): 1d, or 1h for hourly bins of each day.",
+        ),
+    ] = "1d",
     impressions: Annotated[int, typer.Option("--impressions", min=10, help="Impressions per day.")] = 3000,
     data_seed: Annotated[
         int, typer.Option("--data-seed", help="First simulator seed (the same data for every run).")
@@ -332,11 +385,12 @@ def synthetic(
         for k, v in locals().items()
         if k not in ("ctx", "bins", "impressions", "data_seed", "data_seeds", "synthetic_data")
     }
+    unit = "days" if period in ("1d", "24h") else f"periods of {period}"
     if data_seeds == 1:
         _run(
-            lambda: synthetic_data(bins=bins, impressions=impressions, data_seed=data_seed),
+            lambda: synthetic_data(bins=bins, impressions=impressions, data_seed=data_seed, period=period),
             ctx,
-            f"synthetic ({bins} days x {impressions} impressions)",
+            f"synthetic ({bins} {unit}, {impressions} impressions a day)",
             kw,
         )
         return
@@ -346,7 +400,9 @@ def synthetic(
     for d in range(data_seed, data_seed + data_seeds):
         console.print(f"[bold]simulated world {d}[/] ({d - data_seed + 1}/{data_seeds})")
         worlds[d] = _run(
-            lambda d=d: synthetic_data(bins=bins, impressions=impressions, data_seed=d),  # type: ignore[misc]
+            lambda d=d: synthetic_data(  # type: ignore[misc]
+                bins=bins, impressions=impressions, data_seed=d, period=period
+            ),
             ctx,
             f"synthetic world {d} ({bins} days x {impressions} impressions)",
             {**kw, "out": kw["out"] / f"data{d}"},

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reloop_service.config import Settings
+from reloop_service.data.period import Period
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import canonical_strings
 from reloop_service.training.evaluation import auc, logloss
@@ -78,7 +79,7 @@ class ReplayData:
     name: str
     table: pa.Table
     spec: FeatureSpec
-    dates: tuple[date, ...]
+    dates: tuple[date | Period, ...]  # one period per bin: days, or hours (``--period 1h``)
 
     @property
     def n_bins(self) -> int:
@@ -94,6 +95,14 @@ class ReplayData:
 def dates_from(n_bins: int, start: date = BASE_DATE) -> tuple[date, ...]:
     """Bin k -> ``start + k`` days (synthetic dates for weekly bins: the cycle needs one date per bin)."""
     return tuple(start + timedelta(days=k) for k in range(n_bins))
+
+
+def periods_from(n_bins: int, step: timedelta, start: date = BASE_DATE) -> tuple[date | Period, ...]:
+    """Bin k -> the k-th period of length ``step`` from ``start`` (days as dates, shorter as ``Period``)."""
+    if step == timedelta(days=1):
+        return dates_from(n_bins, start)
+    first = Period.of_day(start)
+    return tuple(Period(first.start + k * step, step) for k in range(n_bins))
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class ReplayConfig:
     threads: int = 1
     max_batch: int = 1000
     cluster_by: str | None = None  # column for the bootstrap over clusters (default: user_id if any)
+    period: str = "1d"  # RELOOP_CYCLE_PERIOD of the runs: one bin per period
 
     def for_strategy(self, strategy: str) -> StrategyConfig:
         return self.strategies.get(strategy, self.default)
@@ -222,6 +232,7 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
         min_negatives=1,
         auto_promote=True,
         report_history_plot=False,  # redrawn from every run JSON each cycle: the largest overhead
+        cycle_period=config.period,
         cycle_attempts=1,
         heartbeat_s=600.0,
         stale_after_s=3600.0,
@@ -235,9 +246,10 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
     )
 
 
-def _write_log(settings: Settings, day: date, rows: pa.Table) -> None:
-    """One partition of click logs in the project's layout (``dt=YYYY-MM-DD/part-00000.parquet``)."""
-    folder = Path(settings.resolved_logs_uri) / f"dt={day.isoformat()}"
+def _write_log(settings: Settings, day: date | Period, rows: pa.Table) -> None:
+    """One partition of click logs in the project's layout (``dt=YYYY-MM-DD[/hr=HH]/part-00000.parquet``)."""
+    period = Period.coerce(day, settings.period_step)
+    folder = Path(settings.resolved_logs_uri) / period.partitions()[0]
     folder.mkdir(parents=True, exist_ok=True)
     keep = [c for c in rows.column_names if c not in EXTRA_COLUMNS]
     pq.write_table(rows.select(keep), folder / "part-00000.parquet")
@@ -259,7 +271,7 @@ def _production(engine: Any, settings: Settings) -> Any:
     return prod.version
 
 
-def _cycle(settings: Settings, engine: Any, day: date, k: int, gate: bool) -> Any:
+def _cycle(settings: Settings, engine: Any, day: date | Period, k: int, gate: bool) -> Any:
     """Run bin ``k``'s cycle; a skipped one (no rows that day) is returned, production unchanged."""
     from reloop_service.cycle.run import run_cycle
 
@@ -367,6 +379,7 @@ def run_one(
                     # every row the version learned from: training split + the holdout after the gate
                     "train_rows": _trained_rows(outcome.record.train),
                     "cycle_seconds": round(cycle_s, 3),
+                    **_cost_figures(outcome.record.costs),
                 }
                 if rows.num_rows:
                     frame = {
@@ -406,6 +419,18 @@ def run_one(
         "predictions": str(predictions_path),
         "bins": bins,
     }
+
+
+def _cost_figures(costs: dict[str, float] | None) -> dict[str, float]:
+    """A cycle's fixed cost, its training time, and each fixed part (seconds; ``cycle.run.FIXED_COSTS``)."""
+    from reloop_service.cycle.run import FIXED_COSTS, TRAINING_COSTS
+
+    if not costs:
+        return {}
+    out = {f"cost_{k}": round(costs[k], 4) for k in FIXED_COSTS if k in costs}
+    out["fixed_seconds"] = round(sum(costs.get(k, 0.0) for k in FIXED_COSTS), 4)
+    out["train_seconds"] = round(sum(costs.get(k, 0.0) for k in TRAINING_COSTS), 4)
+    return out
 
 
 def _trained_rows(train: TrainSummary | None) -> int:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from reloop_service.config import format_duration
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.replay.movielens import movielens_spec, movielens_table
-from reloop_service.replay.runner import BASE_DATE, ReplayData, ReplayError, dates_from
+from reloop_service.replay.runner import BASE_DATE, ReplayData, ReplayError, dates_from, periods_from
 
 
 def movielens_data(data_dir: Path) -> ReplayData:
@@ -20,11 +22,21 @@ def movielens_data(data_dir: Path) -> ReplayData:
     return ReplayData(name="ml100k-weekly", table=table, spec=movielens_spec(), dates=dates_from(n_bins))
 
 
-def synthetic_data(*, bins: int = 31, impressions: int = 3000, data_seed: int = 0) -> ReplayData:
-    """The simulator's days as bins (the true CTR kept per row for the Bayes-optimal logloss)."""
+def synthetic_data(
+    *, bins: int = 31, impressions: int = 3000, data_seed: int = 0, period: str = "1d"
+) -> ReplayData:
+    """The simulator's days as bins (the true CTR kept per row for the Bayes-optimal logloss).
+
+    With a sub-daily ``period`` (``1h``) each bin is one period of the simulated days, its rows those
+    whose event time falls in it: ``bins`` hours of ``impressions`` a day.
+    """
+    from reloop_service.config import parse_period_step
     from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
 
     sim = ClickSimulator(data_seed, start=BASE_DATE, config=SimulatorConfig(impressions_per_day=impressions))
+    step = parse_period_step(period)
+    if step < timedelta(days=1):
+        return _sub_daily(sim, bins=bins, step=step)
     tables = []
     for k, day in enumerate(dates_from(bins)):
         table, ctr = sim.simulate_day(day)
@@ -34,6 +46,30 @@ def synthetic_data(*, bins: int = 31, impressions: int = 3000, data_seed: int = 
             )
         )
     return ReplayData(name="synthetic", table=pa.concat_tables(tables), spec=sim.spec, dates=dates_from(bins))
+
+
+def _sub_daily(sim: Any, *, bins: int, step: timedelta) -> ReplayData:
+    """``bins`` consecutive periods of the simulator's days, one bin each (see ``synthetic_data``)."""
+    from reloop_service.data.ingest import parse_event_time
+
+    periods = periods_from(bins, step)
+    per_day = timedelta(days=1) // step
+    tables = []
+    for d in range(-(-bins // per_day)):
+        day = BASE_DATE + timedelta(days=d)
+        table, ctr = sim.simulate_day(day)
+        micros = parse_event_time(table.column("event_time")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        start_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1_000_000)
+        k = d * per_day + (micros - start_us) // int(step.total_seconds() * 1_000_000)
+        table = table.append_column("bin", pa.array(k.astype(np.int64)))
+        table = table.append_column("true_ctr", pa.array(np.asarray(ctr, dtype=np.float64)))
+        tables.append(table.filter(pa.array(k < bins)))
+    return ReplayData(
+        name=f"synthetic-{format_duration(step)}",
+        table=pa.concat_tables(tables),
+        spec=sim.spec,
+        dates=periods,
+    )
 
 
 def parquet_data(*, logs_uri: str, spec: FeatureSpec, start: date, end: date) -> ReplayData:

@@ -329,3 +329,25 @@ def test_the_simulator_writes_hourly_partitions_with_their_marker(tmp_path: Path
     batch = next(open_days(str(tmp_path), [hours[13]], sim.spec, quarantine=False).iter_batches())
     times = batch.column(sim.spec.event_time).to_pylist()
     assert all(hours[13].start <= t < hours[13].end for t in times)
+
+
+def test_an_hourly_replay_runs_one_bin_per_hour_and_prints_its_fixed_costs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reloop_service.cli import app
+    from reloop_service.replay.sources import synthetic_data
+
+    data = synthetic_data(bins=30, impressions=2400, period="1h")
+    assert [str(p) for p in data.dates[:2]] == ["2000-01-01T00", "2000-01-01T01"] and data.n_bins == 30
+    assert data.dates[24].name == "2000-01-02T00"  # type: ignore[union-attr]
+    assert sorted(set(data.table.column("bin").to_pylist())) == list(range(30))
+    out = tmp_path / "replay"
+    argv = "replay synthetic --period 1h --bins 6 --impressions 12000 --strategies bce --seeds 1 --workers 1"
+    argv += " --warmup-bins 2 --select-bins 2..3 --report-from 3 --bootstrap 10 --embedding-dim 4 --mlp 8"
+    result = CliRunner().invoke(app, [*argv.split(), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "per cycle (4 cycles, one per 1h): fixed cost median" in result.output
+    assert "training rows/s" in result.output and "% of the 1h period" in result.output
+    bins = json.loads((out / "results.json").read_text())["runs"][0]["bins"]
+    assert [b["date"] for b in bins] == ["2000-01-01T02", "2000-01-01T03", "2000-01-01T04", "2000-01-01T05"]
+    assert all(b["fixed_seconds"] > 0 and b["train_seconds"] > 0 for b in bins)
