@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     sparse_learning_rate: float | None = Field(
         default=None, gt=0.0, description="Embedding rows' Adam learning rate; default: the recipe's."
     )
+    lr_final_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Both learning rates decay linearly over each training to this fraction (1: constant).",
+    )
     epochs: int = Field(default=1, ge=1, description="Passes over a day when warm-starting.")
     cold_start_epochs: int = Field(default=2, ge=1, description="Passes when training from scratch.")
     batch_size: int | None = Field(

@@ -639,7 +639,7 @@ def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained)
     config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.train_rows, cold=False)
     started = time.perf_counter()
     result = train_rows(
-        config=replace(config, epochs=1),
+        config=replace(config, epochs=1, planned_rows=prepared.holdout_rows),
         spec=None,
         batches=prepared.holdout_batches,
         init=trained.checkpoint,

@@ -37,6 +37,15 @@ Batch = Annotated[
     typer.Option("--batch-size", min=1, help="Training batch size [default: the recipe's, by rows]."),
 ]
 Dropout = Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="MLP dropout.")]
+LrFinal = Annotated[
+    float,
+    typer.Option(
+        "--lr-final",
+        min=0.0,
+        max=1.0,
+        help="Learning rates decay linearly over each training to this fraction.",
+    ),
+]
 ClusterBy = Annotated[
     str | None,
     typer.Option("--cluster-by", help="Column whose values are the bootstrap's clusters [default: user_id]."),
@@ -117,6 +126,7 @@ def _options(**kw: Any) -> Options:
         mlp_hidden=mlp,
         batch_size=kw["batch_size"],
         dropout=kw["dropout"],
+        lr_final_fraction=kw["lr_final"],
         cluster_by=kw["cluster_by"],
         default=base,
         strategies=per,
@@ -289,6 +299,7 @@ def movielens(
     mlp: Mlp = "256,128,64",
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
+    lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.1,
@@ -360,6 +371,7 @@ def synthetic(
     mlp: Mlp = "256,128,64",
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
+    lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.1,
@@ -429,6 +441,7 @@ def parquet(
     mlp: Mlp = "256,128,64",
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
+    lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = 0.1,

@@ -144,6 +144,7 @@ class ReplayConfig:
     mlp_hidden: tuple[int, ...] = (256, 128, 64)
     batch_size: int | None = None  # None: the recipe's, scaled to each cycle's rows
     dropout: float = 0.1
+    lr_final_fraction: float = 0.1  # the recipe's linear decay of both learning rates per training
     cold_start_epochs: int = 2  # the warm-up cycle's passes (the recipe's)
     default: StrategyConfig = field(default_factory=StrategyConfig)
     strategies: dict[str, StrategyConfig] = field(default_factory=dict)
@@ -216,6 +217,7 @@ def run_settings(*, workdir: Path, strategy: str, seed: int, config: ReplayConfi
         embedding_dim=config.embedding_dim,
         mlp_hidden=config.mlp_hidden,
         dropout=config.dropout,
+        lr_final_fraction=config.lr_final_fraction,
         learning_rate=sc.lr,
         sparse_learning_rate=sc.sparse_lr,
         epochs=sc.epochs,

@@ -537,7 +537,11 @@ class DDPTrainer:
         # The configured batch is the global one: each rank takes its share, so a step sees about as
         # many rows as in one process and ``--nproc`` changes speed, not the optimisation.
         per_rank = dataclasses.replace(
-            config, batch_size=max(1, math.ceil(config.batch_size / self.ctx.world_size))
+            config,
+            batch_size=max(1, math.ceil(config.batch_size / self.ctx.world_size)),
+            planned_rows=(
+                None if config.planned_rows is None else math.ceil(config.planned_rows / self.ctx.world_size)
+            ),
         )
         sent = TrainJob(
             config=per_rank.to_dict(),

@@ -45,6 +45,8 @@ def recipe_config(settings: Settings, *, loss: str, rows: int, cold: bool) -> Tr
         "seed": settings.seed,
         "threads": settings.threads,
         "shuffle_buffer_rows": settings.shuffle_buffer_rows,
+        "lr_final_fraction": settings.lr_final_fraction,
+        "planned_rows": rows,
     }
     if settings.sparse_learning_rate is not None:
         kwargs["sparse_lr"] = settings.sparse_learning_rate

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -70,6 +71,14 @@ class TrainConfig:
     # any day that fits, a bounded-memory one beyond.
     shuffle: bool = True
     shuffle_buffer_rows: int = 1_000_000
+    # Both learning rates decay linearly over the run's planned steps to this fraction of their
+    # start (1.0: constant). At a constant rate a day ends wherever its last noisy batches left the
+    # rows every batch touches (hour, device, position...): the simulator's day-to-day calibration
+    # swung 0.87-1.23; decaying settles them (docs/benchmarks.md, "Model quality").
+    lr_final_fraction: float = 1.0
+    # Rows per epoch this run expects (the cycle knows its staged day's count); ``None``: counted by
+    # one extra read of ``batches()`` when the rates decay.
+    planned_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -82,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"shuffle_buffer_rows must be at least 1, got {self.shuffle_buffer_rows}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be within [0, 1], got {self.lr_final_fraction}")
+        if self.planned_rows is not None and self.planned_rows < 0:
+            raise ValueError(f"planned_rows must not be negative, got {self.planned_rows}")
         get_loss(self.loss)
         resolve_params(self.loss, self.loss_params)
 
@@ -278,6 +291,40 @@ def _epoch_tables(
     return shuffle_rebatch(batches, config.batch_size, seed=seed, buffer_rows=config.shuffle_buffer_rows)
 
 
+class LinearDecay:
+    """Scales every optimizer group's learning rate from its start to ``final`` x it over ``steps``.
+
+    The groups' own ``lr`` is restored by ``restore`` so a checkpoint stores the configured rates
+    and the next warm start begins at them.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer | None], *, final: float, steps: int):
+        self.final = final
+        self.steps = max(1, steps)
+        self.groups = [(g, float(g["lr"])) for opt in optimizers if opt is not None for g in opt.param_groups]
+
+    def factor(self, step: int) -> float:
+        """The rate's multiplier at optimizer step ``step`` (0-based): 1 at 0, ``final`` from ``steps``."""
+        return 1.0 - (1.0 - self.final) * min(1.0, step / self.steps)
+
+    def apply(self, step: int) -> None:
+        f = self.factor(step)
+        for group, base in self.groups:
+            group["lr"] = base * f
+
+    def restore(self) -> None:
+        for group, base in self.groups:
+            group["lr"] = base
+
+
+def planned_steps(config: TrainConfig, batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]]) -> int:
+    """Optimizer steps the run will take: ``ceil(rows / batch) x epochs`` (rows counted if not planned)."""
+    rows = config.planned_rows
+    if rows is None:
+        rows = sum(b.num_rows for b in batches())
+    return math.ceil(rows / config.batch_size) * config.epochs
+
+
 def _want_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
@@ -347,6 +394,13 @@ def train(
         )
         if init is not None:
             _load_optimizers(init, dense_opt, sparse_opt, config)
+        decay = (
+            LinearDecay(
+                [dense_opt, sparse_opt], final=config.lr_final_fraction, steps=planned_steps(config, batches)
+            )
+            if config.lr_final_fraction < 1.0
+            else None
+        )
         parallel = None
         if dist is not None and dist.world_size > 1:
             from reloop_service.training.distributed import DataParallel
@@ -355,7 +409,7 @@ def train(
         forward = parallel.forward_model if parallel is not None else model
 
         losses: list[float] = []
-        rows = covered = 0
+        rows = covered = step = 0
         bar = _Progress(enabled=_want_progress(progress), epochs=config.epochs)
         with bar:
             for epoch in range(config.epochs):
@@ -364,6 +418,9 @@ def train(
                 # Under DDP a rank out of data repeats a batch with zero weight (real=False).
                 steps = parallel.lockstep(prepared) if parallel is not None else ((p, True) for p in prepared)
                 for item, real in steps:
+                    if decay is not None:
+                        decay.apply(step)
+                    step += 1
                     if dense_opt is not None:
                         dense_opt.zero_grad(set_to_none=True)
                     if sparse_opt is not None:
@@ -394,6 +451,8 @@ def train(
                         f"epoch {epoch + 1} saw {epoch_rows} rows, epoch 1 saw {rows}: batches() "
                         "must replay the same data"
                     )
+        if decay is not None:
+            decay.restore()
         if parallel is not None:
             rows, covered = parallel.totals(rows, covered)
         if rows == 0:

@@ -15,7 +15,14 @@ from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import fit_numeric
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
 from reloop_service.training.predict import Predictor, evaluate_checkpoint
-from reloop_service.training.trainer import TrainConfig, TrainError, TrainResult, rebatch, train
+from reloop_service.training.trainer import (
+    LinearDecay,
+    TrainConfig,
+    TrainError,
+    TrainResult,
+    rebatch,
+    train,
+)
 
 from .conftest import make_day, parquet_batches, small_spec, write_day
 
@@ -215,3 +222,44 @@ def test_rebatch_cuts_exact_sizes_across_input_batches() -> None:
     out = list(rebatch(table.to_batches(max_chunksize=5), 4))
     assert [t.num_rows for t in out] == [4, 4, 4, 4, 4, 3]
     assert [v for t in out for v in t.column("x").to_pylist()] == list(range(23))
+
+
+def test_linear_decay_scales_every_group_and_restores_the_configured_rates() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3))
+    dense = torch.optim.Adam([weight], lr=1e-3)
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=5e-2)
+    decay = LinearDecay([dense, None, other], final=0.1, steps=10)
+    decay.apply(0)
+    assert dense.param_groups[0]["lr"] == pytest.approx(1e-3)
+    decay.apply(5)
+    assert dense.param_groups[0]["lr"] == pytest.approx(0.55e-3)
+    assert other.param_groups[0]["lr"] == pytest.approx(0.55 * 5e-2)
+    decay.apply(25)  # past the plan (a day with more rows than planned) it stays at the floor
+    assert dense.param_groups[0]["lr"] == pytest.approx(1e-4)
+    decay.restore()
+    assert dense.param_groups[0]["lr"] == 1e-3 and other.param_groups[0]["lr"] == 5e-2
+
+
+def test_decayed_training_counts_unplanned_rows_and_stores_the_configured_rates(
+    spec: FeatureSpec, logs: dict[str, Path]
+) -> None:
+    rows = pq.read_metadata(logs["day1"]).num_rows
+
+    def run(**kw: object) -> TrainResult:
+        config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=512, seed=5, **kw)  # type: ignore[arg-type]
+        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"], 700))
+
+    planned, counted, constant = (
+        run(lr_final_fraction=0.0, planned_rows=rows),
+        run(lr_final_fraction=0.0),
+        run(),
+    )
+    assert planned.losses == counted.losses  # rows counted by one read when not planned: the same schedule
+    assert planned.losses[:1] == constant.losses[:1]  # the first step runs at the full rate
+    assert planned.losses != constant.losses  # later ones do not
+    for result in (planned, constant):
+        groups = result.checkpoint.optimizer_state
+        assert groups["dense"]["param_groups"][0]["lr"] == 1e-3  # the next warm start begins at them
+        assert groups["sparse"]["param_groups"][0]["lr"] == 5e-2
+    with pytest.raises(ValueError, match="lr_final_fraction must be within"):
+        TrainConfig(lr_final_fraction=1.5)
