@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         default=0.1,
         ge=0.0,
         le=1.0,
-        description="Both learning rates decay linearly over each training to this fraction (1: constant).",
+        description="Warm-started trainings decay both learning rates linearly to this fraction (1: none).",
     )
     epochs: int = Field(default=1, ge=1, description="Passes over a day when warm-starting.")
     cold_start_epochs: int = Field(default=2, ge=1, description="Passes when training from scratch.")

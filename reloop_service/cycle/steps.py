@@ -639,7 +639,13 @@ def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained)
     config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.train_rows, cold=False)
     started = time.perf_counter()
     result = train_rows(
-        config=replace(config, epochs=1, planned_rows=prepared.holdout_rows),
+        config=replace(
+            config,
+            epochs=1,
+            planned_rows=prepared.holdout_rows,
+            # It continues the candidate's training: decayed as that one was (not after a cold start).
+            lr_final_fraction=1.0 if trained.cold_start else config.lr_final_fraction,
+        ),
         spec=None,
         batches=prepared.holdout_batches,
         init=trained.checkpoint,

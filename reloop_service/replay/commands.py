@@ -43,7 +43,7 @@ LrFinal = Annotated[
         "--lr-final",
         min=0.0,
         max=1.0,
-        help="Learning rates decay linearly over each training to this fraction.",
+        help="Learning rates decay linearly over each warm-started cycle to this fraction.",
     ),
 ]
 ClusterBy = Annotated[
