@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from reloop_service.clitools import console
+from reloop_service.data.archive import FLUSHER_THREAD
 
 
 # --- demo model -------------------------------------------------------------------------------------
@@ -273,6 +274,25 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _thread_cpu_seconds(pid: int, name: str) -> float:
+    """utime + stime of the threads called ``name`` in a process and its children (Linux)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                if (task / "comm").read_text().strip() != name:
+                    continue
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
 def _children(pid: int) -> list[int]:
     """Every descendant pid (uvicorn's worker processes)."""
     out: list[int] = []
@@ -373,6 +393,7 @@ def _measure(
 ) -> dict[str, Any]:
     """One load run against a started server; adds the server's CPU per prediction and per request."""
     cpu0 = _cpu_seconds(proc.pid)
+    flusher0 = _thread_cpu_seconds(proc.pid, FLUSHER_THREAD)
     loader = subprocess.run(
         [
             sys.executable,
@@ -390,6 +411,9 @@ def _measure(
     reqs = requests if mode == "single" else (per_thread + 1) * concurrency
     preds = requests if mode == "single" else reqs * 100
     cpu = _cpu_seconds(proc.pid) - cpu0
+    run["archive_thread_cpu_us_per_pred"] = (
+        (_thread_cpu_seconds(proc.pid, FLUSHER_THREAD) - flusher0) * 1e6 / (preds + 50)
+    )
     # + the 50 single-item warm-up requests of every run
     run["server_cpu_us_per_pred"] = cpu * 1e6 / (preds + 50)
     run["server_cpu_us_per_req"] = cpu * 1e6 / (reqs + 50)
@@ -481,6 +505,8 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
             f"| {s['req_per_s']:.0f} | {s['pred_per_s']:.0f} | {s['server_cpu_us_per_pred']:.1f} |"
         )
     floor = r["floor"]["single"]["server_cpu_us_per_req"]
+    fl_b = r["archive_on"]["batch100"].get("archive_thread_cpu_us_per_pred", float("nan"))
+    fl_s = r["archive_on"]["single"].get("archive_thread_cpu_us_per_pred", float("nan"))
     single_on = r["archive_on"]["single"]["server_cpu_us_per_req"]
     single_off = r["archive_off"]["single"]["server_cpu_us_per_req"]
     b_on = r["archive_on"]["batch100"]["server_cpu_us_per_pred"]
@@ -495,6 +521,9 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
         f"Archive share of server CPU: batch 100 {100 * (b_on - b_off) / b_on:.1f}%, single item "
         f"{100 * (single_on - single_off) / single_on:.1f}% (target <= 10%; CPU, not throughput: "
         f"the throughput difference, {100 * (1 - on / off):.1f}%, is mostly noise here).",
+        f"Archive flusher thread (its own CPU time, from /proc): batch 100 {fl_b:.2f} µs a prediction, "
+        f"{100 * fl_b / b_on:.1f}% of server CPU; single item {fl_s:.1f} µs a request, "
+        f"{100 * fl_s / single_on:.1f}% (the request path's share, the append, is not in it).",
         "",
         "Ceiling, same batches in-process (1 thread): wall-clock predictions/s of the bare forward",
         "and of `Predictor.predict_records` (records -> tensors via `transform_records`, then forward);",
