@@ -525,6 +525,7 @@ def _attempt(
             record.costs = _rounded(spent)
             registered = steps.register(ctx, trained=trained, verdict=verdict, parent=parent, record=record)
             spent.update(registered.seconds)
+            record.costs = _rounded(spent)  # the report's copy: all but the report itself
             mark = time.perf_counter()
         record.status = "succeeded"
         record.version = registered.version.version
