@@ -142,7 +142,8 @@ def cycle_alert(model_name: str, outcome: Any) -> AlertEvent | None:
     """
     status = getattr(outcome, "status", None)
     reason = getattr(outcome, "reason", None)
-    day = getattr(outcome, "cycle_date", None)
+    # the period's name (2024-05-01, or 2024-05-01T13 for an hourly cycle)
+    day = getattr(outcome, "period", None) or getattr(outcome, "cycle_date", None)
     common: dict[str, Any] = {
         "model_name": model_name,
         "cycle_date": day.isoformat() if day is not None else None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,13 +57,6 @@ NprocOption = Annotated[
     ),
 ]
 STEPS = ("ready", "parent", "ingest", "priors", "train", "gate", "train_holdout", "register", "report")
-
-
-def _parse_date(value: str, flag: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{flag}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
 def _parse_period(value: str, flag: str, settings: Any, *, last: bool = False) -> Any:

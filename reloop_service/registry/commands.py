@@ -136,7 +136,7 @@ def _versions_table(versions: list[ModelVersion], title: str) -> Table:
             str(v.version),
             v.status.value + (" (rolled back)" if v.rolled_back_at else ""),
             "" if v.parent_version is None else str(v.parent_version),
-            str(v.cycle_date or ""),
+            str(v.period or v.cycle_date or ""),
             window,
             f"{auc:.4f}" if isinstance(auc, float | int) else "",
             f"{logloss:.4f}" if isinstance(logloss, float | int) else "",
@@ -324,7 +324,7 @@ def versions_show(
     for label, value in (
         ("status", v.status.value + (" (rolled back)" if v.rolled_back_at else "")),
         ("parent chain", " <- ".join(str(p.version) for p in lineage.parents) or "(cold start)"),
-        ("cycle date", str(v.cycle_date or "-")),
+        ("cycle period", str(v.period or v.cycle_date or "-")),
         ("data window", f"{v.data_first_day}..{v.data_last_day}" if v.data_first_day else "-"),
         ("created", v.created_at.strftime("%Y-%m-%d %H:%M:%S")),
         ("artifact", v.artifact.uri),
@@ -451,7 +451,7 @@ def cycle_timeline_rows(runs: list[Any]) -> list[dict[str, Any]]:
                 "to_version": None,
                 "actor": str(details.actor or "-"),
                 "reason": r.error or str((details.model_extra or {}).get("reason") or status),
-                "cycle_date": r.cycle_date.isoformat(),
+                "cycle_date": r.period,  # the period's name: 2024-05-01, or 2024-05-01T13 hourly
                 "run_id": r.id,
             }
         )

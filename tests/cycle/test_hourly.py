@@ -351,3 +351,37 @@ def test_an_hourly_replay_runs_one_bin_per_hour_and_prints_its_fixed_costs(tmp_p
     bins = json.loads((out / "results.json").read_text())["runs"][0]["bins"]
     assert [b["date"] for b in bins] == ["2000-01-01T02", "2000-01-01T03", "2000-01-01T04", "2000-01-01T05"]
     assert all(b["fixed_seconds"] > 0 and b["train_seconds"] > 0 for b in bins)
+
+
+def test_backfill_takes_hours_and_the_scheduler_ticks_once_an_hour(sqlite_env: Env) -> None:
+    from typer.testing import CliRunner
+
+    from reloop_service.cli import app
+    from reloop_service.cycle.scheduler import CycleScheduler, target_period
+
+    from .test_backfill_cli import _env
+
+    settings = _hourly(sqlite_env)
+    logs = Path(settings.resolved_logs_uri)
+    for h in range(3):
+        write_hour(logs, Period(H0.start + timedelta(hours=h), HOUR), HOUR_ROWS)
+    env = {**_env(settings), "RELOOP_CYCLE_PERIOD": "1h", "RELOOP_MIN_DAY_ROWS": "100"}
+    res = CliRunner().invoke(
+        app, ["cycle", "backfill", "--from", "2024-03-01T00", "--to", "2024-03-01T03", "--json"], env=env
+    )
+    report = json.loads(res.stdout)
+    assert res.exit_code == 0, res.output
+    assert [(r["date"], r["status"]) for r in report["ran"]] == [
+        ("2024-03-01T00", "succeeded"),
+        ("2024-03-01T01", "succeeded"),
+        ("2024-03-01T02", "succeeded"),
+        ("2024-03-01T03", "skipped"),  # no partition for that hour: skipped, not a failure
+    ]
+    bad = CliRunner().invoke(app, ["cycle", "run", "--date", "2024-03-01T00:30"], env=env)
+    assert bad.exit_code == 1 and "--date: " in bad.output and "not the start of a 1h period" in bad.output
+    # The scheduler: one tick an hour, label_delay after it; its target is the last hour that has ended.
+    delayed = Settings(cycle_period="1h", label_delay="20m", scheduler_port=0)
+    trigger = CycleScheduler(delayed, run=lambda **_: None).trigger  # type: ignore[arg-type,return-value]
+    first = trigger.get_next_fire_time(None, datetime(2024, 5, 1, 13, 5, tzinfo=UTC))
+    assert first == datetime(2024, 5, 1, 13, 20, tzinfo=UTC)
+    assert target_period(delayed, datetime(2024, 5, 1, 13, 20, tzinfo=UTC)).name == "2024-05-01T12"
