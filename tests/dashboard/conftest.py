@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from reloop_service.config import Settings
 from tests.support.net import free_port
+from tests.support.servers import reloop_serve_argv
 from tests.support.wait import wait_http_ok
 
 from .seed_registry import Demo, build_demo
@@ -91,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reloop_service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            reloop_serve_argv(port),
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,

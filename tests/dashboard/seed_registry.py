@@ -22,7 +22,6 @@ from sqlalchemy import Engine
 from reloop_service.config import Settings
 from reloop_service.cycle import steps
 from reloop_service.cycle.steps import judge
-from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
 from reloop_service.registry import cycle_runs, store
 from reloop_service.registry.db import make_engine, run_transaction, upgrade
 from reloop_service.registry.entities import CycleRun, ModelVersion
@@ -33,15 +32,9 @@ from reloop_service.training.evaluation import evaluate
 from reloop_service.training.layers import skip_table_init
 from reloop_service.training.models import build_model
 from reloop_service.training.predict import Predictor
+from tests.support.specs import SERVING_SPEC
 
-SPEC = FeatureSpec(
-    label="label",
-    impression_id="impression_id",
-    event_time="event_time",
-    categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
-    numeric=(NumericField("price", 1.0, 0.5),),
-    multi=(MultiCategoricalField("tags", 51, 4),),
-)
+SPEC = SERVING_SPEC
 FIRST_DAY = date(2024, 5, 1)
 GATE = {"max_auc_drop": 0.01, "max_logloss_rise": 0.01, "auc_floor": 0.3}
 TRUTH_SEED = 1000

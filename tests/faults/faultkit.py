@@ -5,6 +5,7 @@ artifact store, and a wait helper that polls a condition with a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import pwd
@@ -23,26 +24,19 @@ from typing import Any, TypeVar
 import httpx
 import torch
 
-from reloop_service.data.spec import CategoricalField, FeatureSpec, NumericField
 from reloop_service.registry import store
 from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, session_scope, upgrade
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
 from tests.support.net import free_port
+from tests.support.specs import SERVING_SPEC
 from tests.support.wait import wait_for
 
 T = TypeVar("T")
 TOKEN = "fault-suite-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SPEC = FeatureSpec(
-    label="label",
-    impression_id="impression_id",
-    event_time="event_time",
-    categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
-    numeric=(NumericField("price", 1.0, 0.5),),
-    multi=(),
-)
+SPEC = dataclasses.replace(SERVING_SPEC, multi=())  # no tag list: the fault tests' items carry none
 ITEMS = [{"features": {"site": f"s{i % 17}", "device": "ios", "price": 1.0 + i}} for i in range(200)]
 
 

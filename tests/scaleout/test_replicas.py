@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +21,7 @@ import pytest
 
 from reloop_service.config import Settings
 from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
+from tests.support.servers import reloop_serve_argv
 from tests.support.wait import wait_for, wait_http_ok
 
 from .conftest import free_port
@@ -68,16 +68,7 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reloop_service.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            reloop_serve_argv(self.port),
             env={**os.environ, **env, "RELOOP_REPLICA_ID": replica_id, "OMP_NUM_THREADS": "1"},
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -17,7 +16,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from reloop_service.config import Settings
-from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
 from reloop_service.registry import store
 from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, upgrade
@@ -25,19 +23,14 @@ from reloop_service.serving.app import create_app
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
 from tests.support.net import free_port
+from tests.support.servers import reloop_serve_argv
+from tests.support.specs import SERVING_SPEC
 from tests.support.wait import wait_http_ok
 
 torch.set_num_threads(1)
 
 TOKEN = "s3cret-admin-token"
-SPEC = FeatureSpec(
-    label="label",
-    impression_id="impression_id",
-    event_time="event_time",
-    categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
-    numeric=(NumericField("price", 1.0, 0.5),),
-    multi=(MultiCategoricalField("tags", 51, 4),),
-)
+SPEC = SERVING_SPEC
 
 
 def make_checkpoint(seed: int) -> Checkpoint:
@@ -170,17 +163,7 @@ def start_server(settings: Settings, tmp_path: Path, *args: str, **env_extra: st
     log_path = tmp_path / f"server-{port}.log"
     fh = log_path.open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reloop_service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ],
+        reloop_serve_argv(port, *args),
         env=env,
         stdout=fh,
         stderr=subprocess.STDOUT,

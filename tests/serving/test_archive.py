@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reloop_service.data.archive import PredictionArchive, PredictionRows, list_parts, read_predictions
+from tests.support.specs import SERVING_SPEC
 from tests.support.wait import wait_for
 
 
@@ -212,17 +213,9 @@ def test_feature_columns_round_trip_as_a_struct_beside_json_parts(tmp_path: Path
     import pyarrow as pa
 
     from reloop_service.data.archive import FeatureColumns, archived_features, features_schema
-    from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
     from reloop_service.data.transforms import bucketize, stable_hash, transform_record_columns
 
-    spec = FeatureSpec(
-        label="label",
-        impression_id="impression_id",
-        event_time="event_time",
-        categorical=(CategoricalField("site", 101), CategoricalField("device", 11)),
-        numeric=(NumericField("price", 1.0, 0.5),),
-        multi=(MultiCategoricalField("tags", 51, 4),),
-    )
+    spec = SERVING_SPEC
     records = [
         {"site": "a", "device": 7, "price": 2.5, "tags": ["x", "y"], "junk": 1},
         {"site": None, "price": True, "tags": "solo"},
