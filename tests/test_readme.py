@@ -13,13 +13,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.wait import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +38,6 @@ def readme_block() -> list[str]:
     return lines
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(tmp: Path, data_dir: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELOOP_")}
     bindir = str(Path(sys.executable).parent)  # the venv whose `reloop` script this test runs
@@ -56,8 +50,8 @@ def _env(tmp: Path, data_dir: Path | None) -> dict[str, str]:
             "RELOOP_BATCH_SIZE": "1024",
             "RELOOP_THREADS": "1",
             "RELOOP_CYCLE_ATTEMPTS": "1",
-            "RELOOP_API_PORT": str(_free_port()),
-            "RELOOP_SCHEDULER_PORT": str(_free_port()),
+            "RELOOP_API_PORT": str(free_port()),
+            "RELOOP_SCHEDULER_PORT": str(free_port()),
             "RELOOP_MAX_CATCHUP_DAYS": "1",
             "COLUMNS": "200",
         }

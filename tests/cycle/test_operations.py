@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from reloop_service.config import Settings
 from reloop_service.cycle.observe import CYCLE_METRICS
 from reloop_service.cycle.run import run_cycle
 from reloop_service.cycle.scheduler import CycleScheduler, target_day
+from tests.support.net import free_port
 from tests.support.wait import wait_for
 
 from .cycle_data import DAY0, write_day
@@ -145,9 +145,7 @@ def test_webhook_hears_a_failed_cycle_and_a_rollback(
 
 
 def test_an_unreachable_webhook_never_fails_the_cycle(sqlite_env: Env) -> None:
-    with socket.socket() as s:  # a port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     settings = sqlite_env(alert_webhook_url=f"http://127.0.0.1:{port}/x", alert_attempts=2, alert_timeout_s=1)
     _corrupt_day(settings, DAY0)
     outcome = run_cycle(settings=settings, cycle_date=DAY0, actor="test")
@@ -155,9 +153,7 @@ def test_an_unreachable_webhook_never_fails_the_cycle(sqlite_env: Env) -> None:
 
 
 def test_scheduler_serves_metrics_and_health(sqlite_env: Env) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = sqlite_env(scheduler_port=port, max_catchup_days=1)
     write_day(Path(settings.resolved_logs_uri), target_day(settings), ROWS)
     sched = CycleScheduler(settings)
