@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -66,7 +66,12 @@ def print_report(report: IngestReport) -> None:
 
 @logs_app.command("check")
 def logs_check(
-    date_: Annotated[str, typer.Option("--date", help="First day, YYYY-MM-DD.")],
+    date_: Annotated[
+        str,
+        typer.Option(
+            "--date", help="First day, YYYY-MM-DD; with RELOOP_CYCLE_PERIOD=1h also one hour, YYYY-MM-DDTHH."
+        ),
+    ],
     logs: Annotated[str | None, typer.Option("--logs", help="Click-log root (path or fsspec URI).")] = None,
     days: Annotated[int, typer.Option("--days", min=1, help="Number of consecutive days.")] = 1,
     spec: Annotated[
@@ -78,13 +83,28 @@ def logs_check(
     data_dir: DataDirOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Validate click logs: schema per file, bad rows to the quarantine, counts printed."""
+    """Validate click logs: schema per file, bad rows to the quarantine, counts printed.
+
+    With sub-daily periods (``dt=…/hr=HH`` partitions) a day checks every hour it has; an hour, that hour.
+    """
     from reloop_service.data.ingest import EmptyDayError, IngestError, open_days
 
     settings = load_settings(data_dir, logs_uri=logs)
     print_locations(settings, registry=False)
-    first = _parse_date(date_, "--date")
-    wanted = [first + timedelta(days=i) for i in range(days)]
+    from reloop_service.data.period import Period, PeriodError
+
+    step = settings.period_step
+    wanted: list[Any]
+    if step < timedelta(days=1):
+        try:
+            period = Period.parse(date_, step)
+        except PeriodError as exc:
+            raise fail(f"--date: {exc}") from None
+        count = 1 if "T" in date_ else days * (timedelta(days=1) // step)
+        wanted = [period.merged(count)]
+    else:
+        first = _parse_date(date_, "--date")
+        wanted = [first + timedelta(days=i) for i in range(days)]
     feature_spec = _spec(spec, settings.spec_path)
     try:
         day_log = open_days(
@@ -93,6 +113,7 @@ def logs_check(
             feature_spec,
             storage_options=settings.storage_options(),
             quarantine=not no_quarantine,
+            allow_empty_parts=step < timedelta(days=1),
         )
     except EmptyDayError as exc:
         raise fail(f"empty day: {exc}", code=3) from None

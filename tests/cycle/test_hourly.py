@@ -385,3 +385,23 @@ def test_backfill_takes_hours_and_the_scheduler_ticks_once_an_hour(sqlite_env: E
     first = trigger.get_next_fire_time(None, datetime(2024, 5, 1, 13, 5, tzinfo=UTC))
     assert first == datetime(2024, 5, 1, 13, 20, tzinfo=UTC)
     assert target_period(delayed, datetime(2024, 5, 1, 13, 20, tzinfo=UTC)).name == "2024-05-01T12"
+
+
+def test_logs_check_reads_an_hourly_layout(sqlite_env: Env) -> None:
+    from typer.testing import CliRunner
+
+    from reloop_service.cli import app
+
+    settings = _hourly(sqlite_env)
+    logs = Path(settings.resolved_logs_uri)
+    for h in (0, 1, 5):
+        write_hour(logs, Period(H0.start + timedelta(hours=h), HOUR), 200)
+    base = ["logs", "check", "--logs", str(logs), "--spec", str(settings.spec_path), "--json"]
+    env = {"RELOOP_CYCLE_PERIOD": "1h", "RELOOP_DATA_DIR": str(settings.data_dir)}
+    day = CliRunner().invoke(app, [*base, "--date", "2024-03-01"], env=env)
+    assert day.exit_code == 0, day.output
+    assert json.loads(day.stdout)["rows_valid"] == 600  # the day's hours that exist
+    hour = CliRunner().invoke(app, [*base, "--date", "2024-03-01T05"], env=env)
+    assert hour.exit_code == 0 and json.loads(hour.stdout)["rows_valid"] == 200
+    empty = CliRunner().invoke(app, [*base, "--date", "2024-03-01T02"], env=env)
+    assert empty.exit_code == 3 and "no click logs" in empty.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,45 @@ def test_cli_upgrade_works_from_another_cwd(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert '"revision": "' + db.head_revision() + '"' in done.stdout
     assert db.migrations_dir().joinpath("env.py").is_file()
+
+
+def test_0003_names_existing_runs_and_versions_by_their_day(db_url: str) -> None:
+    """Runs and versions made before cycle periods become daily periods (``period`` = their date)."""
+    db.upgrade(db_url, "0002_cycle_skipped")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO model_versions (model_name, version, status, created_at, status_changed_at, "
+                    "artifact_uri, artifact_sha256, artifact_size, train_config, metrics, cycle_date) VALUES "
+                    "('m', 1, 'candidate', :t, :t, 'file:///a', :sha, 1, '{}', '{}', :d)"
+                ),
+                {"t": "2024-05-01 02:00:00", "sha": "0" * 64, "d": date(2024, 5, 1)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cycle_runs (model_name, cycle_date, status, attempt, owner, started_at, "
+                    "heartbeat_at, details) VALUES ('m', :d, 'succeeded', 1, 'o', :t, :t, '{}')"
+                ),
+                {"t": "2024-05-01 02:00:00", "d": date(2024, 5, 1)},
+            )
+        db.upgrade(db_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT period FROM cycle_runs")).scalar_one() == "2024-05-01"
+            assert conn.execute(text("SELECT period FROM model_versions")).scalar_one() == "2024-05-01"
+        # The claim's key is now the period: a second run of the same day's 13:00 hour is its own row.
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO cycle_runs (model_name, cycle_date, period, status, attempt, owner, "
+                    "started_at, heartbeat_at, details) "
+                    "VALUES ('m', :d, '2024-05-01T13', 'running', 1, 'o', :t, :t, '{}')"
+                ),
+                {"t": "2024-05-01 14:00:00", "d": date(2024, 5, 1)},
+            )
+        # ... which the downgrade refuses to fold back into the day (it says what to do).
+        with pytest.raises(RuntimeError, match="sub-daily periods: delete them before downgrading"):
+            db.downgrade(db_url, "0002_cycle_skipped")
+    finally:
+        engine.dispose()
