@@ -10,7 +10,7 @@ from reloop_service import compose as _compose  # noqa: F401  (reloop serve)
 from reloop_service.clitools import app as app
 
 # Importing each domain's commands module registers its commands on the shared apps.
-from reloop_service.clitools import bench_app, console
+from reloop_service.clitools import bench_app, console, reloop_argv
 from reloop_service.cycle import commands as _cycle_commands  # noqa: F401
 from reloop_service.data import commands as _data_commands  # noqa: F401
 from reloop_service.registry import commands as _registry_commands  # noqa: F401
@@ -33,7 +33,7 @@ def bench_cli(
     import sys
     import time
 
-    argv = [sys.executable, "-m", "reloop_service.cli", "--help"]
+    argv = reloop_argv("--help")
     walls = []
     for _ in range(runs):
         t0 = time.perf_counter()

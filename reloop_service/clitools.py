@@ -237,6 +237,16 @@ def print_locations(settings: Settings, *, logs: bool = True, registry: bool = T
     err_console.print("[dim]" + " · ".join(parts) + "[/]", highlight=False, soft_wrap=True)
 
 
+def reloop_argv(*args: str) -> list[str]:
+    """``reloop <args>`` as this interpreter runs it (``python -m reloop_service.cli``), for subprocesses."""
+    return [sys.executable, "-m", "reloop_service.cli", *args]
+
+
+def serve_argv(port: int, *args: str) -> list[str]:
+    """``reloop serve`` on 127.0.0.1:``port``: the server the benchmarks, the soak and the tests start."""
+    return reloop_argv("serve", "--host", "127.0.0.1", "--port", str(port), *args)
+
+
 def print_json(payload: Any) -> None:
     """Print JSON for scripts (dates and paths as strings)."""
     typer.echo(json.dumps(payload, indent=2, default=str, sort_keys=True))

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from reloop_service.clitools import console
+from reloop_service.clitools import console, serve_argv
 
 TOKEN = "soak-admin-token"
 START = date(2024, 1, 1)
@@ -124,7 +123,7 @@ def _start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[byte
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reloop_service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        serve_argv(port),
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from reloop_service.clitools import console
+from reloop_service.clitools import console, serve_argv
 from reloop_service.data.archive import FLUSHER_THREAD
 
 
@@ -137,17 +137,7 @@ def _start(data_dir: Path, archive: bool | None, workers: int = 1) -> tuple[subp
         ]
         ready = "/healthz"
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "reloop_service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        cmd += ["--workers", str(workers)] if workers > 1 else []
+        cmd = serve_argv(port, *(["--workers", str(workers)] if workers > 1 else []))
         ready = "/readyz"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import torch
 
+from reloop_service.clitools import serve_argv
 from reloop_service.config import Settings
 from tests.support.net import free_port
-from tests.support.servers import reloop_serve_argv
 from tests.support.wait import wait_http_ok
 
 from .seed_registry import Demo, build_demo
@@ -91,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as fh:
         proc = subprocess.Popen(
-            reloop_serve_argv(port),
+            serve_argv(port),
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,

@@ -12,7 +12,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import torch
 
+from reloop_service.clitools import reloop_argv
 from reloop_service.registry import store
 from reloop_service.registry.artifacts import ArtifactStore
 from reloop_service.registry.db import make_engine, run_transaction, session_scope, upgrade
@@ -165,7 +165,7 @@ def reloop_env(data_dir: Path, db_url: str, **settings: Any) -> dict[str, str]:
 
 def reloop(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "reloop_service.cli", *args],
+        reloop_argv(*args),
         env=env,
         capture_output=True,
         text=True,
@@ -175,9 +175,7 @@ def reloop(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.
 
 def spawn(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     fh = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "reloop_service.cli", *args], env=env, stdout=fh, stderr=subprocess.STDOUT
-    )
+    return subprocess.Popen(reloop_argv(*args), env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 @dataclass

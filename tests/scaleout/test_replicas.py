@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from reloop_service.clitools import serve_argv
 from reloop_service.config import Settings
 from reloop_service.data.simulator import ClickSimulator, SimulatorConfig
-from tests.support.servers import reloop_serve_argv
 from tests.support.wait import wait_for, wait_http_ok
 
 from .conftest import free_port
@@ -68,7 +68,7 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            reloop_serve_argv(self.port),
+            serve_argv(self.port),
             env={**os.environ, **env, "RELOOP_REPLICA_ID": replica_id, "OMP_NUM_THREADS": "1"},
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from reloop_service.clitools import serve_argv
 from reloop_service.config import Settings
 from reloop_service.registry import store
 from reloop_service.registry.artifacts import ArtifactStore
@@ -23,7 +24,6 @@ from reloop_service.serving.app import create_app
 from reloop_service.training.checkpoint import Checkpoint, checkpoint_to_bytes
 from reloop_service.training.models import build_model
 from tests.support.net import free_port
-from tests.support.servers import reloop_serve_argv
 from tests.support.specs import SERVING_SPEC
 from tests.support.wait import wait_http_ok
 
@@ -163,7 +163,7 @@ def start_server(settings: Settings, tmp_path: Path, *args: str, **env_extra: st
     log_path = tmp_path / f"server-{port}.log"
     fh = log_path.open("w")
     proc = subprocess.Popen(
-        reloop_serve_argv(port, *args),
+        serve_argv(port, *args),
         env=env,
         stdout=fh,
         stderr=subprocess.STDOUT,
