@@ -11,7 +11,7 @@ and, in every mode, never while the period is still open (its end is in the futu
 not ready is checked again with exponential backoff (``RELOOP_READINESS_ATTEMPTS``,
 ``RELOOP_READINESS_BACKOFF_S``, tenacity, on an injectable ``Clock`` so tests never sleep); still not
 ready, the cycle ends as ``skipped`` with code ``not_ready`` and the reason, and a later tick or
-backfill claims the period again.
+backfill claims the period again. A period still open is not retried: it is answered at once.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class Readiness:
     ready: bool
     reason: str
     checks: int = 1
+    still_open: bool = False  # the period has not ended: waiting a few backoffs cannot help
 
 
 def missing_markers(settings: Settings, period: Period) -> list[str]:
@@ -71,9 +72,8 @@ def missing_markers(settings: Settings, period: Period) -> list[str]:
 def check_ready(settings: Settings, period: Period, now: datetime) -> Readiness:
     """One readiness check of ``period`` at ``now`` (see the module docstring)."""
     if now < period.end:
-        return Readiness(
-            False, f"period {period.describe()} is still open (it ends {period.end.isoformat()})"
-        )
+        ends = period.end.isoformat()
+        return Readiness(False, f"period {period.describe()} is still open (it ends {ends})", still_open=True)
     mode = settings.readiness
     delay = settings.label_delay_td
     delay_passed = now >= period.end + delay
@@ -111,9 +111,10 @@ def wait_until_ready(settings: Settings, period: Period, clock: Clock) -> Readin
         wait=tenacity.wait_exponential(
             multiplier=settings.readiness_backoff_s, min=settings.readiness_backoff_s
         ),
-        retry=tenacity.retry_if_result(lambda r: not r.ready),
+        # A period that has not ended is answered at once (the scheduler only asks once it has).
+        retry=tenacity.retry_if_result(lambda r: not r.ready and not r.still_open),
         sleep=clock.sleep,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
     result: Readiness = retrying(once)
-    return Readiness(result.ready, result.reason, checks)
+    return Readiness(result.ready, result.reason, checks, result.still_open)

@@ -171,12 +171,14 @@ def test_readiness_by_label_delay_waits_with_an_injected_clock(sqlite_env: Env) 
 
 
 def test_a_period_still_open_is_never_trained_on(sqlite_env: Env) -> None:
-    settings = _hourly(sqlite_env, readiness="either", readiness_attempts=1)
+    settings = _hourly(sqlite_env, readiness="either", readiness_attempts=3, readiness_backoff_s=60)
     write_hour(Path(settings.resolved_logs_uri), H0, HOUR_ROWS, marker=True)  # even with its marker
     clock = FakeClock(H0.start + timedelta(minutes=59))
     outcome = run_cycle(settings=settings, cycle_date=H0, actor="test", clock=clock)
     assert outcome.status == "skipped" and outcome.reason == "not_ready"
+    # answered at once: backing off a minute or two cannot close an hour
     assert "is still open" in (outcome.error or "") and clock.sleeps == []
+    assert outcome.record.readiness is not None and outcome.record.readiness.checks == 1
 
 
 def test_a_late_partition_arriving_after_a_not_ready_retry_is_trained_on(sqlite_env: Env) -> None:
