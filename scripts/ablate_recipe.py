@@ -45,6 +45,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=1, help="Passes per warm-started bin.")
     ap.add_argument("--wepochs", type=int, default=1, help="Passes from scratch.")
     ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument(
+        "--lr-final", type=float, default=1.0, help="Warm-started bins' learning-rate decay (1: none)."
+    )
     ap.add_argument("--shuffle", type=int, default=1)
     ap.add_argument("--loss", default="bce")
     ap.add_argument("--alpha", type=float, default=None)
@@ -59,7 +62,9 @@ def batch_of(a: argparse.Namespace, rows: int, fixed: int) -> int:
     return int(min(4096, max(128, 2 ** round(np.log2(max(rows / a.div, 1))))))
 
 
-def config(a: argparse.Namespace, *, loss: str, batch: int, epochs: int, seed: int) -> TrainConfig:
+def config(
+    a: argparse.Namespace, *, loss: str, batch: int, epochs: int, seed: int, warm: bool = False
+) -> TrainConfig:
     params = {"alpha": a.alpha} if (a.alpha is not None and loss == "reloop") else {}
     return TrainConfig(
         model="dnn",
@@ -73,6 +78,7 @@ def config(a: argparse.Namespace, *, loss: str, batch: int, epochs: int, seed: i
         seed=seed,
         threads=1,
         shuffle=bool(a.shuffle),
+        lr_final_fraction=a.lr_final if warm else 1.0,
     )
 
 
@@ -106,7 +112,9 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
         bs.append(np.full(len(p), k))
         if a.mode == "inc":
             with_prior = r.append_column(PRIOR_COLUMN, pa.array(p.astype(np.float64)))
-            cfg = config(a, loss=a.loss, batch=batch_of(a, r.num_rows, a.bs), epochs=a.epochs, seed=seed)
+            cfg = config(
+                a, loss=a.loss, batch=batch_of(a, r.num_rows, a.bs), epochs=a.epochs, seed=seed, warm=True
+            )
             ck = fit(a, with_prior, None, cfg, ck)
         else:
             upto = rows(k, upto=True)
