@@ -570,7 +570,7 @@ def train_candidate(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent)
     checkpoint's spec, so a feature keeps its meaning across versions.
     """
     from reloop_service.data.transforms import fit_numeric
-    from reloop_service.training.recipe import recipe_config
+    from reloop_service.training.recipe import day_schedule, recipe_config
 
     settings = ctx.settings
     # ``warm_start=False`` (the replay's full_retrain) trains from scratch on whatever the day holds.
@@ -582,6 +582,9 @@ def train_candidate(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent)
         ctx.log.info("fitted numeric statistics on the first training")
     loss = "bce" if cold else settings.loss
     config = recipe_config(settings, loss=loss, rows=prepared.train_rows, cold=cold)
+    if settings.train_on_holdout:
+        # The day's decay spans the holdout pass too: the candidate stops part-way down it.
+        config, _ = day_schedule(config, train_rows=prepared.train_rows, holdout_rows=prepared.holdout_rows)
     started = time.perf_counter()
     # One process normally; under torchrun (``reloop cycle run --nproc N``) every rank trains its
     # shard of the staged day's row groups and this rank (0) gets the common result.
@@ -630,22 +633,18 @@ def train_holdout(ctx: CycleContext, *, prepared: PreparedDay, trained: Trained)
     evidence too, so the version that ships learns from them (the verdict keeps the figures of the
     model it judged). Skipped with ``train_on_holdout=False``.
     """
-    from reloop_service.training.recipe import recipe_config
+    from reloop_service.training.recipe import day_schedule, recipe_config
     from reloop_service.training.trainer import train as train_rows
 
     # The same step size as the training it continues (the batch of the day's training rows): with
     # the holdout's own, smaller batch a full retrain's last pass took as many steps as an epoch on
     # a tenth of the rows (ml100k full retrain 0.705 instead of 0.713 pooled AUC).
-    config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.train_rows, cold=False)
+    # It continues the candidate's learning-rate schedule (none after a cold start) to its end.
+    config = recipe_config(ctx.settings, loss=trained.loss, rows=prepared.train_rows, cold=trained.cold_start)
+    _, config = day_schedule(config, train_rows=prepared.train_rows, holdout_rows=prepared.holdout_rows)
     started = time.perf_counter()
     result = train_rows(
-        config=replace(
-            config,
-            epochs=1,
-            planned_rows=prepared.holdout_rows,
-            # It continues the candidate's training: decayed as that one was (not after a cold start).
-            lr_final_fraction=1.0 if trained.cold_start else config.lr_final_fraction,
-        ),
+        config=config,
         spec=None,
         batches=prepared.holdout_batches,
         init=trained.checkpoint,

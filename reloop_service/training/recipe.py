@@ -10,6 +10,7 @@ from scratch, and a batch that grows with the day so a 1,000-row day still takes
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from reloop_service.config import Settings
 from reloop_service.training.trainer import TrainConfig
@@ -54,3 +55,24 @@ def recipe_config(settings: Settings, *, loss: str, rows: int, cold: bool) -> Tr
     if settings.sparse_learning_rate is not None:
         kwargs["sparse_lr"] = settings.sparse_learning_rate
     return TrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def day_schedule(
+    config: TrainConfig, *, train_rows: int, holdout_rows: int
+) -> tuple[TrainConfig, TrainConfig]:
+    """One learning-rate decay over a day's training and its post-gate holdout pass.
+
+    Returns the configs of (the candidate, the holdout pass): the candidate decays from the full
+    rate to where the day's schedule stands after its own steps, and the holdout pass goes on from
+    there to ``lr_final_fraction``. Restarting the holdout pass at the full rate undid the decay's
+    settling on the simulator (its last tenth of the steps ran at the noisiest rates).
+    """
+    final = config.lr_final_fraction
+    train_steps = math.ceil(train_rows / config.batch_size) * config.epochs
+    holdout_steps = math.ceil(holdout_rows / config.batch_size)
+    middle = 1.0 - (1.0 - final) * train_steps / max(train_steps + holdout_steps, 1)
+    candidate = replace(config, lr_final_fraction=middle)
+    holdout = replace(
+        config, epochs=1, planned_rows=holdout_rows, lr_start_fraction=middle, lr_final_fraction=final
+    )
+    return candidate, holdout

@@ -76,6 +76,9 @@ class TrainConfig:
     # rows every batch touches (hour, device, position...): the simulator's day-to-day calibration
     # swung 0.87-1.23; decaying settles them (docs/benchmarks.md, "Model quality").
     lr_final_fraction: float = 1.0
+    # Where the decay starts (a fraction of the configured rates): a run that continues another
+    # one's schedule (the cycle's post-gate pass over the holdout) starts where that one ended.
+    lr_start_fraction: float = 1.0
     # Rows per epoch this run expects (the cycle knows its staged day's count); ``None``: counted by
     # one extra read of ``batches()`` when the rates decay.
     planned_rows: int | None = None
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be within [0, 1], got {self.lr_final_fraction}")
+        if not 0.0 < self.lr_start_fraction <= 1.0:
+            raise ValueError(f"lr_start_fraction must be within (0, 1], got {self.lr_start_fraction}")
         if self.planned_rows is not None and self.planned_rows < 0:
             raise ValueError(f"planned_rows must not be negative, got {self.planned_rows}")
         get_loss(self.loss)
@@ -292,20 +297,28 @@ def _epoch_tables(
 
 
 class LinearDecay:
-    """Scales every optimizer group's learning rate from its start to ``final`` x it over ``steps``.
+    """Scales every optimizer group's learning rate from ``start`` x to ``final`` x it over ``steps``.
 
     The groups' own ``lr`` is restored by ``restore`` so a checkpoint stores the configured rates
     and the next warm start begins at them.
     """
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer | None], *, final: float, steps: int):
+    def __init__(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer | None],
+        *,
+        final: float,
+        steps: int,
+        start: float = 1.0,
+    ):
+        self.start = start
         self.final = final
         self.steps = max(1, steps)
         self.groups = [(g, float(g["lr"])) for opt in optimizers if opt is not None for g in opt.param_groups]
 
     def factor(self, step: int) -> float:
-        """The rate's multiplier at optimizer step ``step`` (0-based): 1 at 0, ``final`` from ``steps``."""
-        return 1.0 - (1.0 - self.final) * min(1.0, step / self.steps)
+        """The multiplier at optimizer step ``step`` (0-based): ``start`` at 0, ``final`` from ``steps``."""
+        return self.start + (self.final - self.start) * min(1.0, step / self.steps)
 
     def apply(self, step: int) -> None:
         f = self.factor(step)
@@ -396,9 +409,12 @@ def train(
             _load_optimizers(init, dense_opt, sparse_opt, config)
         decay = (
             LinearDecay(
-                [dense_opt, sparse_opt], final=config.lr_final_fraction, steps=planned_steps(config, batches)
+                [dense_opt, sparse_opt],
+                start=config.lr_start_fraction,
+                final=config.lr_final_fraction,
+                steps=planned_steps(config, batches),
             )
-            if config.lr_final_fraction < 1.0
+            if min(config.lr_start_fraction, config.lr_final_fraction) < 1.0
             else None
         )
         parallel = None

@@ -263,3 +263,5 @@ def test_decayed_training_counts_unplanned_rows_and_stores_the_configured_rates(
         assert groups["sparse"]["param_groups"][0]["lr"] == 5e-2
     with pytest.raises(ValueError, match="lr_final_fraction must be within"):
         TrainConfig(lr_final_fraction=1.5)
+    with pytest.raises(ValueError, match="lr_start_fraction must be within"):
+        TrainConfig(lr_start_fraction=0.0)
