@@ -3,8 +3,8 @@
 The cycle, ``reloop train``, the demo and the replay all call ``recipe_config`` so a model trained
 anywhere is trained the same way. The constants here were chosen on the replays' selection bins
 (docs/benchmarks.md, "Model quality"): shuffled rows, dropout 0.1, two passes for a model trained
-from scratch, and a batch that grows with the day so a 1,000-row day still takes tens of steps and a
-10-million-row day does not take millions.
+from scratch, learning rates that decay over each warm-started day, and a batch that grows with the
+day so a 1,000-row day still takes tens of steps and a 10-million-row day does not take millions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 from dataclasses import replace
 
 from reloop_service.config import Settings
-from reloop_service.training.trainer import TrainConfig
+from reloop_service.training.trainer import TrainConfig, steps_for
 
 MIN_BATCH = 128
 MAX_BATCH = 4096
@@ -68,11 +68,7 @@ def day_schedule(
     settling on the simulator (its last tenth of the steps ran at the noisiest rates).
     """
     final = config.lr_final_fraction
-    train_steps = math.ceil(train_rows / config.batch_size) * config.epochs
-    holdout_steps = math.ceil(holdout_rows / config.batch_size)
+    holdout = replace(config, epochs=1, planned_rows=holdout_rows, lr_final_fraction=final)
+    train_steps, holdout_steps = steps_for(config, train_rows), steps_for(holdout, holdout_rows)
     middle = 1.0 - (1.0 - final) * train_steps / max(train_steps + holdout_steps, 1)
-    candidate = replace(config, lr_final_fraction=middle)
-    holdout = replace(
-        config, epochs=1, planned_rows=holdout_rows, lr_start_fraction=middle, lr_final_fraction=final
-    )
-    return candidate, holdout
+    return replace(config, lr_final_fraction=middle), replace(holdout, lr_start_fraction=middle)

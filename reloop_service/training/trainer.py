@@ -73,8 +73,9 @@ class TrainConfig:
     shuffle_buffer_rows: int = 1_000_000
     # Both learning rates decay linearly over the run's planned steps to this fraction of their
     # start (1.0: constant). At a constant rate a day ends wherever its last noisy batches left the
-    # rows every batch touches (hour, device, position...): the simulator's day-to-day calibration
-    # swung 0.87-1.23; decaying settles them (docs/benchmarks.md, "Model quality").
+    # rows every batch touches (hour, device, position...): on the simulator a model just trained on
+    # a day predicted its CTR at 0.79-1.18 of the truth, 0.89-1.12 decayed to a tenth
+    # (scripts/diagnose_simulator.py; docs/benchmarks.md, "Model quality").
     lr_final_fraction: float = 1.0
     # Where the decay starts (a fraction of the configured rates): a run that continues another
     # one's schedule (the cycle's post-gate pass over the holdout) starts where that one ended.
@@ -330,12 +331,17 @@ class LinearDecay:
             group["lr"] = base
 
 
+def steps_for(config: TrainConfig, rows: int) -> int:
+    """Optimizer steps ``config`` takes over ``rows`` rows: ``ceil(rows / batch) x epochs``."""
+    return math.ceil(rows / config.batch_size) * config.epochs
+
+
 def planned_steps(config: TrainConfig, batches: Callable[[], Iterable[pa.RecordBatch | pa.Table]]) -> int:
-    """Optimizer steps the run will take: ``ceil(rows / batch) x epochs`` (rows counted if not planned)."""
+    """Optimizer steps the run will take (its rows counted by one read when not planned)."""
     rows = config.planned_rows
     if rows is None:
         rows = sum(b.num_rows for b in batches())
-    return math.ceil(rows / config.batch_size) * config.epochs
+    return steps_for(config, rows)
 
 
 def _want_progress(progress: bool | None) -> bool:
