@@ -53,6 +53,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--last", type=int, default=30)
+    ap.add_argument("--model", default="dnn")
+    ap.add_argument("--model-args", default="{}", help="JSON merged into the model's arguments.")
     return ap.parse_args()
 
 
@@ -67,8 +69,9 @@ def config(
 ) -> TrainConfig:
     params = {"alpha": a.alpha} if (a.alpha is not None and loss == "reloop") else {}
     return TrainConfig(
-        model="dnn",
-        model_args={"embedding_dim": 16, "hidden": [256, 128, 64], "dropout": a.dropout},
+        model=a.model,
+        model_args={"embedding_dim": 16, "hidden": [256, 128, 64], "dropout": a.dropout}
+        | json.loads(a.model_args),
         loss=loss,
         loss_params=params,
         lr=a.lr,

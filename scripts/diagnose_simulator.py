@@ -32,6 +32,7 @@ import reloop_service.training.models as models_module
 import reloop_service.training.trainer as trainer_module
 from reloop_service.data.simulator import ClickSimulator
 from reloop_service.data.transforms import fit_numeric
+from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.evaluation import auc
 from reloop_service.training.optim import RowSparseAdam
 from reloop_service.training.predict import Predictor
@@ -53,6 +54,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=0, help="0: the recipe's rows/64 rule.")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--model", default="dnn")
+    ap.add_argument("--model-args", default="{}", help="JSON merged into the model's arguments.")
+    ap.add_argument("--loss", default="bce", help="Loss of warm-started days.")
+    ap.add_argument("--alpha", type=float, default=0.1, help="reloop's α.")
+    ap.add_argument("--recalibrate", type=int, default=0, help="Shift the output bias to the day's CTR.")
     ap.add_argument("--drop-fields", default="", help="Comma-separated fields left out of the spec.")
     ap.add_argument("--buffer-days", type=int, default=0, help="Earlier days replayed with each day.")
     ap.add_argument("--buffer-fraction", type=float, default=1.0, help="Sample of each replayed day.")
@@ -101,6 +106,20 @@ def ratio(p: np.ndarray, ctr: np.ndarray, mask: np.ndarray) -> float:
     return round(float(p[mask].mean() / ctr[mask].mean()), 3) if mask.any() else float("nan")
 
 
+def shift_bias(ckpt: Checkpoint, table: pa.Table) -> Checkpoint:
+    """The checkpoint with its output bias moved so the mean prediction on ``table`` is its CTR."""
+    p = np.clip(Predictor(ckpt).predict_batch(table).astype(np.float64), 1e-7, 1 - 1e-7)
+    z = np.log(p / (1 - p))
+    target = float(table.column("label").to_numpy().mean())
+    delta = 0.0
+    for _ in range(20):
+        q = 1 / (1 + np.exp(-(z + delta)))
+        delta -= (q.mean() - target) / max((q * (1 - q)).mean(), 1e-9)
+    state = dict(ckpt.state_dict)
+    state["out.bias"] = state["out.bias"] + float(delta)
+    return replace(ckpt, state_dict=state)
+
+
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
@@ -116,8 +135,10 @@ def main() -> None:
     def config(rows: int, *, cold: bool) -> TrainConfig:
         return TrainConfig(
             model=a.model,
-            model_args={"embedding_dim": 16, "hidden": [256, 128, 64], "dropout": a.dropout},
-            loss="bce",
+            model_args={"embedding_dim": 16, "hidden": [256, 128, 64], "dropout": a.dropout}
+            | json.loads(a.model_args),
+            loss="bce" if cold else a.loss,
+            loss_params={"alpha": a.alpha} if (a.loss == "reloop" and not cold) else {},
             lr=a.lr,
             sparse_lr=a.sparse_lr,
             epochs=a.cold_epochs if cold else a.epochs,
@@ -176,6 +197,8 @@ def main() -> None:
             batches=lambda t=train_table: t.to_batches(),
             progress=False,
         ).checkpoint
+        if a.recalibrate:
+            ckpt = shift_bias(ckpt, table)
         in_sample = Predictor(ckpt).predict_batch(table)
         by_day.append({"day": k, "served": ratio(p, ctr, p > 0), "in_sample": ratio(in_sample, ctr, p > 0)})
     r = {k: np.concatenate(v) for k, v in rows.items()}
