@@ -69,6 +69,16 @@ def test_help_imports_no_heavy_module() -> None:
     assert shown.returncode == 0 and "cycle" in shown.stdout
 
 
+def test_log_commands_never_import_torch() -> None:
+    """`reloop simulate` and `reloop logs check` work on Arrow only: torch (a second or more) stays out."""
+    probe = (
+        "import sys, reloop_service.data.simulator, reloop_service.data.ingest, "
+        "reloop_service.data.transforms; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize(
     ("env", "wanted"),
     [

@@ -17,15 +17,17 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pandas.util import hash_array
 
 from reloop_service.data.spec import FeatureSpec
+
+if TYPE_CHECKING:  # torch loads only where tensors are made: the log commands never need it
+    import torch
 
 __all__ = [
     "FeatureBatch",
@@ -283,6 +285,8 @@ def _encode(
         z = (x - nf.mean) / nf.std  # type: ignore[operator]  # _require_fitted checked both
         z[np.isnan(z)] = 0.0
         num[:, j] = z
+    import torch
+
     return FeatureBatch(cat=torch.from_numpy(cat), multi=torch.from_numpy(multi), num=torch.from_numpy(num))
 
 
@@ -337,6 +341,8 @@ def labels_of(spec: FeatureSpec, batch: pa.RecordBatch | pa.Table) -> torch.Tens
             f"field {spec.label!r}: null labels in a training batch (ingest quarantines these)"
         )
     y = pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False)
+    import torch
+
     return torch.from_numpy(np.array(y, dtype=np.float32))
 
 
