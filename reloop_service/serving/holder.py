@@ -50,6 +50,7 @@ class LoadedModel:
     model_name: str
     info: ModelVersion
     loaded_at: datetime
+    fast: Any = None  # serving.fastforward.FastDNN when the model has a compiled forward, else None
 
 
 FetchProduction = Callable[[], ModelVersion | None]
@@ -133,6 +134,12 @@ class ModelHolder:
         warm = np.asarray(predictor.predict_records([{}]), dtype=np.float64)
         if warm.shape != (1,) or not np.isfinite(warm).all():
             raise ValueError(f"warm-up prediction is not one finite number: {warm!r}")
+        model = getattr(predictor, "model", None)
+        fast = None
+        if model is not None:
+            from reloop_service.serving.fastforward import FastDNN
+
+            fast = FastDNN.build(model, spec)
         return LoadedModel(
             predictor=predictor,
             spec=spec,
@@ -140,6 +147,7 @@ class ModelHolder:
             model_name=self.model_name,
             info=info,
             loaded_at=datetime.now(UTC),
+            fast=fast,
         )
 
     def adopt(self, loaded: LoadedModel) -> None:

@@ -83,7 +83,10 @@ def score(
         raise _feature_error(exc) from None
     if unknown:
         state.metrics.unknown_features.inc(len(unknown))
-    ctr = np.asarray(loaded.predictor.predict_features(encoded), dtype=np.float64)
+    if loaded.fast is not None:
+        ctr = loaded.fast.predict_features(encoded)
+    else:
+        ctr = np.asarray(loaded.predictor.predict_features(encoded), dtype=np.float64)
     if None in ids:
         missing = [i for i, v in enumerate(ids) if v is None]
         fresh = uuid7_batch(len(missing))
