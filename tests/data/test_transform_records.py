@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reloop_service.data.transforms as transforms
-from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
 from reloop_service.data.transforms import (
     FeatureBatch,
     FeatureError,
@@ -168,3 +169,88 @@ def test_records_match_arrow_columns_of_the_same_values(rows: list[dict[str, Any
     assert _equal(fast, transform(spec, table))
     assert all(math.isfinite(x) for x in fast.num.flatten().tolist())
     assert np.array_equal(fast.cat.numpy(), transform(spec, records_to_batch(spec, rows)).cat.numpy())
+
+
+_ONE_SPEC = FeatureSpec(
+    label="label",
+    impression_id="impression_id",
+    event_time="event_time",
+    categorical=(CategoricalField("user_id", 1000), CategoricalField("device", 16)),
+    numeric=(NumericField("price", 1.0, 2.0), NumericField("age", -3.0, 0.5)),
+    multi=(MultiCategoricalField("tags", 64, 3),),
+)
+
+
+def _general(spec: FeatureSpec, rows: list[dict[str, Any]]) -> Any:
+    """``transform_record_columns`` with the single-record path switched off."""
+    from unittest import mock
+
+    with mock.patch.object(transforms, "_one_record", lambda spec, record: None):
+        return transforms.transform_record_columns(spec, rows)
+
+
+def _same_read(a: transforms.RecordHashes, b: transforms.RecordHashes) -> bool:
+    return (
+        a.n == b.n
+        and np.array_equal(a.hashes, b.hashes)
+        and a.hashes.dtype == b.hashes.dtype
+        and np.array_equal(a.valid, b.valid)
+        and len(a.numeric) == len(b.numeric)
+        and all(
+            np.array_equal(x, y, equal_nan=True) and x.dtype == y.dtype
+            for x, y in zip(a.numeric, b.numeric, strict=True)
+        )
+        and len(a.multi_lengths) == len(b.multi_lengths)
+        and all(
+            np.array_equal(x, y) and x.dtype == y.dtype
+            for x, y in zip(a.multi_lengths, b.multi_lengths, strict=True)
+        )
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    row=st.fixed_dictionaries(
+        {},
+        optional={
+            "user_id": _cat_value,
+            "device": st.one_of(_cat_value, st.booleans(), st.floats(width=64)),
+            "price": st.one_of(_num_value, st.booleans(), st.text(max_size=2)),
+            "age": _num_value,
+            "tags": st.one_of(_multi_value, st.lists(st.text(max_size=3), max_size=6), st.text(max_size=2)),
+            "junk": st.integers(),
+        },
+    ),
+    hot=st.booleans(),
+)
+def test_single_record_path_equals_the_general_path(row: dict[str, Any], hot: bool) -> None:
+    """Property: one record encodes (tensors, unknown keys, archived hashes) as the batch path does,
+    or fails with the same error."""
+    if not hot:
+        _clear_cache()
+    try:
+        expected = _general(_ONE_SPEC, [row])
+    except FeatureError as exc:
+        with pytest.raises(FeatureError, match=re.escape(str(exc))):
+            transforms.transform_record_columns(_ONE_SPEC, [row])
+        return
+    got = transforms.transform_record_columns(_ONE_SPEC, [row])
+    assert _equal(got[0], expected[0])
+    assert got[0].cat.dtype == expected[0].cat.dtype and got[0].num.dtype == expected[0].num.dtype
+    assert got[0].multi.shape == expected[0].multi.shape and got[0].num.shape == expected[0].num.shape
+    assert got[1] == expected[1]
+    assert _same_read(got[2], expected[2])
+
+
+def test_common_single_records_take_the_single_record_path() -> None:
+    rows = [
+        {"user_id": "u1", "device": 3, "price": 2.5, "age": 7, "tags": ["a", "b", "c", "d"]},
+        {"user_id": None, "tags": None, "price": None, "other": 1},
+        {"tags": []},
+    ]
+    for row in rows:
+        one = transforms._one_record(_ONE_SPEC, row)
+        assert one is not None
+        expected = _general(_ONE_SPEC, [row])
+        assert _equal(one[0], expected[0]) and one[1] == expected[1] and _same_read(one[2], expected[2])
+    assert transforms._one_record(_ONE_SPEC, {"device": True}) is None  # booleans: the general path
