@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from datetime import UTC, date, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,47 @@ def test_feature_columns_round_trip_as_a_struct_beside_json_parts(tmp_path: Path
     assert folded.tolist() == [v for v in served.multi[:, 0, :].flatten().tolist() if v]
     got = _read_all(root, 1, date(2024, 5, 1), date(2024, 5, 1), columns=("impression_id", "features"))
     assert sorted(r["impression_id"] for r in got) == ["c-0", "c-1", "c-2", "j-0", "j-1"]
+
+
+def test_many_batches_of_any_size_archive_as_one_batch_would(tmp_path: Path) -> None:
+    """A flush of many served batches (single items and larger, empty bags, nulls) writes the same
+    features, in the same order, as the whole list archived as one batch."""
+    from reloop_service.data.archive import FeatureColumns, archived_features
+    from reloop_service.data.transforms import transform_record_columns
+
+    spec = SERVING_SPEC
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(60):
+        rec: dict[str, object] = {
+            "site": f"s{rng.integers(9)}",
+            "device": int(rng.integers(4)),
+            "price": i * 0.5,
+        }
+        rec["tags"] = [f"t{rng.integers(30)}" for _ in range(int(rng.integers(0, 6)))]
+        if i % 7 == 0:
+            rec["site"] = None
+        if i % 5 == 0:
+            rec.pop("tags")
+        records.append(rec)
+    sizes = [1, 1, 4, 1, 9, 1, 1, 13, 2, 1, 26]
+    assert sum(sizes) == len(records)
+
+    def archive(root: str, batches: list[list[dict[str, object]]]) -> list[dict[str, object]]:
+        with PredictionArchive(root, start=False) as arch:
+            start = 0
+            for batch in batches:
+                _, _, read = transform_record_columns(spec, batch)
+                cols = FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
+                ids = [f"r{start + k}" for k in range(len(batch))]
+                assert arch.append(PredictionRows(ids, np.zeros(len(batch)), 1, _us(date(2024, 5, 1)), cols))
+                start += len(batch)
+            assert arch.flush() == len(records)
+        (part,) = list_parts(root, version=1, day=date(2024, 5, 1))
+        table = pq.read_table(part)
+        assert table.column("impression_id").to_pylist() == [f"r{k}" for k in range(len(records))]
+        return archived_features(table.column("features"))
+
+    starts = np.cumsum([0, *sizes])
+    many = archive(str(tmp_path / "many"), [records[a:b] for a, b in pairwise(starts)])
+    assert many == archive(str(tmp_path / "one"), [records])
