@@ -294,9 +294,10 @@ def create_app(
         app.include_router(ui.router)
     _install_handlers(app)
     _custom_openapi(app, limits)
-    # Well-formed predictions skip FastAPI's routing (errors still go through it); the metrics
-    # middleware is added last so it wraps (and counts) both paths.
-    app.add_middleware(predict.PredictFastPath, state=state, limits=limits)
     # The route list is passed by reference: it is the app's own, complete at this point.
     app.add_middleware(_MetricsMiddleware, metrics=metrics_, routes=app.router.routes)
+    # Added last, so it runs first: well-formed predictions skip FastAPI's routing and the metrics
+    # middleware (the fast path counts what it answers itself, with the same labels); everything
+    # else, predict errors included, goes through both.
+    app.add_middleware(predict.PredictFastPath, state=state, limits=limits)
     return app

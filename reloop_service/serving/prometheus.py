@@ -264,14 +264,19 @@ class ServingMetrics:
             multiprocess.mark_process_dead(os.getpid())
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
+        children = self.request_children(route, method, status)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def request_children(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The (requests counter, latency histogram) children of one label set (bound once)."""
         key = (route, method, status)
         children = self._request_children.get(key)
         if children is None:
             code = str(status)
             children = (self.requests.labels(route, method, code), self.latency.labels(route, method, code))
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        return children
 
     def predictions_of(self, version: int) -> Any:
         """The predictions counter child of one model version (bound once per version)."""

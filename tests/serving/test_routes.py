@@ -321,3 +321,27 @@ def test_cors_stays_closed(served) -> None:
     assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
     r = client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_predict_requests_are_counted_once_on_either_path(served) -> None:
+    """The fast path counts what it answers; what it hands to the app (errors) the app's metrics
+    middleware counts: each request once, by route template and status."""
+    client, _ = served
+    for _ in range(2):
+        assert client.post("/v1/predict", json={"items": ITEMS}).status_code == 200
+    assert client.post("/v1/predict", json={"items": []}).status_code == 422
+    bad_type = client.post("/v1/predict", content=b"items", headers={"content-type": "text/plain"})
+    assert bad_type.status_code == 415
+    metrics = client.get("/metrics").text
+    counted = [
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("reloop_http_requests_total{") and 'route="/v1/predict"' in line
+    ]
+    assert sum(counted) == 4.0  # no request counted twice, under any status
+    for status, count in (("200", 2.0), ("422", 1.0), ("415", 1.0)):
+        assert _metric(metrics, "reloop_http_requests_total", route="/v1/predict", status=status) == count
+        assert (
+            _metric(metrics, "reloop_http_request_duration_seconds_count", route="/v1/predict", status=status)
+            == count
+        )

@@ -170,6 +170,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 # The route reads this scope key: the fast path's verdict on the body ("too_large" or "read").
 _SCOPE_KEY = "reloop.predict_body"
+_FORWARDED = "reloop.predict_forwarded"  # set when the app (and its metrics middleware) took the request
 
 
 class PredictFastPath:
@@ -192,7 +193,24 @@ class PredictFastPath:
         if scope["type"] != "http" or scope["path"] != PREDICT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         scope["route"] = self.route  # the metrics middleware labels by route template
+        status = 500  # what the metrics middleware records for a request that raised or sent nothing
+        try:
+            status = await self._answer(scope, receive, send)
+        finally:
+            if not scope.get(_FORWARDED):  # the app's metrics middleware counted the forwarded ones
+                count, latency = self.state.metrics.request_children(PREDICT_PATH, "POST", status)
+                count.inc()
+                latency.observe(time.perf_counter() - started)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
+        scope[_FORWARDED] = True
+        await self.app(scope, receive, send)
+        return 0
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer a well-formed request (its status), or hand it to the app (``_forward``)."""
         content_type: bytes | None = None
         length: bytes | None = None
         for name, value in scope["headers"]:
@@ -201,27 +219,23 @@ class PredictFastPath:
             elif name == b"content-length":
                 length = value
         if not _is_json(content_type):
-            await self.app(scope, receive, send)  # the route answers 415
-            return
+            return await self._forward(scope, receive, send)  # the route answers 415
         limit = self.limits.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             scope[_SCOPE_KEY] = "too_large"
-            await self.app(scope, receive, send)  # 413 without reading the body
-            return
+            return await self._forward(scope, receive, send)  # 413 without reading the body
         try:
             body = await read_body(receive, limit)
         except BodyTooLarge:
             scope[_SCOPE_KEY] = "too_large"
-            await self.app(scope, receive, send)
-            return
+            return await self._forward(scope, receive, send)
         except ConnectionResetError:
-            return
+            return 500  # nothing sent: counted as the metrics middleware counts such a request
         scope[_SCOPE_KEY] = "read"
         fast = _fast_items(body, self.limits)
         loaded = self.state.holder.current  # read once: this request finishes on this model
         if fast is None or loaded is None:
-            await self.app(scope, _replay(body, receive), send)
-            return
+            return await self._forward(scope, _replay(body, receive), send)
         features, ids = fast
         try:
             if len(features) <= INLINE_MAX_ITEMS:
@@ -229,8 +243,7 @@ class PredictFastPath:
             else:
                 payload = await run_in_threadpool(score, self.state, loaded, features, ids)
         except RequestValidationError:
-            await self.app(scope, _replay(body, receive), send)  # the route raises it again: 422
-            return
+            return await self._forward(scope, _replay(body, receive), send)  # the route raises it again: 422
         await send(
             {
                 "type": "http.response.start",
@@ -242,6 +255,7 @@ class PredictFastPath:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        return 200
 
 
 def _openapi_body(limits: PredictLimits) -> dict[str, Any]:
