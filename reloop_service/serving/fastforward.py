@@ -19,6 +19,7 @@ agree to ~1e-8, not bit for bit.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,8 @@ class FastDNN:
     def predict(self, cat: np.ndarray, multi: np.ndarray, num: np.ndarray) -> np.ndarray:
         """cat int64 [B, n_cat], multi int64 [B, n_multi, L], num float32 [B, n_num] -> CTR float64 [B]."""
         b = cat.shape[0]
+        if b == 1:
+            return self._predict_one(cat[0], multi[0], num[0])
         dim = self.dim
         x = np.empty((b, self.width), dtype=np.float32)
         end = self.n_cat * dim
@@ -164,6 +167,34 @@ class FastDNN:
         np.exp(z, out=z)
         z += 1.0
         return np.reciprocal(z, out=z)
+
+    def _predict_one(self, cat: np.ndarray, multi: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """``predict`` of one row (a single-item request): about half the NumPy calls of the batch
+        path (the pooling of each bag is the mean of its non-zero ids' rows; the sigmoid in Python)."""
+        dim = self.dim
+        x = np.empty(self.width, dtype=np.float32)
+        end = self.n_cat * dim
+        if self.n_cat:
+            x[:end] = self.table[cat + self.cat_offsets].reshape(end)
+        offsets = self.multi_offsets.reshape(-1)
+        for j in range(self.n_multi):
+            bag = multi[j]
+            ids = bag[bag != 0]
+            if ids.size:
+                x[end : end + dim] = self.table[ids + offsets[j]].mean(axis=0)
+            elif bag.size:  # an empty bag pools its position 0: bucket 0's row
+                x[end : end + dim] = self.table[offsets[j]]
+            else:  # no positions at all (every multi field has max_len 0): nothing pooled
+                x[end : end + dim] = 0.0
+            end += dim
+        if self.n_num:
+            x[end:] = num
+        for w, bias in zip(self.weights, self.biases, strict=True):
+            x = x @ w
+            x += bias
+            np.maximum(x, 0.0, out=x)
+        z = -(float(x @ self.out_weight) + self.out_bias)
+        return np.array([1.0 / (1.0 + math.exp(min(z, 700.0)))])
 
 
 def _known_mlp(mlp: Any) -> bool:

@@ -114,3 +114,15 @@ def test_the_served_model_scores_through_the_compiled_forward(served) -> None:
     assert r.status_code == 200, r.text
     expected = loaded.predictor.predict_records([it["features"] for it in items])
     np.testing.assert_allclose([p["ctr"] for p in r.json()["predictions"]], expected, rtol=0, atol=1e-7)
+
+
+def test_single_rows_take_their_own_path_and_agree() -> None:
+    """One row at a time (the single-item request's path): empty, partial and full bags, missing values."""
+    model = _trained()
+    fast = FastDNN.build(model, SPEC)
+    assert fast is not None
+    for record in _records(9, seed=4):
+        batch, _ = transform_records(SPEC, [record])
+        with torch.inference_mode():
+            expected = torch.sigmoid(model(batch)).double().numpy()
+        np.testing.assert_allclose(fast.predict_features(batch), expected, rtol=0, atol=1e-7)
