@@ -63,11 +63,24 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--buffer-fraction", type=float, default=1.0, help="Sample of each replayed day.")
     ap.add_argument("--embedding-l2", type=float, default=0.0)
     ap.add_argument("--table-optimizer", default="adam", choices=["adam", "adagrad"])
+    ap.add_argument("--id-dropout", type=float, default=0.0, help="Zero an id field's row at this rate.")
     return ap.parse_args()
 
 
 def install_variants(a: argparse.Namespace) -> None:
-    """Patch in the two experiment-only variants (the project code itself is not changed)."""
+    """Patch in the experiment-only variants (the project code itself is not changed)."""
+    if a.id_dropout:
+
+        def dropping(self: Any, batch: Any) -> torch.Tensor:
+            emb = self.embedding(batch.cat, batch.multi)  # [B, F, D]
+            if self.training and torch.is_grad_enabled():
+                ids = [j for j, n in enumerate(self.embedding.buckets) if n >= 65536]
+                keep = torch.ones(emb.shape[:2])
+                keep[:, ids] = (torch.rand(emb.shape[0], len(ids)) >= a.id_dropout).float()
+                emb = emb * keep.unsqueeze(-1)
+            return self.head(emb, batch.num.to(torch.float32))  # type: ignore[no-any-return]
+
+        models_module.CTRModel.forward = dropping  # type: ignore[method-assign]
     if a.embedding_l2:
         looked_up: dict[str, torch.Tensor] = {}
 
