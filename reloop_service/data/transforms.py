@@ -655,6 +655,10 @@ def _one_plan(spec: FeatureSpec) -> _OnePlan | None:
         return plan
     if not spec.is_fitted:
         return None
+    mean = np.array([f.mean for f in spec.numeric], dtype=np.float64)
+    std = np.array([f.std for f in spec.numeric], dtype=np.float64)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std != 0).all()):
+        return None  # statistics that could turn a finite number into NaN: the general path masks it
     if len(_one_plans) > 64:
         _one_plans.clear()
     plan = _one_plans[id(spec)] = _OnePlan(
@@ -665,8 +669,8 @@ def _one_plan(spec: FeatureSpec) -> _OnePlan | None:
         width=max((m.max_len for m in spec.multi), default=0),
         moduli=tuple(f.buckets - 1 for f in spec.categorical) + tuple(m.buckets - 1 for m in spec.multi),
         numeric=tuple(f.name for f in spec.numeric),
-        mean=np.array([f.mean for f in spec.numeric], dtype=np.float64),
-        std=np.array([f.std for f in spec.numeric], dtype=np.float64),
+        mean=mean,
+        std=std,
         known=_known_keys(spec),
     )
     return plan
@@ -711,32 +715,39 @@ def _one_record(
         else:
             return None
     numbers: list[Any] = []
+    finite = True
     for name in plan.numeric:
         value = get(name)
         kind = type(value)
-        if kind is float or kind is int:
+        if type(value) is float:
+            numbers.append(value)
+            finite = finite and math.isfinite(value)
+        elif kind is int:
             numbers.append(value)
         elif value is None:
             numbers.append(math.nan)
+            finite = False
         else:
             return None
     try:
         raw = np.array(numbers, dtype=np.float64)
     except OverflowError:
         return None
-    hashes, valid = _cached_hashes(strings)
     n_cat = len(plan.cat)
     moduli = plan.moduli
-    ids = [
-        h % moduli[k] + 1 if ok else 0
-        for k, h, ok in zip(
-            chain(range(n_cat), chain.from_iterable(map(repeat, range(n_cat, len(moduli)), lengths))),
-            hashes.tolist(),
-            valid.tolist(),
-            strict=True,
-        )
-    ]
-    cat = np.array(ids[:n_cat], dtype=np.int64).reshape(1, n_cat)
+    fields = chain(range(n_cat), chain.from_iterable(map(repeat, range(n_cat, len(moduli)), lengths)))
+    known = list(map(_hash_cache.get, strings, repeat(0)))  # the memo, read as _cached_hashes reads it
+    if 0 in known:  # a null, a miss (or a hash that is 0): the memo's own path, which also fills it
+        hashes, valid = _cached_hashes(strings)
+        ids = [
+            h % moduli[k] + 1 if ok else 0
+            for k, h, ok in zip(fields, hashes.tolist(), valid.tolist(), strict=True)
+        ]
+    else:  # every value present and remembered: no NumPy pass over the memo
+        hashes = np.array(known, dtype=np.uint64)
+        valid = np.ones(len(known), dtype=bool)
+        ids = [h % moduli[k] + 1 for k, h in zip(fields, known, strict=True)]
+    cat = np.array([ids[:n_cat]], dtype=np.int64).reshape(1, n_cat)
     multi = np.zeros((1, len(plan.multi), plan.width), dtype=np.int64)
     start = n_cat
     for j, (length, max_len) in enumerate(zip(lengths, plan.max_len, strict=True)):
@@ -744,10 +755,15 @@ def _one_record(
         if kept:
             multi[0, j, :kept] = ids[start : start + kept]
         start += length
-    z = _log1p_nonneg(raw.copy())
-    z -= plan.mean
-    z /= plan.std
-    z[np.isnan(z)] = 0.0
+    if finite:  # every number finite: nothing to mask, no NaN can come out
+        z = np.log1p(np.maximum(raw, 0.0))
+        z -= plan.mean
+        z /= plan.std
+    else:
+        z = _log1p_nonneg(raw.copy())
+        z -= plan.mean
+        z /= plan.std
+        z[np.isnan(z)] = 0.0
     num = z.astype(np.float32).reshape(1, len(plan.numeric))
     unknown = () if plan.known.issuperset(record) else tuple(sorted(record.keys() - plan.known))
     read = RecordHashes(
