@@ -12,6 +12,7 @@ import torch
 from reloop_service.data.spec import CategoricalField, FeatureSpec, MultiCategoricalField, NumericField
 from reloop_service.data.transforms import FeatureBatch
 from reloop_service.training.checkpoint import (
+    CHECKPOINT_VERSION,
     Checkpoint,
     CheckpointError,
     checkpoint_from_bytes,
@@ -139,11 +140,12 @@ def test_a_version_1_checkpoint_loads_predicts_the_same_and_warm_starts() -> Non
     assert torch.equal(torch.cat(opt.moments(table), dim=1), expected_moments)
     assert opt.table_step(table) == max(int(old[i]["moments"][:, 2 * d].max()) for i in range(3)) == 3
 
-    # saved again, it is a version 2 checkpoint in the fused layout that predicts the same
+    # saved again, it is a current-version checkpoint in the fused layout that predicts the same
     again = Checkpoint(**{**ckpt.__dict__, "state_dict": model.state_dict()})
     reloaded = checkpoint_from_bytes(checkpoint_to_bytes(again))
     assert "embedding.table.weight" in reloaded.state_dict
-    assert torch.load(io.BytesIO(checkpoint_to_bytes(again)), weights_only=True)["version"] == 2
+    version = torch.load(io.BytesIO(checkpoint_to_bytes(again)), weights_only=True)["version"]
+    assert version == CHECKPOINT_VERSION == 3
     with torch.inference_mode():
         torch.testing.assert_close(
             torch.sigmoid(reloaded.build_model()(f)), saved["expected"], rtol=0, atol=1e-6
@@ -156,7 +158,7 @@ def test_an_unknown_checkpoint_version_is_refused_with_the_readable_versions() -
     payload["version"] = 99
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    refusal = r"unsupported checkpoint version 99 \(this build reads versions 1, 2\)"
+    refusal = r"unsupported checkpoint version 99 \(this build reads versions 1, 2, 3\)"
     with pytest.raises(CheckpointError, match=refusal):
         checkpoint_from_bytes(buffer.getvalue())
 

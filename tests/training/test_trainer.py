@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.spec import CategoricalField, FeatureSpec
 from reloop_service.data.transforms import fit_numeric
-from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
+from reloop_service.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
+)
 from reloop_service.training.predict import Predictor, evaluate_checkpoint
 from reloop_service.training.trainer import (
     LinearDecay,
@@ -265,3 +272,71 @@ def test_decayed_training_counts_unplanned_rows_and_stores_the_configured_rates(
         TrainConfig(lr_final_fraction=1.5)
     with pytest.raises(ValueError, match="lr_start_fraction must be within"):
         TrainConfig(lr_start_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def wide_day1(logs: dict[str, Path]) -> TrainResult:
+    """A day trained with demo-like hash spaces: most table rows are never touched."""
+    base = small_spec()
+    wide = replace(
+        base,
+        categorical=(
+            CategoricalField("user_id", 65536),
+            CategoricalField("item_id", 16384),
+            CategoricalField("device", 8),
+        ),
+    )
+    spec = fit_numeric(wide, parquet_batches(logs["day1"])())
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=256, seed=7)
+    return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+
+
+def test_a_checkpoint_stores_its_tables_by_their_trained_rows_and_warm_starts_as_before(
+    wide_day1: TrainResult, logs: dict[str, Path]
+) -> None:
+    """Version 3 packs mostly-untouched tables (and their Adam moments) to their nonzero rows; the
+    dense version 2 of the same checkpoint loads to the same tensors and warm-starts identically."""
+    ckpt = wide_day1.checkpoint
+    packed = checkpoint_to_bytes(ckpt)
+    dense = checkpoint_to_bytes(ckpt, version=2)
+    raw = torch.load(io.BytesIO(packed), weights_only=True)
+    table = raw["state_dict"]["embedding.table.weight"]
+    moments = raw["optimizer_state"]["sparse"]["state"][0]["moments"]
+    full = ckpt.state_dict["embedding.table.weight"]
+    touched = int(full.any(dim=1).sum())
+    assert isinstance(table, dict) and table["shape"] == list(full.shape)
+    assert table["values"].shape[0] == touched < full.shape[0] // 2
+    assert isinstance(moments, dict) and 0 < moments["values"].shape[0] <= full.shape[0] // 2
+    assert len(packed) < len(dense) // 2
+
+    from_packed, from_dense = checkpoint_from_bytes(packed), checkpoint_from_bytes(dense)
+    for loaded in (from_packed, from_dense):
+        assert loaded.state_dict.keys() == ckpt.state_dict.keys()
+        for key, value in ckpt.state_dict.items():
+            assert torch.equal(loaded.state_dict[key], value), key
+        assert torch.equal(moments_of(loaded), moments_of(ckpt))
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=256, seed=7)
+    warm = [
+        train(config=config, spec=None, batches=parquet_batches(logs["day2"]), init=init, progress=False)
+        for init in (from_packed, from_dense)
+    ]
+    assert torch.equal(
+        warm[0].checkpoint.state_dict["embedding.table.weight"],
+        warm[1].checkpoint.state_dict["embedding.table.weight"],
+    )
+    assert warm[0].losses == warm[1].losses
+
+
+def moments_of(ckpt: Checkpoint) -> torch.Tensor:
+    moments: torch.Tensor = ckpt.optimizer_state["sparse"]["state"][0]["moments"]
+    return moments
+
+
+def test_a_damaged_packed_table_is_refused_naming_the_field(wide_day1: TrainResult) -> None:
+    raw = torch.load(io.BytesIO(checkpoint_to_bytes(wide_day1.checkpoint)), weights_only=True)
+    record = raw["state_dict"]["embedding.table.weight"]
+    record["values"] = record["values"][:-1]  # one row fewer than the ids it names
+    buffer = io.BytesIO()
+    torch.save(raw, buffer)
+    with pytest.raises(CheckpointError, match="field 'state_dict'"):
+        checkpoint_from_bytes(buffer.getvalue())
