@@ -53,6 +53,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--last", type=int, default=30)
+    ap.add_argument("--buffer", type=int, default=0, help="Earlier bins replayed with each bin (inc).")
+    ap.add_argument("--buffer-fraction", type=float, default=0.3, help="Sample of each replayed bin.")
     ap.add_argument("--model", default="dnn")
     ap.add_argument("--model-args", default="{}", help="JSON merged into the model's arguments.")
     return ap.parse_args()
@@ -115,8 +117,25 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
         bs.append(np.full(len(p), k))
         if a.mode == "inc":
             with_prior = r.append_column(PRIOR_COLUMN, pa.array(p.astype(np.float64)))
+            if a.buffer:
+                rng = np.random.default_rng([seed, k])
+                parts = [with_prior]
+                for j in range(max(0, k - a.buffer), k):
+                    old = rows(j)
+                    take = np.sort(
+                        rng.choice(old.num_rows, int(old.num_rows * a.buffer_fraction), replace=False)
+                    )
+                    old = old.take(pa.array(take))
+                    prior = Predictor(ck).predict_batch(old).astype(np.float64)
+                    parts.append(old.append_column(PRIOR_COLUMN, pa.array(prior)))
+                with_prior = pa.concat_tables(parts)
             cfg = config(
-                a, loss=a.loss, batch=batch_of(a, r.num_rows, a.bs), epochs=a.epochs, seed=seed, warm=True
+                a,
+                loss=a.loss,
+                batch=batch_of(a, with_prior.num_rows, a.bs),
+                epochs=a.epochs,
+                seed=seed,
+                warm=True,
             )
             ck = fit(a, with_prior, None, cfg, ck)
         else:
