@@ -278,6 +278,12 @@ def head_revision() -> str:
     return head
 
 
+def readonly_engine(engine: Engine) -> Engine:
+    """``engine`` whose transactions start as readers (a deferred ``BEGIN`` on SQLite, never queued
+    behind a writer), as ``session_scope(readonly=True)`` starts them."""
+    return engine.execution_options(**{_READONLY: True})
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (``None`` for an empty database)."""
     try:
