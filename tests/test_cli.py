@@ -69,12 +69,19 @@ def test_help_imports_no_heavy_module() -> None:
     assert shown.returncode == 0 and "cycle" in shown.stdout
 
 
-def test_log_commands_never_import_torch() -> None:
-    """`reloop simulate` and `reloop logs check` work on Arrow only: torch (a second or more) stays out."""
-    probe = (
-        "import sys, reloop_service.data.simulator, reloop_service.data.ingest, "
-        "reloop_service.data.transforms; print('torch' in sys.modules)"
+def test_commands_load_torch_only_when_they_need_a_model() -> None:
+    """torch (a second and more to import) stays out of `reloop simulate` and `reloop logs check`, and out
+    of a `reloop cycle run` or scheduler until a step trains or loads a model: a run held by another, or a
+    date already done, exits without it."""
+    modules = (
+        "reloop_service.data.simulator",
+        "reloop_service.data.ingest",
+        "reloop_service.data.transforms",
+        "reloop_service.cycle.run",
+        "reloop_service.cycle.commands",
+        "reloop_service.cycle.scheduler",
     )
+    probe = f"import sys; [__import__(m) for m in {modules!r}]; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -47,7 +47,6 @@ from reloop_service.registry.records import (
     plain_json,
 )
 from reloop_service.registry.service import open_registry
-from reloop_service.training.distributed import LocalTrainer
 
 if TYPE_CHECKING:
     from reloop_service.training.distributed import DayTrainer, RankReport
@@ -427,7 +426,7 @@ def _attempt(
         actor=actor,
         log=clog,
         stop=stop,
-        trainer=trainer or LocalTrainer(),
+        trainer=trainer or steps.local_trainer(),
         period=period,
     )
     record = CycleRecord(

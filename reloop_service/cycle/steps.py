@@ -48,12 +48,14 @@ from reloop_service.registry.records import (
     plain_json,
 )
 from reloop_service.registry.service import artifact_store
-from reloop_service.training.checkpoint import Checkpoint, checkpoint_from_bytes, checkpoint_to_bytes
-from reloop_service.training.distributed import DayJob, DayTrainer, LocalTrainer, StagedDay
-from reloop_service.training.trainer import PRIOR_COLUMN
 
 if TYPE_CHECKING:
     from reloop_service.cycle.run_report import ReportPaths
+    from reloop_service.training.checkpoint import Checkpoint
+    from reloop_service.training.distributed import DayTrainer
+
+# The training modules (torch, about a second and a half to import) load in the steps that train or
+# (de)serialize a model: a run that finds its date held or done exits without them.
 
 PRIOR_LOSSES = frozenset({"reloop", "distill"})
 READ_BATCH_ROWS = 65_536  # rows per Arrow batch when streaming a day (training batches are re-cut)
@@ -82,6 +84,13 @@ class DaySkipped(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- context
+def local_trainer() -> DayTrainer:
+    """The one-process trainer (torch loads here, not when the cycle modules are imported)."""
+    from reloop_service.training.distributed import LocalTrainer
+
+    return LocalTrainer()
+
+
 @dataclass
 class CycleContext:
     """What every step of one attempt shares: settings, the claim, a prefixed logger, stop signals."""
@@ -96,7 +105,7 @@ class CycleContext:
     claim_lost: threading.Event = field(default_factory=threading.Event)
     finishing: threading.Event = field(default_factory=threading.Event)
     workdir: Path | None = None
-    trainer: DayTrainer = field(default_factory=LocalTrainer)
+    trainer: DayTrainer = field(default_factory=local_trainer)
     period: Period | None = None  # the period this cycle trains on (default: the day ``cycle_date``)
 
     def __post_init__(self) -> None:
@@ -199,6 +208,8 @@ def configured_spec(settings: Settings) -> FeatureSpec:
 
 def resolve_parent(ctx: CycleContext) -> Parent:
     """The version in production now, with its checkpoint (sha256 verified); none on a cold start."""
+    from reloop_service.training.checkpoint import checkpoint_from_bytes
+
     with session_scope(ctx.engine, readonly=True) as session:
         production = store.get_production(session, model_name=ctx.settings.model_name)
     if production is None:
@@ -386,6 +397,8 @@ def fetch_priors(ctx: CycleContext, *, ingested: Ingested, parent: Parent) -> Pr
     artifact for rows the archive lacks or another version served, as ``prior_source`` allows.
     A cold start has no parent: every prior is missing and training is plain BCE.
     """
+    from reloop_service.training.trainer import PRIOR_COLUMN
+
     settings = ctx.settings
     spec = ingested.spec
     source = settings.prior_source
@@ -570,6 +583,7 @@ def train_candidate(ctx: CycleContext, *, prepared: PreparedDay, parent: Parent)
     checkpoint's spec, so a feature keeps its meaning across versions.
     """
     from reloop_service.data.transforms import fit_numeric
+    from reloop_service.training.distributed import DayJob, StagedDay
     from reloop_service.training.recipe import day_schedule, recipe_config
 
     settings = ctx.settings
@@ -778,6 +792,8 @@ def register(
     The promotion is a compare-and-set against the parent: if production moved during the cycle
     (an operator promoted or rolled back), the whole transaction rolls back and the run fails.
     """
+    from reloop_service.training.checkpoint import checkpoint_to_bytes
+
     settings = ctx.settings
     started = time.perf_counter()
     checkpoint = trained.checkpoint

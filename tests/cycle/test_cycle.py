@@ -24,6 +24,7 @@ from reloop_service.registry.db import make_engine, session_scope
 from reloop_service.registry.errors import ClaimLostError
 from reloop_service.registry.events import CycleStatus, VersionStatus
 from reloop_service.registry.orm import CycleRunRow
+from reloop_service.training.trainer import PRIOR_COLUMN
 
 from .cycle_data import DAY0, write_day
 
@@ -466,7 +467,7 @@ def test_prior_join_with_partly_missing_archive(
 
     def inspect(prepared: steps.PreparedDay) -> dict[str, Any]:
         for part in (prepared.path, prepared.holdout_path):
-            staged = pq.read_table(part, columns=["impression_id", steps.PRIOR_COLUMN])
+            staged = pq.read_table(part, columns=["impression_id", PRIOR_COLUMN])
             seen.update(zip(staged.column(0).to_pylist(), staged.column(1).to_pylist(), strict=True))
         return {}
 
