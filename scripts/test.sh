@@ -23,10 +23,10 @@ echo "== mypy"
 $BIN/mypy reloop_service
 echo "== pytest"
 mkdir -p test-artifacts
-# One pytest-xdist worker per core, up to 4 (RELOOP_TEST_WORKERS overrides; 0 runs in this process).
+# One pytest-xdist worker per core, up to 4 (TEST_WORKERS overrides; 0 runs in this process).
 # Workers are isolated (tests/conftest.py): own PostgreSQL database, tmp folders and ports each.
 # loadgroup keeps a module that shares a module-scoped fixture on one worker; the order tests/conftest.py
 # gives (longest first) is kept, so no long test starts last.
-WORKERS=${RELOOP_TEST_WORKERS:-$(nproc)}
+WORKERS=${TEST_WORKERS:-$(nproc)}
 if [ "$WORKERS" -gt 4 ]; then WORKERS=4; fi
 $BIN/pytest -q -p no:cacheprovider --durations=15 -n "$WORKERS" --dist loadgroup --no-loadscope-reorder "$@"
