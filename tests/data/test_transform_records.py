@@ -72,6 +72,7 @@ def test_hash_memo_bound_clears_and_stays_exact(spec: FeatureSpec, monkeypatch: 
     records = [{"user_id": f"u{i}", "device": f"d{i % 7}", "tags": [f"t{i}"]} for i in range(50)]
     _clear_cache()
     monkeypatch.setattr(transforms, "HASH_CACHE_SIZE", 16)
+    monkeypatch.setattr(transforms, "DIRECT_HASH_MIN", 10**9)  # these 150 strings go through the memo
     a, _ = transform_records(spec, records)
     assert len(transforms._hash_cache) <= 16 + 2 * len(records) + 7
     b, _ = transform_records(spec, records[::-1])
@@ -256,3 +257,34 @@ def test_common_single_records_take_the_single_record_path() -> None:
             expected = _general(_ONE_SPEC, [row])
             assert _equal(one[0], expected[0]) and one[1] == expected[1] and _same_read(one[2], expected[2])
     assert transforms._one_record(_ONE_SPEC, {"device": True}) is None  # booleans: the general path
+
+
+def test_large_batches_hash_directly_and_agree_with_the_memo(
+    spec: FeatureSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``DIRECT_HASH_MIN`` strings on every value is hashed without the memo: same tensors and
+    archived hashes as through the memo (cold and hot) and as the Arrow path, nulls included."""
+    spec = _fitted(spec)
+    rng = np.random.default_rng(3)
+    records: list[dict[str, Any]] = []
+    for i in range(120):
+        rec: dict[str, Any] = {
+            "user_id": int(rng.integers(1000)),
+            "device": f"d{rng.integers(9)}",
+            "price": i * 0.25,
+        }
+        rec["tags"] = [f"t{rng.integers(40)}" for _ in range(int(rng.integers(0, 4)))]
+        if i % 6 == 0:
+            rec["device"] = None
+        records.append(rec)
+    direct = transforms.transform_record_columns(spec, records)
+    assert len(direct[2].hashes) >= transforms.DIRECT_HASH_MIN
+    _clear_cache()
+    assert len(transforms._hash_cache) == 1
+    transforms.transform_record_columns(spec, records)
+    assert len(transforms._hash_cache) == 1  # the memo is neither read nor filled for such a batch
+    monkeypatch.setattr(transforms, "DIRECT_HASH_MIN", 10**9)
+    for _ in range(2):  # cold memo, then hot
+        memo = transforms.transform_record_columns(spec, records)
+        assert _equal(direct[0], memo[0]) and _same_read(direct[2], memo[2])
+    assert _equal(direct[0], transform(spec, records_to_batch(spec, records)))
