@@ -59,9 +59,9 @@ def test_clean_day_streams_every_row_with_a_fixed_schema(
 def test_streaming_memory_is_bounded_by_the_batch_size(
     spec: FeatureSpec, write_day: WriteDay, logs_root: str
 ) -> None:
-    n = 100_000
+    n = 300_000
     table = pa.table(good_rows(n))
-    whole = table.nbytes  # about 7 MB in Arrow
+    whole = table.nbytes  # about 23 MB in Arrow
     path = write_day(pa.table({}))
     pq.write_table(table, path, row_group_size=2_500)  # memory follows row groups, see ingest's docstring
     del table
@@ -94,8 +94,11 @@ print(json.dumps({{"rows": rows, "peak": peak}}))
     )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["rows"] == n
-    # a few row groups in flight, never the day
-    assert figures["peak"] < whole / 3, (figures, whole)
+    # A few row groups in flight, never the day. How many are in flight depends on how far Arrow's
+    # reader gets ahead of this loop, which varies with the machine's load (2.5-4.1 MB measured for
+    # row groups of 2,500 rows, whatever the day's size), so the day is large enough that a bound of
+    # a quarter of it separates "row groups" from "the day" with room to spare.
+    assert figures["peak"] < whole / 4, (figures, whole)
 
 
 def test_missing_column_names_file_and_column(spec: FeatureSpec, write_day: WriteDay, logs_root: str) -> None:
