@@ -10,6 +10,7 @@ non-finite values become exactly 0 (the standardized mean), so the result is det
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import is_not
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -459,18 +460,33 @@ def _canonical_list(values: list[Any], name: str, record_of: Any = None) -> list
         return values
     out: list[str | None] = []
     for i, v in enumerate(values):
-        kind = type(v)
-        if kind is str or v is None:
-            out.append(v)
-        elif kind is int:
-            out.append(str(v))
-        else:
-            try:
-                out.append(_canonical_py(v, name))
-            except FeatureError as exc:
-                record = i if record_of is None else record_of(i)
-                raise FeatureError(f"record {record}: {exc}") from None
+        simple = _simple_string(v)
+        if simple is not _NOT_SIMPLE:
+            out.append(simple)
+            continue
+        try:
+            out.append(_canonical_py(v, name))
+        except FeatureError as exc:
+            record = i if record_of is None else record_of(i)
+            raise FeatureError(f"record {record}: {exc}") from None
     return out
+
+
+class _Simple(enum.Enum):
+    NOT = 0  # the value needs the general canonicalization
+
+
+_NOT_SIMPLE: Final = _Simple.NOT
+
+
+def _simple_string(value: Any) -> str | Literal[_Simple.NOT] | None:
+    """The canonical string of a string or an int, None for None; ``_NOT_SIMPLE`` for anything else."""
+    kind = type(value)
+    if kind is str or value is None:
+        return value
+    if kind is int:
+        return str(value)
+    return _NOT_SIMPLE
 
 
 def _float_list(values: list[Any], name: str) -> np.ndarray:
@@ -715,14 +731,10 @@ def _one_record(
     get = record.get
     strings: list[str | None] = []
     for name in plan.cat:
-        value = get(name)
-        kind = type(value)
-        if kind is str or value is None:
-            strings.append(value)
-        elif kind is int:
-            strings.append(str(value))
-        else:
+        simple = _simple_string(get(name))
+        if simple is _NOT_SIMPLE:
             return None
+        strings.append(simple)
     lengths: list[int] = []
     for name in plan.multi:
         value = get(name)
