@@ -12,6 +12,7 @@ The reported figures of the recipe itself come from `reloop replay movielens` (t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import replace
@@ -55,6 +56,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--last", type=int, default=30)
     ap.add_argument("--buffer", type=int, default=0, help="Earlier bins replayed with each bin (inc).")
     ap.add_argument("--buffer-fraction", type=float, default=0.3, help="Sample of each replayed bin.")
+    ap.add_argument("--dense-wd", type=float, default=0.0, help="Decoupled weight decay (AdamW) on the MLP.")
     ap.add_argument("--model", default="dnn")
     ap.add_argument("--model-args", default="{}", help="JSON merged into the model's arguments.")
     return ap.parse_args()
@@ -157,6 +159,8 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
 
 def main() -> None:
     a = parse()
+    if a.dense_wd:  # experiment only: the dense optimizer becomes AdamW (same state layout as Adam)
+        torch.optim.Adam = functools.partial(torch.optim.AdamW, weight_decay=a.dense_wd)  # type: ignore[misc]
     torch.set_num_threads(1)
     t = movielens_table(a.data_dir)
     base = movielens_spec()
