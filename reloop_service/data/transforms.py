@@ -17,7 +17,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import is_not
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -38,6 +38,7 @@ __all__ = [
     "canonical_strings",
     "fit_numeric",
     "labels_of",
+    "plain_record_columns",
     "records_to_batch",
     "stable_hash",
     "transform",
@@ -396,6 +397,7 @@ _hash_cache_lock = threading.Lock()
 _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
 _STR_ONLY = {str}
+_LIST_OR_NONE = frozenset({list, _NONE})
 _NUMBER_KINDS = frozenset({float, int, bool, _NONE})
 _LIST_ONLY = {list}
 
@@ -607,6 +609,107 @@ def _record_columns(spec: FeatureSpec, records: Sequence[Mapping[str, Any]]) -> 
     return RecordColumns(n=len(records), cat=cat, multi=multi, numeric=numeric)
 
 
+@dataclass(frozen=True)
+class _PlainPlan:
+    """What ``plain_record_columns`` needs of a spec, read once (specs are frozen)."""
+
+    spec: FeatureSpec
+    names: frozenset[str]
+    cat: tuple[str, ...]
+    multi: tuple[str, ...]
+    numeric: tuple[str, ...]
+    longest_name: int
+
+
+_plain_plans: dict[int, _PlainPlan] = {}
+_STR_ONLY = {str}
+_LIST_OR_NONE = frozenset({list, _NONE})
+_FLOAT_INT_NONE = frozenset({float, int, _NONE})
+_I64 = 2**63
+
+
+def _plain_plan(spec: FeatureSpec) -> _PlainPlan:
+    plan = _plain_plans.get(id(spec))
+    if plan is not None and plan.spec is spec:
+        return plan
+    if len(_plain_plans) > 64:
+        _plain_plans.clear()
+    plan = _plain_plans[id(spec)] = _PlainPlan(
+        spec=spec,
+        names=frozenset(spec.feature_names),
+        cat=tuple(f.name for f in spec.categorical),
+        multi=tuple(m.name for m in spec.multi),
+        numeric=tuple(f.name for f in spec.numeric),
+        longest_name=max(map(len, spec.feature_names), default=0),
+    )
+    return plan
+
+
+def plain_record_columns(
+    spec: FeatureSpec, records: list[dict[str, Any]], max_string: int, max_list: int
+) -> RecordColumns | None:
+    """``_record_columns`` of request items in one pass per field, checking them as it reads them.
+
+    Only for the plain shape of a request (``None`` for anything else, which the caller sends down
+    the general path): every key of every record is a feature of the spec; categorical values are
+    strings or None; multi-valued values are lists of strings; numeric values are floats, integers
+    within int64 or None; no string (key, value or element) longer than ``max_string`` and no list
+    longer than ``max_list``. Such records hold no unknown keys and need no canonicalization, so
+    the columns are the values as read (fresh lists: nothing aliases the records).
+    """
+    plan = _plain_plan(spec)
+    if not records or plan.longest_name > max_string or not set().union(*records) <= plan.names:
+        return None
+    get = dict.get
+    col: list[Any]
+    strings: list[Any]
+    lists: list[Any]
+    cat: list[list[str | None]] = []
+    for name in plan.cat:
+        col = list(map(get, records, repeat(name)))
+        kinds = set(map(type, col))
+        if kinds == _STR_ONLY:
+            strings = col
+        elif kinds <= _STR_OR_NONE:
+            strings = list(compress(col, map(is_not, col, repeat(None))))
+        else:
+            return None
+        if strings and max(map(len, strings)) > max_string:
+            return None
+        cat.append(col)
+    multi: list[tuple[list[str | None], np.ndarray]] = []
+    for name in plan.multi:
+        col = list(map(get, records, repeat(name)))
+        kinds = set(map(type, col))
+        if kinds == _LIST_ONLY:
+            lists = col
+        elif kinds <= _LIST_OR_NONE:
+            lists = list(compress(col, map(is_not, col, repeat(None))))
+        else:
+            return None
+        if lists and max(map(len, lists)) > max_list:
+            return None
+        flat = list(chain.from_iterable(lists))
+        if flat and (set(map(type, flat)) != _STR_ONLY or max(map(len, flat)) > max_string):
+            return None
+        if lists is col:
+            multi.append((flat, np.fromiter(map(len, col), dtype=np.int64, count=len(col))))
+        else:  # missing or null bags: no elements
+            multi.append(_multi_lists(col, name))
+    numeric: list[np.ndarray] = []
+    for name in plan.numeric:
+        col = list(map(get, records, repeat(name)))
+        kinds = set(map(type, col))
+        if not kinds <= _FLOAT_INT_NONE:
+            return None
+        if int in kinds:
+            ints = [v for v in col if type(v) is int]
+            if min(ints) < -_I64 or max(ints) >= _I64:
+                return None
+        numeric.append(_float_list(col, name))
+    return RecordColumns(n=len(records), cat=cat, multi=multi, numeric=numeric)
+
+
 def transform_records(
     spec: FeatureSpec, records: Sequence[Mapping[str, Any]]
 ) -> tuple[FeatureBatch, tuple[str, ...]]:
@@ -638,14 +741,29 @@ class RecordHashes:
 
 
 def transform_record_columns(
-    spec: FeatureSpec, records: Sequence[Mapping[str, Any]]
+    spec: FeatureSpec, records: Sequence[Mapping[str, Any]], columns: RecordColumns | None = None
 ) -> tuple[FeatureBatch, tuple[str, ...], RecordHashes]:
-    """``transform_records``, also returning the hashes and numbers it read (``RecordHashes``)."""
+    """``transform_records``, also returning the hashes and numbers it read (``RecordHashes``).
+
+    ``columns``: the records' ``plain_record_columns`` when the caller already read them (such
+    records have no unknown keys).
+    """
+    if columns is not None:
+        return _transform_columns(spec, columns, ())
     if len(records) == 1:
         one = _one_record(spec, records[0])
         if one is not None:
             return one
-    cols = _record_columns(spec, records)
+    return _transform_columns(spec, _record_columns(spec, records), None, records)
+
+
+def _transform_columns(
+    spec: FeatureSpec,
+    cols: RecordColumns,
+    unknown: tuple[str, ...] | None,
+    records: Sequence[Mapping[str, Any]] = (),
+) -> tuple[FeatureBatch, tuple[str, ...], RecordHashes]:
+    """Hash, fold and standardize read columns (``unknown`` None: computed from ``records``)."""
     n = cols.n
     strings: list[str | None] = []
     piece_buckets: list[tuple[int, int]] = []
@@ -663,7 +781,7 @@ def transform_record_columns(
     numeric = [_log1p_nonneg(x.copy()) for x in cols.numeric]
     batch = _encode(spec, n, hashes, valid, piece_buckets, multi_meta, numeric)
     read = RecordHashes(n, hashes, valid, cols.numeric, [lengths for _, lengths in cols.multi])
-    return batch, _unknown(spec, records), read
+    return batch, _unknown(spec, records) if unknown is None else unknown, read
 
 
 @dataclass(frozen=True)

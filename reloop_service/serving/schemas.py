@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from reloop_service.config import Settings
+from reloop_service.data.spec import FeatureSpec
+from reloop_service.data.transforms import RecordColumns, plain_record_columns
 from reloop_service.registry.records import CycleRecord, GateVerdict
 
 MAX_ID_LEN = 128
@@ -145,6 +147,44 @@ def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]
     as ``max`` of lengths, string lengths as one pass over the raw body's quotes
     (``_may_hold_long_strings``).
     """
+    parsed = _fast_shape(body, limits)
+    if parsed is None:
+        return None
+    items, features = parsed
+    if not _fast_values(body, features, limits):
+        return None
+    ids = _fast_ids(items)
+    return None if ids is None else (features, ids)
+
+
+def _fast_columns(
+    body: bytes, limits: PredictLimits, spec: FeatureSpec
+) -> tuple[list[dict[str, Any]], list[str | None], RecordColumns | None] | None:
+    """``_fast_items`` plus, for a batch of the plain shape, its feature columns already read.
+
+    ``plain_record_columns`` checks each spec field's values while reading its column (types and
+    limits: what ``_fast_values`` checks of them), so a body of that shape skips ``_fast_values``'
+    passes over every value. Any other body is checked by ``_fast_values`` (columns ``None``). A
+    single item keeps the single-record transform (columns ``None``).
+    """
+    parsed = _fast_shape(body, limits)
+    if parsed is None:
+        return None
+    items, features = parsed
+    columns = None
+    if len(features) > 1:
+        columns = plain_record_columns(spec, features, limits.max_string, limits.max_list)
+    if columns is None and not _fast_values(body, features, limits):
+        return None
+    ids = _fast_ids(items)
+    return None if ids is None else (features, ids, columns)
+
+
+def _fast_shape(
+    body: bytes, limits: PredictLimits
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """(items, their feature mappings) of a body shaped like a predict request within the limits
+    on items and keys; ``None`` for anything else."""
     try:
         doc = orjson.loads(body)  # rejects NaN / Infinity; integers beyond 64 bits become floats
     except orjson.JSONDecodeError:
@@ -159,27 +199,36 @@ def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]
     features: list[dict[str, Any]] = list(map(dict.get, items, repeat("features")))  # type: ignore[arg-type]
     if set(map(type, features)) != _DICT or max(map(len, features)) > limits.max_keys:
         return None
+    return items, features
+
+
+def _fast_values(body: bytes, features: list[dict[str, Any]], limits: PredictLimits) -> bool:
+    """Whether every feature name and value is of an accepted type and within the limits."""
     values = list(chain.from_iterable(map(dict.values, features)))
     types = list(map(type, values))
     kinds = set(types)
     if not kinds <= _SCALARS:
         if not kinds <= _VALUE_TYPES:
-            return None
+            return False
         if int in kinds:
             ints = list(compress(values, map(is_, types, repeat(int))))
             if min(ints) < -_I64 or max(ints) >= _I64:
-                return None
+                return False
         if list in kinds:
             lists = list(compress(values, map(is_, types, repeat(list))))
             if (
                 max(map(len, lists)) > limits.max_list
                 or not set(map(type, chain.from_iterable(lists))) <= _STR
             ):
-                return None
-    if _may_hold_long_strings(body, limits.max_string) and any(
-        map(_too_long, features, repeat(limits.max_string))
-    ):
-        return None
+                return False
+    return not (
+        _may_hold_long_strings(body, limits.max_string)
+        and any(map(_too_long, features, repeat(limits.max_string)))
+    )
+
+
+def _fast_ids(items: list[dict[str, Any]]) -> list[str | None] | None:
+    """The items' impression ids (None where not given); ``None`` when one is not a valid id."""
     ids: list[str | None] = list(map(dict.get, items, repeat("impression_id")))  # type: ignore[arg-type]
     id_kinds = set(map(type, ids))
     if id_kinds != _NONE_ONLY:
@@ -188,7 +237,7 @@ def _fast_items(body: bytes, limits: PredictLimits) -> tuple[list[dict[str, Any]
         given: list[str] = list(compress(ids, map(is_, map(type, ids), repeat(str))))  # type: ignore[arg-type]
         if min(map(len, given)) < 1 or max(map(len, given)) > MAX_ID_LEN:
             return None
-    return features, ids
+    return ids
 
 
 def _too_long(feats: dict[str, Any], max_string: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,54 @@ def test_large_batches_hash_directly_and_agree_with_the_memo(
         memo = transforms.transform_record_columns(spec, records)
         assert _equal(direct[0], memo[0]) and _same_read(direct[2], memo[2])
     assert _equal(direct[0], transform(spec, records_to_batch(spec, records)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "user_id": st.one_of(st.none(), st.text(max_size=6), st.integers(-5, 5)),
+                "device": st.one_of(st.none(), st.sampled_from(["a", "b", "ünï", ""])),
+                "price": st.one_of(_num_value, st.booleans()),
+                "age": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=64)),
+                "tags": st.one_of(_multi_value, st.lists(st.text(max_size=3), max_size=6)),
+            },
+        ),
+        min_size=2,
+        max_size=12,
+    ),
+    hot=st.booleans(),
+)
+def test_plain_columns_encode_as_the_general_path(rows: list[dict[str, Any]], hot: bool) -> None:
+    """Property: when the column reader takes a batch, it encodes (tensors, no unknown keys, archived
+    hashes) exactly as the general path does; it declines what is not plain or over the limits."""
+    if not hot:
+        _clear_cache()
+    columns = transforms.plain_record_columns(_ONE_SPEC, rows, max_string=4, max_list=5)
+    if columns is None:
+        return
+    expected = _general(_ONE_SPEC, rows)
+    got = transforms.transform_record_columns(_ONE_SPEC, rows, columns)
+    assert _equal(got[0], expected[0]) and got[1] == expected[1] == ()
+    assert got[0].multi.shape == expected[0].multi.shape and got[0].num.dtype == expected[0].num.dtype
+    assert _same_read(got[2], expected[2])
+    assert all(len(v) <= 4 for v in chain(*columns.cat, *(f for f, _ in columns.multi)) if v is not None)
+    assert all(int(lengths.max(initial=0)) <= 5 for _, lengths in columns.multi)
+
+
+def test_plain_columns_take_plain_batches_only() -> None:
+    plain = [{"user_id": "u1", "price": 2.5, "age": 3, "tags": ["a", "b"]}, {"device": None, "tags": None}]
+    assert transforms.plain_record_columns(_ONE_SPEC, plain, 1024, 256) is not None
+    for extra in (
+        {"user_id": 7},  # an integer id: canonicalized by the general path
+        {"price": True},
+        {"price": 2**63},
+        {"tags": "a"},
+        {"tags": [None]},
+        {"other": "x"},  # an unknown key
+        {"user_id": "x" * 1025},
+        {"tags": ["a"] * 257},
+    ):
+        assert transforms.plain_record_columns(_ONE_SPEC, [*plain, extra], 1024, 256) is None, extra

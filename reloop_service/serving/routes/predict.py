@@ -30,13 +30,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reloop_service.data.archive import FeatureColumns, PredictionRows
-from reloop_service.data.transforms import FeatureError, transform_record_columns
+from reloop_service.data.transforms import FeatureError, RecordColumns, transform_record_columns
 from reloop_service.serving.holder import LoadedModel
 from reloop_service.serving.ids import uuid7_batch
 from reloop_service.serving.schemas import (
     PredictLimits,
     PredictResponse,
-    _fast_items,
+    _fast_columns,
     orjson_dumps,
     parse_predict_body,
     predict_request_model,
@@ -74,11 +74,18 @@ def _spec_features(features: list[dict[str, Any]], unknown: tuple[str, ...]) -> 
 
 
 def score(
-    state: ServingState, loaded: LoadedModel, features: list[dict[str, Any]], ids: list[str | None]
+    state: ServingState,
+    loaded: LoadedModel,
+    features: list[dict[str, Any]],
+    ids: list[str | None],
+    columns: RecordColumns | None = None,
 ) -> bytes:
-    """Transform, predict, assign ids, archive; returns the JSON response body."""
+    """Transform, predict, assign ids, archive; returns the JSON response body.
+
+    ``columns``: the features' ``plain_record_columns`` for ``loaded.spec`` when already read.
+    """
     try:
-        encoded, unknown, read = transform_record_columns(loaded.spec, features)
+        encoded, unknown, read = transform_record_columns(loaded.spec, features, columns)
     except FeatureError as exc:
         raise _feature_error(exc) from None
     if unknown:
@@ -232,16 +239,16 @@ class PredictFastPath:
         except ConnectionResetError:
             return 500  # nothing sent: counted as the metrics middleware counts such a request
         scope[_SCOPE_KEY] = "read"
-        fast = _fast_items(body, self.limits)
         loaded = self.state.holder.current  # read once: this request finishes on this model
+        fast = None if loaded is None else _fast_columns(body, self.limits, loaded.spec)
         if fast is None or loaded is None:
             return await self._forward(scope, _replay(body, receive), send)
-        features, ids = fast
+        features, ids, columns = fast
         try:
             if len(features) <= INLINE_MAX_ITEMS:
-                payload = score(self.state, loaded, features, ids)
+                payload = score(self.state, loaded, features, ids, columns)
             else:
-                payload = await run_in_threadpool(score, self.state, loaded, features, ids)
+                payload = await run_in_threadpool(score, self.state, loaded, features, ids, columns)
         except RequestValidationError:
             return await self._forward(scope, _replay(body, receive), send)  # the route raises it again: 422
         await send(
