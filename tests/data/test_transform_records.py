@@ -340,3 +340,28 @@ def test_plain_columns_take_plain_batches_only() -> None:
         {"tags": ["a"] * 257},
     ):
         assert transforms.plain_record_columns(_ONE_SPEC, [*plain, extra], 1024, 256) is None, extra
+
+
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("null", [False, True])
+def test_plain_columns_of_large_batches_encode_as_the_general_path(missing: bool, null: bool) -> None:
+    """Batches past ``DIRECT_HASH_MIN`` strings (hashed directly), every feature present (read by one
+    ``itemgetter`` call a record) or not (one pass a feature), with null categorical values or none
+    (then no string is looked at for None): the same encoding as the general path."""
+    n = transforms.DIRECT_HASH_MIN
+    rows: list[dict[str, Any]] = [
+        {"user_id": f"u{i}", "device": f"d{i % 3}", "price": i / 3, "age": i, "tags": [f"t{i % 7}"] * (i % 4)}
+        for i in range(n)
+    ]
+    if null:
+        rows[5]["user_id"] = None
+    if missing:
+        del rows[7]["device"], rows[8]["tags"]
+    columns = transforms.plain_record_columns(_ONE_SPEC, rows, 1024, 256)
+    assert columns is not None and columns.nulls == (null or missing)
+    expected = _general(_ONE_SPEC, rows)
+    got = transforms.transform_record_columns(_ONE_SPEC, rows, columns)
+    assert _equal(got[0], expected[0]) and got[1] == expected[1] == ()
+    assert _same_read(got[2], expected[2])
+    rows[9]["other"] = 1  # an unknown key, whichever way the columns are read
+    assert transforms.plain_record_columns(_ONE_SPEC, rows, 1024, 256) is None
