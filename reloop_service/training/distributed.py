@@ -96,15 +96,17 @@ def backend_for(device: str) -> str:
 
 
 def init_distributed(*, device: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) -> DistContext:
-    """Join the process group described by torchrun's environment; a world of one without it.
+    """Join the process group described by torchrun's environment, or use the one the caller has
+    already joined (any ``init_method``, e.g. a file store); a world of one without either.
 
     The device is ``cuda:<LOCAL_RANK>`` when CUDA is available (then the backend is ``nccl``),
     else ``cpu`` with ``gloo``.
     """
-    if not launched_by_torchrun():
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and not launched_by_torchrun():
         return SINGLE
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
+    rank = dist.get_rank() if joined else int(os.environ["RANK"])
+    world = dist.get_world_size() if joined else int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"

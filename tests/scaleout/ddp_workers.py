@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from reloop_service.training.distributed import (
@@ -73,16 +74,18 @@ def reference(world_size: int) -> TinyCTR:
     return model
 
 
-def sync_worker(local_rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """Train STEPS steps on this rank's batches with DDP + SparseGradSync; save the state dict."""
-    os.environ.update(
-        RANK=str(local_rank),
-        LOCAL_RANK=str(local_rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def sync_worker(local_rank: int, world_size: int, out_dir: str) -> None:
+    """Train STEPS steps on this rank's batches with DDP + SparseGradSync; save the state dict.
+
+    The ranks meet through a file store in ``out_dir``, not a TCP port picked in advance: under
+    pytest-xdist another worker's gloo or server can bind a just-picked free port before rank 0
+    does, and the ranks then abort. ``init_distributed`` finds the group joined and uses it.
+    """
+    os.environ["LOCAL_RANK"] = str(local_rank)
     torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=Path(out_dir, "rendezvous").as_uri(), rank=local_rank, world_size=world_size
+    )
     ctx = init_distributed(device="cpu")
     try:
         # Different seeds per rank: DDP's initial broadcast must make the dense weights equal, and the

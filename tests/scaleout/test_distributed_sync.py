@@ -18,13 +18,10 @@ from reloop_service.training.distributed import (
 )
 
 from . import ddp_workers
-from .conftest import free_port
 
 
 def run_ranks(world_size: int, out_dir: Path) -> list[dict]:
-    mp.spawn(
-        ddp_workers.sync_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True
-    )
+    mp.spawn(ddp_workers.sync_worker, args=(world_size, str(out_dir)), nprocs=world_size, join=True)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
