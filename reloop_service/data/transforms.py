@@ -16,6 +16,7 @@ import json
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import is_not, itemgetter
@@ -396,10 +397,10 @@ _hash_cache: dict[str | None, int] = {None: 0}
 _hash_cache_lock = threading.Lock()
 _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
-_STR_ONLY = {str}
+_STR_ONLY = frozenset({str})
 _LIST_OR_NONE = frozenset({list, _NONE})
 _NUMBER_KINDS = frozenset({float, int, bool, _NONE})
-_LIST_ONLY = {list}
+_LIST_ONLY = frozenset({list})
 
 
 DIRECT_HASH_MIN = 128
@@ -629,8 +630,6 @@ class _PlainPlan:
 
 
 _plain_plans: dict[int, _PlainPlan] = {}
-_STR_ONLY = {str}
-_LIST_OR_NONE = frozenset({list, _NONE})
 _FLOAT_INT_NONE = frozenset({float, int, _NONE})
 _I64 = 2**63
 
@@ -656,6 +655,19 @@ def _plain_plan(spec: FeatureSpec) -> _PlainPlan:
         getter=itemgetter(*names) if len(names) > 1 else None,
     )
     return plan
+
+
+def _present(
+    col: list[Any], only: AbstractSet[object], allowed: AbstractSet[object]
+) -> tuple[list[Any], bool] | None:
+    """The non-null values of ``col`` and whether it had nulls, if every value's type is in
+    ``allowed`` (``only`` when there is no null); None for any other type (the general path decides)."""
+    kinds = set(map(type, col))
+    if kinds == only:
+        return col, False
+    if kinds <= allowed:
+        return list(compress(col, map(is_not, col, repeat(None)))), True
+    return None
 
 
 def plain_record_columns(
@@ -684,27 +696,21 @@ def plain_record_columns(
     nulls = False
     for _ in plan.cat:
         col = next(read)
-        kinds = set(map(type, col))
-        if kinds == _STR_ONLY:
-            strings = col
-        elif kinds <= _STR_OR_NONE:
-            strings = list(compress(col, map(is_not, col, repeat(None))))
-            nulls = True
-        else:
+        found = _present(col, _STR_ONLY, _STR_OR_NONE)
+        if found is None:
             return None
+        strings, had_null = found
+        nulls = nulls or had_null
         if strings and max(map(len, strings)) > max_string:
             return None
         cat.append(col)
     multi: list[tuple[list[str | None], np.ndarray]] = []
     for name in plan.multi:
         col = next(read)
-        kinds = set(map(type, col))
-        if kinds == _LIST_ONLY:
-            lists = col
-        elif kinds <= _LIST_OR_NONE:
-            lists = list(compress(col, map(is_not, col, repeat(None))))
-        else:
+        found = _present(col, _LIST_ONLY, _LIST_OR_NONE)
+        if found is None:
             return None
+        lists = found[0]
         if lists and max(map(len, lists)) > max_list:
             return None
         flat = list(chain.from_iterable(lists))

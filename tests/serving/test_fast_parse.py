@@ -66,13 +66,17 @@ _CORRUPTIONS: dict[str, Any] = {
 }
 
 
-@st.composite
-def _corrupted(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
-    doc = draw(_valid_body)
+def _corrupt(draw: st.DrawFn, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One corruption of ``_CORRUPTIONS`` applied to one item of a valid body."""
     name = draw(st.sampled_from(sorted(_CORRUPTIONS)))
     item = doc["items"][draw(st.integers(0, len(doc["items"]) - 1))]
     _CORRUPTIONS[name](item["features"], item, doc)
     return name, doc
+
+
+@st.composite
+def _corrupted(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    return _corrupt(draw, draw(_valid_body))
 
 
 def _model(body: bytes) -> tuple[list[dict[str, Any]], list[str | None]] | None:
@@ -180,11 +184,7 @@ def test_bodies_read_into_columns_read_as_the_model_reads_them(doc: Any) -> None
 
 @st.composite
 def _corrupted_plain(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
-    doc = draw(_plainer_body)
-    name = draw(st.sampled_from(sorted(_CORRUPTIONS)))
-    item = doc["items"][draw(st.integers(0, len(doc["items"]) - 1))]
-    _CORRUPTIONS[name](item["features"], item, doc)
-    return name, doc
+    return _corrupt(draw, draw(_plainer_body))
 
 
 @settings(max_examples=600, deadline=None)
