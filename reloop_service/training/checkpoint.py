@@ -10,6 +10,7 @@ numbers only, so ``checkpoint_from_bytes`` loads with ``weights_only=True`` (no 
 from __future__ import annotations
 
 import io
+import mmap
 from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from reloop_service.data.spec import FeatureSpec
+from reloop_service.training.layers import gather_rows, scatter_rows
 
 if TYPE_CHECKING:
     from reloop_service.training.models import CTRModel
@@ -104,15 +106,16 @@ def _pack_rows(value: Any) -> Any:
     An embedding table, and its optimizer state, holds a row per hashed value the model could ever
     see; training touches a few percent of them (7,013 of the demo model's 552,960 rows after a day).
     Writing the dense tensors copied, compressed and, on load, decompressed and copied every untouched
-    row again: 155 and 114 ms of CPU per checkpoint for the demo model, most of an hourly cycle's fixed
-    cost. A packed tensor is ``{_ROWS_MARKER: ids int64 [K], "values": [K, D], "shape": [N, D]}``.
+    row again: 122-134 and 103 ms of CPU per checkpoint for the demo model (41-53 and 19-20 packed;
+    ``scripts/checkpoint_ab.py``), most of an hourly cycle's fixed cost. A packed tensor is
+    ``{_ROWS_MARKER: ids int64 [K], "values": [K, D], "shape": [N, D]}``.
     """
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         if tensor.dim() == 2 and tensor.shape[0] >= SPARSE_MIN_ROWS and tensor.is_floating_point():
             ids = torch.nonzero(tensor.any(dim=1)).reshape(-1)
             if 2 * ids.numel() <= tensor.shape[0]:
-                return {_ROWS_MARKER: ids, "values": tensor[ids], "shape": list(tensor.shape)}
+                return {_ROWS_MARKER: ids, "values": gather_rows(tensor, ids), "shape": list(tensor.shape)}
         return tensor
     if isinstance(value, dict):
         return {k: _pack_rows(v) for k, v in value.items()}
@@ -121,20 +124,34 @@ def _pack_rows(value: Any) -> Any:
     return value
 
 
+def _mapped_zeros(rows: int, cols: int) -> torch.Tensor:
+    """Float32 zeros [rows, cols] in anonymous memory that the OS maps page by page when written.
+
+    Not ``np.zeros``: NumPy asks for huge pages on large arrays, and then scattering a checkpoint's
+    rows zero-fills every 2 MB page they land on; loading the demo checkpoint while three others were
+    alive took ~225 ms of CPU that way, ~20 ms this way. (A table trained in place keeps NumPy's huge
+    pages: its row-sparse steps ran 27% slower on 4 KB pages, docs/benchmarks.md.)
+    """
+    buffer = mmap.mmap(-1, max(rows * cols * 4, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.from_numpy(np.frombuffer(buffer, dtype=np.float32, count=rows * cols).reshape(rows, cols))
+
+
 def _unpack_rows(value: Any) -> Any:
     """Inverse of ``_pack_rows``: packed tables become dense again, their untouched rows zero.
 
-    The zeros come from NumPy's calloc for float32 (as ``RowSparseEmbedding`` allocates its tables),
-    so pages of rows nobody touched are not even mapped until training writes them.
+    Float32 tables start as ``_mapped_zeros``: pages of rows nobody touched are not even mapped until
+    training writes them.
     """
     if isinstance(value, dict):
         if _ROWS_MARKER in value:
             ids, values, shape = value[_ROWS_MARKER], value["values"], value["shape"]
-            if values.dtype == torch.float32:
-                dense = torch.from_numpy(np.zeros(tuple(shape), dtype=np.float32))
+            if values.dtype == torch.float32 and len(shape) == 2:
+                dense = _mapped_zeros(int(shape[0]), int(shape[1]))
             else:
                 dense = torch.zeros(tuple(shape), dtype=values.dtype)
-            dense[ids] = values
+            if ids.shape[0] != values.shape[0] or values.shape[1:] != dense.shape[1:]:
+                raise ValueError(f"{ids.shape[0]} row ids for {list(values.shape)} values of a {shape} table")
+            scatter_rows(dense, ids, values)  # one memcpy a row (torch's index_put: ~18x slower here)
             return dense
         return {k: _unpack_rows(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
