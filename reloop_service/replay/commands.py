@@ -53,10 +53,11 @@ ClusterBy = Annotated[
 Bootstrap = Annotated[
     int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for the paired 95% CI (0: off).")
 ]
-Alpha = Annotated[float, typer.Option("--alpha", help="reloop's α.")]
-Epsilon = Annotated[float, typer.Option("--epsilon", help="label_smoothing's ε.")]
-Beta = Annotated[float, typer.Option("--beta", help="distill's β.")]
-Tau = Annotated[float, typer.Option("--temperature", help="distill's τ.")]
+_LOSS_DEFAULT = "[default: the loss's own, training/losses.py DEFAULT_PARAMS]"
+Alpha = Annotated[float | None, typer.Option("--alpha", help=f"reloop's α {_LOSS_DEFAULT}.")]
+Epsilon = Annotated[float | None, typer.Option("--epsilon", help=f"label_smoothing's ε {_LOSS_DEFAULT}.")]
+Beta = Annotated[float | None, typer.Option("--beta", help=f"distill's β {_LOSS_DEFAULT}.")]
+Tau = Annotated[float | None, typer.Option("--temperature", help=f"distill's τ {_LOSS_DEFAULT}.")]
 Gate = Annotated[bool, typer.Option("--gate", help="Apply the quality gate (default: every cycle promotes).")]
 Out = Annotated[
     Path, typer.Option("--out", help="Output folder (results.json, results.md, PNGs, predictions).")
@@ -101,11 +102,9 @@ def _options(**kw: Any) -> Options:
         lo, hi = (int(x) for x in kw["select_bins"].split(".."))
     except ValueError:
         raise fail(f"--mlp {kw['mlp']!r} or --select-bins {kw['select_bins']!r} is malformed") from None
-    loss_params = {
-        "label_smoothing": {"epsilon": kw["epsilon"]},
-        "distill": {"beta": kw["beta"], "temperature": kw["temperature"]},
-        "reloop": {"alpha": kw["alpha"]},
-    }
+    names = {"label_smoothing": ("epsilon",), "distill": ("beta", "temperature"), "reloop": ("alpha",)}
+    # only what the user set: the rest resolve to the loss's defaults, the service's own
+    loss_params = {loss: {k: float(kw[k]) for k in keys if kw[k] is not None} for loss, keys in names.items()}
     base = StrategyConfig(lr=kw["lr"], sparse_lr=kw["sparse_lr"], epochs=kw["epochs"])
     per = {
         s: StrategyConfig(
@@ -302,10 +301,10 @@ def movielens(
     lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
-    alpha: Alpha = 0.1,
-    epsilon: Epsilon = 0.1,
-    beta: Beta = 0.5,
-    temperature: Tau = 2.0,
+    alpha: Alpha = None,
+    epsilon: Epsilon = None,
+    beta: Beta = None,
+    temperature: Tau = None,
     gate: Gate = False,
     out: Out = Path("replay-ml100k"),
     workers: Workers = 2,
@@ -374,10 +373,10 @@ def synthetic(
     lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
-    alpha: Alpha = 0.1,
-    epsilon: Epsilon = 0.1,
-    beta: Beta = 0.5,
-    temperature: Tau = 2.0,
+    alpha: Alpha = None,
+    epsilon: Epsilon = None,
+    beta: Beta = None,
+    temperature: Tau = None,
     gate: Gate = False,
     out: Out = Path("replay-synthetic"),
     workers: Workers = 2,
@@ -444,10 +443,10 @@ def parquet(
     lr_final: LrFinal = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
-    alpha: Alpha = 0.1,
-    epsilon: Epsilon = 0.1,
-    beta: Beta = 0.5,
-    temperature: Tau = 2.0,
+    alpha: Alpha = None,
+    epsilon: Epsilon = None,
+    beta: Beta = None,
+    temperature: Tau = None,
     gate: Gate = False,
     out: Out = Path("replay-parquet"),
     workers: Workers = 2,

@@ -158,7 +158,7 @@ def test_prior_does_not_receive_gradient() -> None:
 
 
 def test_resolve_params_rejects_unknown_and_out_of_range() -> None:
-    assert resolve_params("reloop") == {"alpha": 0.1}
+    assert resolve_params("reloop") == {"alpha": 0.02}
     assert resolve_params("distill", {"beta": 0.2}) == {"beta": 0.2, "temperature": 2.0}
     with pytest.raises(ValueError, match="no parameter 'gamma'"):
         resolve_params("reloop", {"gamma": 1.0})

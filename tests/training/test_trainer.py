@@ -91,7 +91,7 @@ def test_checkpoint_is_self_describing(day1: TrainResult) -> None:
     ckpt = day1.checkpoint
     assert ckpt.model_name == "dnn"
     assert ckpt.model_args == {"embedding_dim": 8, "hidden": [32, 16], "dropout": 0.0}
-    assert ckpt.loss == "reloop" and ckpt.loss_params == {"alpha": 0.1}  # the default α
+    assert ckpt.loss == "reloop" and ckpt.loss_params == {"alpha": 0.02}  # the default α
     assert ckpt.seed == 7
     assert (ckpt.first_day, ckpt.last_day) == (D1, D1)
     assert ckpt.feature_spec().is_fitted
