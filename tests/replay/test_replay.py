@@ -322,3 +322,24 @@ def test_bootstrap_interval_is_over_users_and_pairs_the_seeds(replay: dict[str, 
     # Clusters are the users of the scored rows (30 in the generated logs), not rows.
     assert boot["clusters"] == len(set(bce.column("cluster").to_pylist())) <= 30
     assert boot["seeds"] == [0] and boot["replicates"] == 200
+
+
+def test_replay_loss_options_default_to_the_losses_own_defaults() -> None:
+    """The replay reports the service's default losses unless a flag says otherwise."""
+    import inspect
+
+    from reloop_service.replay.commands import _options, synthetic
+    from reloop_service.training.losses import resolve_params
+
+    kw = {
+        name: p.default
+        for name, p in inspect.signature(synthetic).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    per = _options(**kw).config.strategies
+    for loss in ("reloop", "distill", "label_smoothing"):
+        assert per[loss].loss_params == {}
+        assert resolve_params(loss, per[loss].loss_params) == resolve_params(loss, {})
+    chosen = _options(**(kw | {"alpha": 0.3, "beta": 0.25})).config.strategies
+    assert chosen["reloop"].loss_params == {"alpha": 0.3}
+    assert chosen["distill"].loss_params == {"beta": 0.25}
