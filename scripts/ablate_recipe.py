@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+import reloop_service.training.models as models_module
+import reloop_service.training.trainer as trainer_module
 from reloop_service.data.spec import CategoricalField, FeatureSpec
 from reloop_service.replay.movielens import movielens_spec, movielens_table
 from reloop_service.training.checkpoint import Checkpoint
@@ -59,7 +61,48 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--dense-wd", type=float, default=0.0, help="Decoupled weight decay (AdamW) on the MLP.")
     ap.add_argument("--model", default="dnn")
     ap.add_argument("--model-args", default="{}", help="JSON merged into the model's arguments.")
+    ap.add_argument(
+        "--embedding-l2", type=float, default=0.0, help="L2 on the batch's looked-up rows (per row, mean)."
+    )
+    ap.add_argument("--id-dropout", type=float, default=0.0, help="Zero the fields' rows at this rate.")
+    ap.add_argument("--id-dropout-fields", default="user_id", help="Comma-separated fields for --id-dropout.")
     return ap.parse_args()
+
+
+def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
+    """Patch in the experiment-only variants (the project code itself is not changed)."""
+    if not (a.embedding_l2 or a.id_dropout):
+        return
+    names = [f.name for f in spec.categorical]
+    dropped = [names.index(f) for f in a.id_dropout_fields.split(",")]
+    looked_up: dict[str, torch.Tensor] = {}
+
+    def forward(self: Any, batch: Any) -> torch.Tensor:
+        emb = self.embedding(batch.cat, batch.multi)  # [B, F, D]
+        if self.training and torch.is_grad_enabled():
+            if a.id_dropout:  # a zero row is what an id never seen in training looks up
+                keep = torch.ones(emb.shape[:2])
+                keep[:, dropped] = (torch.rand(emb.shape[0], len(dropped)) >= a.id_dropout).float()
+                emb = emb * keep.unsqueeze(-1)
+            looked_up["emb"] = emb
+        return self.head(emb, batch.num.to(torch.float32))  # type: ignore[no-any-return]
+
+    models_module.CTRModel.forward = forward  # type: ignore[method-assign]
+    plain = trainer_module.get_loss
+
+    def get_loss(name: str) -> Any:
+        fn = plain(name)
+
+        def with_l2(logits: Any, labels: Any, prior: Any, mask: Any, params: Any) -> torch.Tensor:
+            loss = fn(logits, labels, prior, mask, params)
+            emb = looked_up.pop("emb", None)
+            if a.embedding_l2 and emb is not None and torch.is_grad_enabled():
+                loss = loss + a.embedding_l2 * emb.pow(2).sum(dim=(1, 2)).mean()
+            return loss
+
+        return with_l2
+
+    trainer_module.get_loss = get_loss
 
 
 def batch_of(a: argparse.Namespace, rows: int, fixed: int) -> int:
@@ -160,7 +203,7 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
 def main() -> None:
     a = parse()
     if a.dense_wd:  # experiment only: the dense optimizer becomes AdamW (same state layout as Adam)
-        torch.optim.Adam = functools.partial(torch.optim.AdamW, weight_decay=a.dense_wd)  # type: ignore[misc]
+        torch.optim.Adam = functools.partial(torch.optim.AdamW, weight_decay=a.dense_wd)  # type: ignore[misc,assignment]
     torch.set_num_threads(1)
     t = movielens_table(a.data_dir)
     base = movielens_spec()
@@ -168,6 +211,7 @@ def main() -> None:
         CategoricalField(f.name, a.buckets if f.name in ID_FIELDS else f.buckets) for f in base.categorical
     )
     spec = replace(base, categorical=fields)
+    install_variants(a, spec)
     results = []
     for seed in range(a.seeds):
         out = one_seed(a, t, spec, seed)
