@@ -39,6 +39,7 @@ from reloop_service.data.period import Period
 from reloop_service.data.spec import FeatureSpec
 from reloop_service.data.transforms import canonical_strings
 from reloop_service.training.evaluation import auc, logloss
+from reloop_service.training.losses import resolve_params
 
 if TYPE_CHECKING:
     from reloop_service.registry.records import TrainSummary
@@ -410,7 +411,7 @@ def run_one(
         "seed": seed,
         "model": settings.model,
         "loss": settings.loss,
-        "loss_params": dict(settings.loss_params),
+        "loss_params": resolve_params(settings.loss, settings.loss_params),  # as trained, defaults included
         "lr": settings.learning_rate,
         "sparse_lr": settings.sparse_learning_rate,
         "epochs": settings.epochs,

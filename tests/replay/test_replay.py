@@ -30,6 +30,7 @@ from reloop_service.replay.runner import (
 )
 from reloop_service.replay.sources import parquet_data
 from reloop_service.replay.summary import summarize, write_outputs
+from reloop_service.training.losses import resolve_params
 
 torch.set_num_threads(1)
 
@@ -83,7 +84,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         mlp_hidden=(8,),
         batch_size=64,
         default=StrategyConfig(lr=3e-3),
-        strategies={"reloop": StrategyConfig(lr=3e-3, loss_params={"alpha": 0.5})},
+        strategies={"reloop": StrategyConfig(lr=3e-3)},  # the loss's own α
         cluster_by="user",
     )
     protocol = SplitProtocol(warmup_bins=WARMUP, select_from=2, select_to=3, report_from=3)
@@ -135,6 +136,9 @@ def test_bins_and_test_then_train_order(replay: dict[str, Any]) -> None:
             # The 10% hash holdout is trained on after the gate: the version learned every row.
             assert all(r == ROWS for r in rows_trained)
             assert versions[bins[-1]["trained_version"]].train_config["cold_start"] is False
+    # each run records the loss parameters it trained with, the loss's defaults included
+    assert replay["results"]["reloop"]["loss_params"] == resolve_params("reloop", {}) == {"alpha": 0.02}
+    assert replay["results"]["bce"]["loss_params"] == {}
 
 
 def test_archived_priors_are_what_the_predict_path_returned(replay: dict[str, Any]) -> None:
@@ -329,7 +333,6 @@ def test_replay_loss_options_default_to_the_losses_own_defaults() -> None:
     import inspect
 
     from reloop_service.replay.commands import _options, synthetic
-    from reloop_service.training.losses import resolve_params
 
     kw = {
         name: p.default
