@@ -6,6 +6,7 @@ import copy
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,6 +162,44 @@ def test_an_unknown_checkpoint_version_is_refused_with_the_readable_versions() -
     refusal = r"unsupported checkpoint version 99 \(this build reads versions 1, 2, 3\)"
     with pytest.raises(CheckpointError, match=refusal):
         checkpoint_from_bytes(buffer.getvalue())
+
+
+def _reference_initial_rows(seed: int, ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The initial-value hash written out plainly (one new array per operation)."""
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def splitmix64(x: np.ndarray) -> np.ndarray:
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & mask
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    cells = (
+        ids.numpy().astype(np.uint64)[:, None] * np.uint64(dim) + np.arange(dim, dtype=np.uint64)
+    ).reshape(-1)
+    bits = splitmix64(cells ^ splitmix64(np.full(1, seed, dtype=np.uint64)))
+    quarters = [(bits >> np.uint64(16 * q)) & np.uint64(0xFFFF) for q in range(4)]
+    total = sum(quarters[1:], quarters[0]).astype(np.float32)
+    scale = np.float32(np.sqrt(3.0) / 2**16 * 0.01)
+    return torch.from_numpy(((total - np.float32(2 * (2**16 - 1))) * scale).reshape(-1, dim))
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**62 - 1])
+@pytest.mark.parametrize("dim", [1, 16, 17])
+def test_initial_rows_are_the_hash_values_bit_for_bit(seed: int, dim: int) -> None:
+    """The in-place computation gives exactly the plain one's values (trained models keep theirs)."""
+    ids = torch.cat(
+        [
+            torch.arange(5),
+            torch.randint(0, 2**40, (2000,), generator=torch.Generator().manual_seed(seed % 97)),
+        ]
+    )
+    with np.errstate(over="ignore"):
+        expected = _reference_initial_rows(seed, ids, dim)
+    got = initial_rows(seed, ids, dim)
+    assert got.dtype == torch.float32 and got.shape == (ids.numel(), dim)
+    assert torch.equal(got, expected)
+    assert initial_rows(seed, ids[:0], dim).shape == (0, dim)
 
 
 def test_rows_are_initialized_lazily_on_first_training_touch() -> None:

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from reloop_service.training.layers import RowSparseEmbedding
+from reloop_service.training.layers import RowSparseEmbedding, initial_rows
 from reloop_service.training.optim import RowSparseAdam
 
 
@@ -52,6 +52,48 @@ def test_only_batch_rows_change_and_match_dense_adam() -> None:
     assert torch.equal(exp_avg[untouched], torch.zeros(46, 4))
     assert torch.equal(exp_avg_sq[untouched], torch.zeros(46, 4))
     assert opt.table_step(table) == 3
+
+
+def test_step_is_dense_torch_adam_on_the_touched_rows_bit_for_bit() -> None:
+    """Each step equals ``torch.optim.Adam`` (single-tensor) run on a dense copy of the touched rows.
+
+    Fresh rows (drawn on first touch) and rows seen before, over steps with changing row sets;
+    ids are unique within a step so each row's gradient is one term (no summation order to
+    match). Untouched rows and moments stay zero; touched ones equal the reference exactly.
+    """
+    torch.manual_seed(0)
+    n, dim, lr = 300, 16, 0.05
+    table = RowSparseEmbedding(n, dim)
+    opt = RowSparseAdam([table], lr=lr)
+    weight = initial_rows(table.init_seed, torch.arange(n), dim)  # the reference's dense state
+    exp_avg, exp_avg_sq = torch.zeros(n, dim), torch.zeros(n, dim)
+    touched = torch.zeros(n, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(12):
+        ids = torch.randperm(n, generator=gen)[: 40 + 5 * step]  # overlaps earlier steps, adds new rows
+        sparse_step(table, opt, ids)
+
+        rows = weight[ids].clone().requires_grad_()
+        loss_of(rows).backward()
+        param = torch.nn.Parameter(weight[ids].clone())
+        param.grad = rows.grad
+        reference = torch.optim.Adam([param], lr=lr, foreach=False)
+        reference.state[param] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": exp_avg[ids].clone(),
+            "exp_avg_sq": exp_avg_sq[ids].clone(),
+        }
+        reference.step()
+        weight[ids] = param.detach()
+        exp_avg[ids] = reference.state[param]["exp_avg"]
+        exp_avg_sq[ids] = reference.state[param]["exp_avg_sq"]
+        touched[ids] = True
+
+        m, v = opt.moments(table)
+        assert torch.equal(table.weight[touched], weight[touched])
+        assert torch.equal(m[touched], exp_avg[touched]) and torch.equal(v[touched], exp_avg_sq[touched])
+        assert not table.weight[~touched].any() and not m[~touched].any() and not v[~touched].any()
+    assert opt.table_step(table) == 12
 
 
 def test_bias_correction_uses_the_table_step_like_torch_sparse_adam() -> None:
