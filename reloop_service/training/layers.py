@@ -437,14 +437,16 @@ class FieldEmbedding(nn.Module):
         uniq, inverse = torch.unique(keys, return_inverse=True)
         rows = self.table.lookup_rows(uniq.to(torch.int64))
         emb = RowGather.apply(rows, inverse)  # [B * n_cat + B * n_multi * L, D]
-        out = []
+        # Slices only when both kinds of field are present: a slice's backward is a zeroed copy of
+        # all of ``emb`` ([32768, 16] in the bench, ~0.5 ms a step) even when it covers every row.
+        if not self.n_multi:
+            return emb.view(b, self.n_cat, self.dim)
         n_cat_keys = b * self.n_cat
-        if self.n_cat:
-            out.append(emb[:n_cat_keys].view(b, self.n_cat, self.dim))
-        if self.n_multi:
-            bags = emb[n_cat_keys:].view(b, self.n_multi, multi.shape[2], self.dim)
-            out.append((bags * self._pool_weights(multi).unsqueeze(-1)).sum(dim=2))
-        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        bags = (emb[n_cat_keys:] if self.n_cat else emb).view(b, self.n_multi, multi.shape[2], self.dim)
+        pooled = (bags * self._pool_weights(multi).unsqueeze(-1)).sum(dim=2)
+        if not self.n_cat:
+            return pooled
+        return torch.cat([emb[:n_cat_keys].view(b, self.n_cat, self.dim), pooled], dim=1)
 
     def _load_from_state_dict(
         self,

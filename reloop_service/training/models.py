@@ -123,7 +123,8 @@ class DNN(CTRModel):
         self._model_args.update(hidden=list(widths), dropout=float(dropout))
 
     def head(self, emb: Tensor, num: Tensor) -> Tensor:
-        x = torch.cat([emb.flatten(1), num], dim=1)
+        # no numeric fields: the flattened embeddings as they are (a cat would copy them, 2 MiB a batch)
+        x = emb.flatten(1) if num.shape[1] == 0 else torch.cat([emb.flatten(1), num], dim=1)
         return self.out(self.mlp(x)).squeeze(-1)
 
 
