@@ -47,9 +47,13 @@ def _usage() -> tuple[float, float, int]:
 
 
 def run(
-    batches: list[tuple[FeatureBatch, torch.Tensor]], spec: FeatureSpec, *, ceiling: bool
+    batches: list[tuple[FeatureBatch, torch.Tensor]], spec: FeatureSpec, *, ceiling: bool, ops: bool = False
 ) -> dict[str, float]:
-    """ms of thread CPU per steady step by phase, plus system ms and faults per step."""
+    """ms of thread CPU per steady step by phase, plus system ms and faults per step.
+
+    With ``ops``, the steady steps run under ``torch.profiler`` instead and the result is each
+    operator's self CPU ms per step (the profiler's overhead included).
+    """
     torch.manual_seed(0)
     model = build_model("dnn", spec, embedding_dim=tb.EMBEDDING_DIM, hidden=list(tb.HIDDEN))
     if ceiling:
@@ -60,7 +64,10 @@ def run(
     dense = torch.optim.Adam(model.dense_parameters(), lr=1e-3)
     sparse = RowSparseAdam(model.sparse_tables(), lr=1e-2)
     totals = dict.fromkeys((*PHASES, "step", "sys", "faults"), 0.0)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if ops else None
     for i, (features, labels) in enumerate(batches):
+        if i == 1 and profiler is not None:
+            profiler.__enter__()
         u0 = _usage()
         dense.zero_grad(set_to_none=True)
         sparse.zero_grad()
@@ -81,13 +88,27 @@ def run(
         totals["sys"] += u4[1] - u0[1]
         totals["faults"] += u4[2] - u0[2]
     steps = len(batches) - 1
-    return {k: (v / steps if k == "faults" else v / steps * 1e3) for k, v in totals.items()}
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        return {e.key: e.self_cpu_time_total / 1e3 / steps for e in profiler.key_averages()}
+    result = {k: (v / steps if k == "faults" else v / steps * 1e3) for k, v in totals.items()}
+    if not ceiling:  # rows that took their initial value during the run (tables start empty), a step
+        result["new_rows"] = sum(float(t.weight.any(dim=1).sum()) for t in model.sparse_tables()) / len(
+            batches
+        )
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=150_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=0,
+        help="Also profile one run of each side: the N operators that differ most.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = tb.bench_spec()
@@ -114,6 +135,33 @@ def main() -> None:
         )
     ratio = [c["step"] / t["step"] for c, t in zip(results["ceiling"], results["train"], strict=True)]
     print(f"ceiling / train per repeat: {', '.join(f'{r:.0%}' for r in ratio)}")
+    distinct = statistics.mean(_distinct_rows(model_offsets(spec), f) for f, _ in batches)
+    new = results["train"][0]["new_rows"]
+    print(f"rows a step: {distinct:,.0f} distinct, {new:,.0f} new (initial values drawn)")
+    if args.ops:
+        train_ops, ceiling_ops = (
+            run(batches, spec, ceiling=False, ops=True),
+            run(batches, spec, ceiling=True, ops=True),
+        )
+        names = sorted(
+            set(train_ops) | set(ceiling_ops), key=lambda k: ceiling_ops.get(k, 0) - train_ops.get(k, 0)
+        )
+        print(
+            f"self CPU ms a step under torch.profiler, train / ceiling, the {args.ops} largest differences:"
+        )
+        for name in names[: args.ops]:
+            print(f"  {name[:60]:60} {train_ops.get(name, 0.0):7.2f} {ceiling_ops.get(name, 0.0):7.2f}")
+
+
+def model_offsets(spec: FeatureSpec) -> torch.Tensor:
+    """First row of each categorical field in the fused table."""
+    sizes = torch.tensor([0] + [f.buckets for f in spec.categorical[:-1]])
+    return sizes.cumsum(0)
+
+
+def _distinct_rows(offsets: torch.Tensor, features: FeatureBatch) -> int:
+    """Distinct table rows a batch looks up (its categorical fields)."""
+    return int(torch.unique(features.cat + offsets).numel())
 
 
 if __name__ == "__main__":
