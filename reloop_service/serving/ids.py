@@ -31,14 +31,20 @@ def _fmt(value: int) -> str:
 
 
 def uuid7_batch(n: int) -> list[str]:
-    """``n`` new UUIDv7 strings, strictly increasing (in string order too).
+    """``n`` new UUIDv7 strings, strictly increasing (in string order too)."""
+    return uuid7_block(n)[0]
+
+
+def uuid7_block(n: int) -> tuple[list[str], bytes]:
+    """``n`` new UUIDv7 strings, strictly increasing (in string order too), and their ASCII text
+    one after the other (36 bytes each): the archive keeps that one buffer instead of the strings.
 
     The k-th id of a call takes counter value ``c = counter + 1 + k``: millisecond
     ``last_ms + c // 4096`` and counter ``c % 4096`` (the overflow rule above, without a loop).
     """
     global _last_ms, _counter
     if n <= 0:
-        return []
+        return [], b""
     rand = os.urandom(8 * n)
     with _lock:
         ms = time.time_ns() // 1_000_000
@@ -54,7 +60,7 @@ def uuid7_batch(n: int) -> list[str]:
             tail = int.from_bytes(rand[8 * k : 8 * k + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
             ms_k, ctr = base_ms + c // (_COUNTER_MAX + 1), c % (_COUNTER_MAX + 1)
             out.append(_fmt((ms_k << 80) | (0x7 << 76) | (ctr << 64) | (0b10 << 62) | tail))
-        return out
+        return out, "".join(out).encode("ascii")
     total = first + np.arange(n, dtype=np.uint64)
     words = np.empty((n, 2), dtype=">u8")
     words[:, 0] = (
@@ -70,8 +76,9 @@ def uuid7_batch(n: int) -> list[str]:
     chars = np.empty((n, 36), dtype=np.uint8)
     chars[:, _DASH_COLUMNS] = 45  # "-"
     chars[:, _DIGIT_COLUMNS] = digits
-    text = chars.tobytes().decode("ascii")
-    return [text[k : k + 36] for k in range(0, 36 * n, 36)]
+    raw = chars.tobytes()
+    text = raw.decode("ascii")
+    return [text[k : k + 36] for k in range(0, 36 * n, 36)], raw
 
 
 def uuid7() -> str:

@@ -314,3 +314,74 @@ def test_many_batches_of_any_size_archive_as_one_batch_would(tmp_path: Path) -> 
     starts = np.cumsum([0, *sizes])
     many = archive(str(tmp_path / "many"), [records[a:b] for a, b in pairwise(starts)])
     assert many == archive(str(tmp_path / "one"), [records])
+
+
+def test_ids_as_one_text_or_as_strings_archive_exactly(tmp_path: Path) -> None:
+    """Ids reach the part byte for byte whichever way they came: the server's UUIDv7 text, client
+    strings (non-ASCII ones too), one item, or a text that does not fit its batch (the strings are
+    used). An id that is not a string is refused at append and counted, never raised."""
+    from reloop_service.data.archive import FeatureColumns
+    from reloop_service.data.transforms import transform_record_columns
+    from reloop_service.serving.ids import uuid7_block
+
+    spec = SERVING_SPEC
+
+    def cols(n: int) -> FeatureColumns:
+        _, _, read = transform_record_columns(spec, [{"site": f"s{i}", "price": 1.0} for i in range(n)])
+        return FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
+
+    ts = _us(date(2024, 5, 1))
+    made, text = uuid7_block(4)
+    client = ["é-1", "日本-2", "plain"]
+    root = str(tmp_path / "arch")
+    with PredictionArchive(root, start=False) as archive:
+        assert archive.append(PredictionRows(made, np.zeros(4), 1, ts, cols(4), id_text=text))
+        assert archive.append(PredictionRows(client, np.zeros(3), 1, ts, cols(3)))
+        assert archive.append(PredictionRows(["ü"], np.zeros(1), 1, ts, cols(1)))
+        assert archive.append(PredictionRows(["a", "b"], np.zeros(2), 1, ts, cols(2), id_text=text))
+        assert not archive.append(PredictionRows([5, "x"], np.zeros(2), 1, ts, cols(2)))  # type: ignore[list-item]
+        assert archive.counters.dropped_rows == 2
+        assert archive.append(PredictionRows(["j-é", "j-2"], np.zeros(2), 1, ts, [{"a": 1}, {"b": 2}]))
+        assert archive.flush() == 12
+    got = _read_all(root, 1, date(2024, 5, 1), date(2024, 5, 1), columns=("impression_id",))
+    assert [r["impression_id"] for r in got if not r["impression_id"].startswith("j-")] == [
+        *made,
+        *client,
+        "ü",
+        "a",
+        "b",
+    ]
+    assert sorted(r["impression_id"] for r in got if r["impression_id"].startswith("j-")) == ["j-2", "j-é"]
+
+
+def test_a_large_flush_is_written_in_row_groups_of_the_step_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step of about ``_ROWS_PER_STEP`` rows is one table and one row group; every row lands in
+    order; only the scalar columns carry statistics (the ids' and features' min/max cost CPU and
+    serve no reader)."""
+    import reloop_service.data.archive as archive_mod
+    from reloop_service.data.archive import FeatureColumns
+    from reloop_service.data.transforms import transform_record_columns
+
+    monkeypatch.setattr(archive_mod, "_ROWS_PER_STEP", 10)
+    spec = SERVING_SPEC
+    root = str(tmp_path / "arch")
+    with PredictionArchive(root, start=False) as archive:
+        for b in range(9):  # 9 batches of 4: steps of 12, 12, 12 rows
+            recs = [{"site": f"s{b}-{i}", "price": float(i)} for i in range(4)]
+            _, _, read = transform_record_columns(spec, recs)
+            cols = FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
+            ids = [f"r{4 * b + i}" for i in range(4)]
+            assert archive.append(PredictionRows(ids, np.full(4, b / 10), 1, _us(date(2024, 5, 1)), cols))
+        assert archive.flush() == 36
+    (part,) = list_parts(root, version=1, day=date(2024, 5, 1))
+    meta = pq.ParquetFile(part).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [12, 12, 12]
+    table = pq.read_table(part)
+    assert table.column("impression_id").to_pylist() == [f"r{k}" for k in range(36)]
+    assert table.column("ctr").to_pylist() == [b / 10 for b in range(9) for _ in range(4)]
+    first = meta.row_group(0)
+    names = {first.column(c).path_in_schema: first.column(c) for c in range(meta.num_columns)}
+    assert all(names[c].is_stats_set for c in ("ts", "model_version", "ctr"))
+    assert not names["impression_id"].is_stats_set

@@ -30,3 +30,12 @@ def test_a_counter_overflow_within_one_millisecond_moves_to_the_next() -> None:
     ints = [uuid.UUID(t).int for t in ids]
     assert all(a < b for a, b in itertools.pairwise(ints))
     assert (ints[-1] >> 80) > (ints[0] >> 80)
+
+
+def test_the_block_text_is_the_ids_one_after_the_other_on_both_paths() -> None:
+    """The archive keeps ``uuid7_block``'s text instead of the strings: it must be exactly them."""
+    from reloop_service.serving.ids import uuid7_block
+
+    for n in (0, 1, 7, 8, 100):
+        ids, text = uuid7_block(n)
+        assert len(ids) == n and text == "".join(ids).encode("ascii") and len(text) == 36 * n

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reloop_service.data.archive import FeatureColumns, PredictionRows
 from reloop_service.data.transforms import FeatureError, RecordColumns, transform_record_columns
 from reloop_service.serving.holder import LoadedModel
-from reloop_service.serving.ids import uuid7_batch
+from reloop_service.serving.ids import uuid7_block
 from reloop_service.serving.schemas import (
     PredictLimits,
     PredictResponse,
@@ -94,11 +94,13 @@ def score(
         ctr = loaded.fast.predict_features(encoded)
     else:
         ctr = np.asarray(loaded.predictor.predict_features(encoded), dtype=np.float64)
+    id_text = None  # the ids' ASCII when the server made them all (the archive keeps only that)
     if None in ids:
         missing = [i for i, v in enumerate(ids) if v is None]
-        fresh = uuid7_batch(len(missing))
+        fresh, text = uuid7_block(len(missing))
         if len(missing) == len(ids):
             final: list[str] = fresh
+            id_text = text
         else:
             final = list(ids)  # type: ignore[arg-type]
             for i, new in zip(missing, fresh, strict=True):
@@ -120,6 +122,7 @@ def score(
                     if state.settings.archive_features == "hashed"
                     else _spec_features(features, unknown)
                 ),
+                id_text=id_text,
             )
         )
     state.metrics.predictions_of(loaded.version).inc(len(final))
