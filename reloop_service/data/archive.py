@@ -2,9 +2,11 @@
 
 Serving appends column chunks with no I/O and no per-row Python work on the request path: the
 features arrive as the arrays the transform already computed (``FeatureColumns``: the SipHash
-of every categorical value, the numbers as sent), so a batch costs the buffer a few NumPy
-arrays, not a dict per row that the cyclic GC would rescan; mappings (``archive_features=json``)
-are JSON-encoded at append and packed into one blob a batch. A background flusher thread
+of every categorical value, the numbers as sent) and are copied, with the scores and the ids'
+text, into preallocated slabs that are reused once written (``_Slab``), so a batch costs the
+buffer a few slices, not a dict per row that the cyclic GC would rescan nor memory of its own;
+mappings (``archive_features=json``) are JSON-encoded at append and packed into one blob a
+batch. A background flusher thread
 concatenates them into Arrow columns and writes Parquet parts at
 ``<root>/dt=YYYY-MM-DD/version=V/part-<replica>-<uuid>.parquet``
 every ``flush_rows`` rows or ``flush_seconds`` seconds, and on ``close()``. Parts are written
@@ -202,13 +204,14 @@ class _Pending:
     ts_us: int
     model_version: int
     ctr: np.ndarray
-    ids: bytes  # every id's UTF-8, one after the other
+    ids: bytes | np.ndarray  # every id's UTF-8, one after the other (bytes, or uint8 in a slab)
     id_lengths: np.ndarray | None  # int64 [n] bytes of each id; None: every id is UUID_WIDTH bytes
     nbytes: int  # what this batch holds in memory (see ``_pack``)
     columns: FeatureColumns | None = None
     blob: bytes = b""
     offsets: np.ndarray | None = None
     attempts: int = 0
+    slab: _Slab | None = None  # where its arrays were copied to (``_Slab``), if anywhere
 
 
 UUID_WIDTH = 36
@@ -251,6 +254,77 @@ def _pack(rows: PredictionRows) -> _Pending:
     blob = b"".join(feats)
     nbytes = held + len(blob) + offsets.nbytes
     return _Pending(n, rows.ts_us, rows.model_version, ctr, ids, id_lengths, nbytes, None, blob, offsets)
+
+
+class _Slab:
+    """Preallocated memory that appended batches' arrays are copied into, reused once written.
+
+    Holding each request's own arrays (~17 KB a batch of 100) until the next flush cost the request
+    path more than copying them: 1.3-1.8 µs a prediction at batch 100, measured with servers run
+    side by side under the same load, against 0.1-0.4 µs for a copy into memory that outlives the
+    requests (freshly allocated memory every request, which the allocator cannot hand back to the
+    next one, made the requests' own short-lived arrays land in cold memory). A slab holds about
+    20,000 served rows of the demo spec in ~4 MB; the archive keeps at most ``_SPARE_SLABS`` idle.
+    """
+
+    __slots__ = ("floats", "hashes", "ints", "live", "text", "used", "valid")
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(_SLAB_HASHES, np.uint64)
+        self.valid = np.empty(_SLAB_HASHES, np.bool_)
+        self.floats = np.empty(_SLAB_FLOATS, np.float64)  # numeric fields and scores
+        self.ints = np.empty(_SLAB_INTS, np.int64)  # multi-valued lengths
+        self.text = np.empty(_SLAB_TEXT, np.uint8)  # ids
+        self.used = [0, 0, 0, 0]  # elements taken of hashes (and valid), floats, ints, text
+        self.live = 0  # buffered batches whose arrays are here
+
+    def take(self, pending: _Pending) -> bool:
+        """Copy ``pending``'s arrays here and point it at the copies; False when they do not fit."""
+        cols = pending.columns
+        if cols is None:
+            return False
+        n = pending.n
+        need = (len(cols.hashes), n * (len(cols.num) + 1), n * len(cols.multi_lengths), len(pending.ids))
+        h, f, i, t = self.used
+        if (
+            h + need[0] > _SLAB_HASHES
+            or f + need[1] > _SLAB_FLOATS
+            or i + need[2] > _SLAB_INTS
+            or t + need[3] > _SLAB_TEXT
+        ):
+            return False
+        hashes = self.hashes[h : h + need[0]]
+        hashes[:] = cols.hashes
+        valid = self.valid[h : h + need[0]]
+        valid[:] = cols.valid
+        num = []
+        for x in (*cols.num, pending.ctr):
+            view = self.floats[f : f + n]
+            view[:] = x
+            num.append(view)
+            f += n
+        lengths = []
+        for x in cols.multi_lengths:
+            counts = self.ints[i : i + n]
+            counts[:] = x
+            lengths.append(counts)
+            i += n
+        text = self.text[t : t + need[3]]
+        text[:] = np.frombuffer(pending.ids, np.uint8)
+        self.used = [h + need[0], f, i, t + need[3]]
+        pending.columns = FeatureColumns(cols.spec, n, hashes, valid, num[:-1], lengths)
+        pending.ctr = num[-1]
+        pending.ids = text
+        pending.slab = self
+        self.live += 1
+        return True
+
+
+_SLAB_HASHES = 1 << 18
+_SLAB_FLOATS = 1 << 16
+_SLAB_INTS = 1 << 15
+_SLAB_TEXT = 1 << 20
+_SPARE_SLABS = 2
 
 
 @dataclass
@@ -300,6 +374,8 @@ class PredictionArchive:
         self._closed = False
         self._flush_requested = False
         self._thread: threading.Thread | None = None
+        self._slab: _Slab | None = None  # where appends copy to now
+        self._spare: list[_Slab] = []  # written slabs kept for reuse (at most ``_SPARE_SLABS``)
         if start:
             self.start()
 
@@ -339,6 +415,7 @@ class PredictionArchive:
                         n,
                     )
                     return False
+            self._hold(pending)
             self._buf.chunks.append(pending)
             self._buf.rows += n
             self._buf.nbytes += pending.nbytes
@@ -347,6 +424,36 @@ class PredictionArchive:
                 self._flush_requested = True
                 self._cond.notify_all()
         return True
+
+    def _hold(self, pending: _Pending) -> None:
+        """Copy an accepted batch's arrays into the current slab (a fresh or spare one when it is
+        full); a batch too large for any slab, or of mappings, keeps its own. Under ``_cond``."""
+        if pending.columns is None:
+            return
+        slab = self._slab
+        if slab is not None and slab.take(pending):
+            return
+        fresh = self._spare.pop() if self._spare else _Slab()
+        if not fresh.take(pending):  # larger than a slab: keep the fresh one for the next batch
+            if slab is None:
+                self._slab = fresh
+            else:
+                self._spare.append(fresh)
+            return
+        self._slab = fresh
+        if slab is not None:
+            self._retire(slab)
+
+    def _retire(self, slab: _Slab) -> None:
+        """Reuse ``slab`` once no buffered batch is in it: from its start when appends still copy
+        into it (the memory stays warm), else as a spare. Under ``_cond``."""
+        if slab.live != 0:
+            return
+        if slab is self._slab:
+            slab.used = [0, 0, 0, 0]
+        elif len(self._spare) < _SPARE_SLABS:
+            slab.used = [0, 0, 0, 0]
+            self._spare.append(slab)
 
     def _full(self, rows: int, nbytes: int) -> bool:
         """Whether adding a batch would pass either bound."""
@@ -429,6 +536,7 @@ class PredictionArchive:
             groups.setdefault((pending.ts_us // _US_PER_DAY, pending.model_version, key), []).append(pending)
         written = 0
         retry: list[_Pending] = []
+        done: list[_Pending] = []  # written or given up: their slab space can be reused
         released = released_bytes = 0
         for (_day, version, key), chunks in groups.items():
             day = _day_of(chunks[0].ts_us)
@@ -446,6 +554,7 @@ class PredictionArchive:
                         self.counters.dropped_rows += c.n
                         released += c.n
                         released_bytes += c.nbytes
+                        done.append(c)
                         log.error("archive gave up on %d rows after %d tries", c.n, c.attempts)
                     else:
                         retry.append(c)
@@ -453,6 +562,7 @@ class PredictionArchive:
             written += nrows
             released += nrows
             released_bytes += sum(c.nbytes for c in chunks)
+            done.extend(chunks)
             self.counters.written_rows += nrows
             self.counters.written_parts += 1
         with self._cond:
@@ -460,6 +570,12 @@ class PredictionArchive:
                 self._buf.chunks.appendleft(c)
             self._buf.rows -= released
             self._buf.nbytes -= released_bytes
+            for c in done:
+                slab = c.slab
+                if slab is not None:
+                    c.slab = None
+                    slab.live -= 1
+                    self._retire(slab)
             self._cond.notify_all()
         return written
 
@@ -570,7 +686,7 @@ def _struct(cols: Sequence[FeatureColumns], layout: pa.StructType) -> pa.StructA
 
 def _ids(pendings: Sequence[_Pending], n: int) -> pa.StringArray:
     """The ``impression_id`` column of ``pendings`` (``n`` rows): their id buffers as one Arrow array."""
-    data = b"".join([p.ids for p in pendings])
+    data = b"".join([p.ids if isinstance(p.ids, bytes) else p.ids.data for p in pendings])
     offsets = np.zeros(n + 1, np.int32)
     if all(p.id_lengths is None for p in pendings):
         offsets[1:] = UUID_WIDTH

@@ -385,3 +385,66 @@ def test_a_large_flush_is_written_in_row_groups_of_the_step_size(
     names = {first.column(c).path_in_schema: first.column(c) for c in range(meta.num_columns)}
     assert all(names[c].is_stats_set for c in ("ts", "model_version", "ctr"))
     assert not names["impression_id"].is_stats_set
+
+
+def test_batches_copied_into_small_slabs_archive_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends copy a batch's arrays into preallocated slabs that are reused once written. With
+    slabs a few batches big: batches crossing a slab's end, a batch larger than any slab (kept as
+    its own arrays), a failed write retried while new batches fill reused slabs, all archive
+    exactly what the same batches archive with the default slab size."""
+    import pyarrow as pa
+
+    import reloop_service.data.archive as archive_mod
+    from reloop_service.data.archive import FeatureColumns, archived_features
+    from reloop_service.data.transforms import transform_record_columns
+    from reloop_service.serving.ids import uuid7_block
+
+    spec = SERVING_SPEC
+    rng = np.random.default_rng(3)
+    served = []
+    for b in range(16):
+        n = 14 if b == 6 else int(rng.integers(1, 5))  # 14 rows: more values than a small slab holds
+        recs = [
+            {
+                "site": f"s{b}-{i}",
+                "device": int(rng.integers(5)),
+                "price": float(10 * b + i),
+                "tags": [f"t{k}" for k in range(int(rng.integers(0, 4)))],
+            }
+            for i in range(n)
+        ]
+        served.append((recs, *uuid7_block(n), rng.random(n)))
+
+    def archive(root: Path) -> list[tuple[str, float, dict[str, object]]]:
+        blocker = root / "blocker"
+        blocker.parent.mkdir()
+        blocker.write_text("x")  # a file where the archive's folder goes: writes fail until it goes
+        with PredictionArchive(str(blocker / "arch"), start=False, max_attempts=5) as arch:
+            for b, (recs, ids, text, ctr) in enumerate(served):
+                _, _, read = transform_record_columns(spec, recs)
+                cols = FeatureColumns(spec, read.n, read.hashes, read.valid, read.numeric, read.multi_lengths)
+                assert arch.append(PredictionRows(ids, ctr, 1, _us(date(2024, 5, 1)), cols, id_text=text))
+                if b == 4:
+                    assert arch.flush() == 0 and arch.counters.write_errors == 1  # kept for a retry
+                if b == 9:
+                    blocker.unlink()
+                    assert arch.flush() == sum(len(s[0]) for s in served[:10])
+        assert arch.counters.dropped_rows == 0
+        day = date(2024, 5, 1)
+        batches = read_predictions(
+            str(blocker / "arch"), version=1, start=day, end=day, columns=("impression_id", "ctr", "features")
+        )
+        table = pa.Table.from_batches(list(batches)).sort_by("impression_id")  # UUIDv7: issue order
+        feats = archived_features(table.column("features"))
+        ids, ctr = table.column("impression_id").to_pylist(), table.column("ctr").to_pylist()
+        return list(zip(ids, ctr, feats, strict=True))
+
+    reference = archive(tmp_path / "default")
+    for name, size in (("_SLAB_HASHES", 24), ("_SLAB_FLOATS", 16), ("_SLAB_INTS", 8), ("_SLAB_TEXT", 200)):
+        monkeypatch.setattr(archive_mod, name, size)
+    small = archive(tmp_path / "small")
+    assert small == reference
+    assert [r[0] for r in small] == [i for s in served for i in s[1]]
+    assert [r[1] for r in small] == [c for s in served for c in s[3].tolist()]
