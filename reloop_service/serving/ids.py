@@ -61,24 +61,28 @@ def uuid7_block(n: int) -> tuple[list[str], bytes]:
             ms_k, ctr = base_ms + c // (_COUNTER_MAX + 1), c % (_COUNTER_MAX + 1)
             out.append(_fmt((ms_k << 80) | (0x7 << 76) | (ctr << 64) | (0b10 << 62) | tail))
         return out, "".join(out).encode("ascii")
-    total = first + np.arange(n, dtype=np.uint64)
     words = np.empty((n, 2), dtype=">u8")
-    words[:, 0] = (
-        ((np.uint64(base_ms) + total // np.uint64(_COUNTER_MAX + 1)) << np.uint64(16))
-        | np.uint64(0x7 << 12)
-        | (total % np.uint64(_COUNTER_MAX + 1))
-    )
+    if last <= _COUNTER_MAX:  # one millisecond: the first word just counts up
+        start = (base_ms << 16) | (0x7 << 12) | first
+        words[:, 0] = np.arange(start, start + n, dtype=np.uint64)
+    else:
+        total = first + np.arange(n, dtype=np.uint64)
+        words[:, 0] = (
+            ((np.uint64(base_ms) + total // np.uint64(_COUNTER_MAX + 1)) << np.uint64(16))
+            | np.uint64(0x7 << 12)
+            | (total % np.uint64(_COUNTER_MAX + 1))
+        )
     words[:, 1] = (np.frombuffer(rand, dtype=">u8") & np.uint64(0x3FFF_FFFF_FFFF_FFFF)) | np.uint64(
         0b10 << 62
     )
     # bytes.hex writes the 32 digits of every id in one C call; NumPy places them between dashes
     digits = np.frombuffer(words.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
-    chars = np.empty((n, 36), dtype=np.uint8)
+    # a space after each id: one C-level split makes the strings (slicing each cost ~3x more)
+    chars = np.empty((n, 37), dtype=np.uint8)
     chars[:, _DASH_COLUMNS] = 45  # "-"
     chars[:, _DIGIT_COLUMNS] = digits
-    raw = chars.tobytes()
-    text = raw.decode("ascii")
-    return [text[k : k + 36] for k in range(0, 36 * n, 36)], raw
+    chars[:, 36] = 32  # " "
+    return chars.tobytes().decode("ascii").split(), chars[:, :36].tobytes()
 
 
 def uuid7() -> str:
