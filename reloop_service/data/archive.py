@@ -259,12 +259,12 @@ def _pack(rows: PredictionRows) -> _Pending:
 class _Slab:
     """Preallocated memory that appended batches' arrays are copied into, reused once written.
 
-    Holding each request's own arrays (~17 KB a batch of 100) until the next flush cost the request
-    path more than copying them: 1.3-1.8 µs a prediction at batch 100, measured with servers run
-    side by side under the same load, against 0.1-0.4 µs for a copy into memory that outlives the
-    requests (freshly allocated memory every request, which the allocator cannot hand back to the
-    next one, made the requests' own short-lived arrays land in cold memory). A slab holds about
-    20,000 served rows of the demo spec in ~4 MB; the archive keeps at most ``_SPARE_SLABS`` idle.
+    Holding each request's own arrays (~17 KB a batch of 100) until the next flush was most of what
+    the archive cost the request path, far more than copying them into memory that outlives the
+    requests (servers side by side, docs/benchmarks.md, issue 13, fifth round, serving): memory freshly
+    allocated every request and held for seconds is memory the allocator cannot hand to the next
+    request. A slab holds about 20,000 served rows of the demo spec in ~4 MB; the archive keeps at
+    most ``_SPARE_SLABS`` idle.
     """
 
     __slots__ = ("floats", "hashes", "ints", "live", "text", "used", "valid")
@@ -701,7 +701,7 @@ def _ids(pendings: Sequence[_Pending], n: int) -> pa.StringArray:
 
 
 def _table(pendings: Sequence[_Pending], schema: pa.Schema) -> pa.Table:
-    """One Arrow table of ``pendings`` (a few thousand rows: one write step)."""
+    """One Arrow table of ``pendings`` (one write step: up to about ``_ROWS_PER_STEP`` rows)."""
     sizes = [p.n for p in pendings]
     n = sum(sizes)
     layout = schema.field("features").type
