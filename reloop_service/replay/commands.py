@@ -105,6 +105,14 @@ def _options(**kw: Any) -> Options:
     names = {"label_smoothing": ("epsilon",), "distill": ("beta", "temperature"), "reloop": ("alpha",)}
     # only what the user set: the rest resolve to the loss's defaults, the service's own
     loss_params = {loss: {k: float(kw[k]) for k in keys if kw[k] is not None} for loss, keys in names.items()}
+    from reloop_service.training.losses import resolve_params
+
+    for loss, params in loss_params.items():  # refuse a bad value before any cycle runs
+        try:
+            resolve_params(loss, params)
+        except ValueError as exc:
+            flags = ", ".join(f"--{k}" for k in params)
+            raise fail(f"{flags}: {exc}") from None
     base = StrategyConfig(lr=kw["lr"], sparse_lr=kw["sparse_lr"], epochs=kw["epochs"])
     per = {
         s: StrategyConfig(

@@ -346,3 +346,29 @@ def test_replay_loss_options_default_to_the_losses_own_defaults() -> None:
     chosen = _options(**(kw | {"alpha": 0.3, "beta": 0.25})).config.strategies
     assert chosen["reloop"].loss_params == {"alpha": 0.3}
     assert chosen["distill"].loss_params == {"beta": 0.25}
+
+
+def test_an_out_of_range_loss_parameter_is_refused_before_any_cycle(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "synthetic",
+            "--alpha",
+            "1.5",
+            "--bins",
+            "6",
+            "--impressions",
+            "200",
+            "--seeds",
+            "1",
+            "--strategies",
+            "reloop",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 1
+    assert "--alpha" in res.output and "alpha=1.5 is out of range" in res.output
+    assert not out.exists()  # nothing ran
