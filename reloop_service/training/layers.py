@@ -96,20 +96,12 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer on uint64 [n]: a counter-based generator (value k depends on k only)."""
-    with np.errstate(over="ignore"):
-        x = (x + _GOLDEN) & np.uint64(0xFFFFFFFFFFFFFFFF)
-        x = (x ^ (x >> np.uint64(30))) * _MIX1
-        x = (x ^ (x >> np.uint64(27))) * _MIX2
-        return x ^ (x >> np.uint64(31))
-
-
 def _splitmix64_(x: np.ndarray, tmp: np.ndarray) -> None:
-    """``_splitmix64`` in place on ``x`` (uint64 arrays wrap, as it needs); ``tmp`` is scratch space.
+    """SplitMix64's finalizer in place on uint64 ``x``: a counter-based generator (value k depends on
+    k only). uint64 arrays wrap, as it needs; ``tmp`` is scratch space of ``x``'s shape.
 
-    A cold day draws thousands of rows a step; without the temporaries of ``_splitmix64`` the draw
-    costs about half as much (the values are the same bits).
+    In place because a cold day draws thousands of rows a step: without temporaries the draw costs
+    about half as much.
     """
     x += _GOLDEN
     np.right_shift(x, np.uint64(30), out=tmp)
@@ -138,7 +130,8 @@ def initial_rows(seed: int, ids: Tensor, dim: int) -> Tensor:
     pass runs in place on one uint64 array (see ``_splitmix64_``).
     """
     n = int(ids.shape[0])
-    key = _splitmix64(np.full(1, seed, dtype=np.uint64))
+    key = np.full(1, seed, dtype=np.uint64)
+    _splitmix64_(key, np.empty_like(key))
     cells = np.empty((n, dim), dtype=np.uint64)  # cell (row, column) is counter row * dim + column
     np.multiply(ids.detach().cpu().numpy().astype(np.uint64)[:, None], np.uint64(dim), out=cells)
     cells += np.arange(dim, dtype=np.uint64)

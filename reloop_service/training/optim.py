@@ -285,8 +285,8 @@ class RowSparseAdam(torch.optim.Optimizer):
         m.lerp_(grads, 1.0 - beta1)
         v.mul_(beta2).addcmul_(grads, grads, value=1.0 - beta2)
         corrections = [self._bias_correction(group, t) for t in steps]
-        # sqrt of the strided view ``v`` takes torch's scalar path (~15x slower than in place on a
-        # contiguous copy: 0.6 of 0.04 ms for 9,500 rows); the values are the same bits either way
+        # sqrt of the strided view ``v`` takes torch's scalar path (0.96 ms a bench step against 0.32
+        # for the same rows contiguous, docs/benchmarks.md fifth round); the values are the same bits
         denom = torch.empty(v.shape, dtype=v.dtype, device=v.device).copy_(v).sqrt_()
         if len(set(steps)) == 1:
             step_size, bc2_sqrt = corrections[0]
