@@ -26,6 +26,9 @@ from reloop_service.replay.runner import (
 from reloop_service.replay.summary import run_figures
 
 STAGE1 = [(lr, epochs) for lr in (1e-3, 3e-3) for epochs in (1, 2)]
+# ReLoop's α: the small values too, where the service's default (0.02, chosen on the simulator's
+# selection worlds) lies, so that ml100k's own selection can confirm or contradict it.
+ALPHAS = (0.02, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def stage2(strategy: str, base: StrategyConfig) -> list[StrategyConfig]:
@@ -39,7 +42,7 @@ def stage2(strategy: str, base: StrategyConfig) -> list[StrategyConfig]:
             for t in (1.0, 2.0)
         ]
     if strategy == "reloop":
-        return [replace(base, loss_params={"alpha": a}) for a in (0.1, 0.3, 0.5, 0.7, 0.9)]
+        return [replace(base, loss_params={"alpha": a}) for a in ALPHAS]
     if strategy == "full_retrain":
         return [replace(base, epochs=e) for e in (1, 2, 3)]
     if strategy == "lr":

@@ -35,7 +35,7 @@ def test_an_auc_tie_at_four_decimals_goes_to_the_lower_logloss() -> None:
 
 def test_stage2_varies_only_the_strategys_own_knobs_around_the_stage1_winner() -> None:
     base = StrategyConfig(lr=3e-3, epochs=2)
-    assert [c.loss_params["alpha"] for c in stage2("reloop", base)] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert [c.loss_params["alpha"] for c in stage2("reloop", base)] == [0.02, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9]
     assert all(c.lr == 3e-3 and c.epochs == 2 for c in stage2("reloop", base))
     distill = stage2("distill", base)
     assert len(distill) == 6 and {(c.loss_params["beta"], c.loss_params["temperature"]) for c in distill} == {
