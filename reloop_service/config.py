@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     epochs: int = Field(default=1, ge=1, description="Passes over a day when warm-starting.")
     cold_start_epochs: int = Field(default=2, ge=1, description="Passes when training from scratch.")
+    cold_start_settle_epochs: int = Field(
+        default=1,
+        ge=0,
+        description="After those passes, passes over the embedding tables alone at a tenth of their rate.",
+    )
     batch_size: int | None = Field(
         default=None, ge=1, description="Rows per step; default: scaled to the day (recipe.auto_batch_size)."
     )

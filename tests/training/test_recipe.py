@@ -40,3 +40,15 @@ def test_the_day_schedule_decays_once_over_the_candidate_and_the_holdout_pass() 
     cold = recipe_config(settings, loss="bce", rows=9_000, cold=True)
     cold_candidate, cold_holdout = day_schedule(cold, train_rows=9_000, holdout_rows=1_000)
     assert cold_candidate.lr_final_fraction == cold_holdout.lr_start_fraction == 1.0  # no decay at all
+
+
+def test_a_cold_start_ends_with_a_settle_pass_and_a_warm_start_does_not() -> None:
+    settings = Settings()
+    cold = recipe_config(settings, loss="bce", rows=9_000, cold=True)
+    warm = recipe_config(settings, loss="bce", rows=9_000, cold=False)
+    assert (cold.settle_epochs, warm.settle_epochs) == (1, 0)
+    assert cold.settle_fraction == 0.1
+    _, holdout = day_schedule(cold, train_rows=9_000, holdout_rows=1_000)
+    assert (holdout.epochs, holdout.settle_epochs) == (1, 1)  # a full-rate pass over it, then a settle pass
+    off = recipe_config(Settings(cold_start_settle_epochs=0), loss="bce", rows=9_000, cold=True)
+    assert off.settle_epochs == 0

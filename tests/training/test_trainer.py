@@ -340,3 +340,50 @@ def test_a_damaged_packed_table_is_refused_naming_the_field(wide_day1: TrainResu
     torch.save(raw, buffer)
     with pytest.raises(CheckpointError, match="field 'state_dict'"):
         checkpoint_from_bytes(buffer.getvalue())
+
+
+def test_settle_passes_update_the_tables_alone_at_their_fraction_of_the_rate(
+    spec: FeatureSpec, logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reloop_service.training.optim import RowSparseAdam
+
+    sparse_rates: list[float] = []
+    dense_steps: list[int] = []
+    sparse_step, dense_step = RowSparseAdam.step, torch.optim.Adam.step
+
+    def record_sparse(self: RowSparseAdam, *a: object, **kw: object) -> object:
+        sparse_rates.append(self.param_groups[0]["lr"])
+        return sparse_step(self, *a, **kw)  # type: ignore[arg-type]
+
+    def record_dense(self: torch.optim.Adam, *a: object, **kw: object) -> object:
+        dense_steps.append(1)
+        return dense_step(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RowSparseAdam, "step", record_sparse)
+    monkeypatch.setattr(torch.optim.Adam, "step", record_dense)
+
+    def run(**kw: object) -> TrainResult:
+        config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=1024, seed=3, **kw)  # type: ignore[arg-type]
+        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+
+    plain = run()
+    steps = plain.steps
+    sparse_rates.clear()
+    dense_steps.clear()
+    settled = run(settle_epochs=1, settle_fraction=0.25)
+    assert settled.steps == 2 * steps and settled.rows == plain.rows
+    assert settled.losses[:steps] == plain.losses  # the first pass is the plain run's
+    assert sparse_rates == [5e-2] * steps + [pytest.approx(0.25 * 5e-2)] * steps
+    assert len(dense_steps) == steps  # the MLP is frozen in the settle pass
+    before, after = plain.checkpoint.state_dict, settled.checkpoint.state_dict
+    for key, value in before.items():
+        if key == "embedding.table.weight":
+            assert not torch.equal(value, after[key])  # the tables moved on
+        else:
+            assert torch.equal(value, after[key]), key  # the MLP and the output bias did not
+    groups = settled.checkpoint.optimizer_state
+    assert groups["sparse"]["param_groups"][0]["lr"] == 5e-2  # the configured rate is what is stored
+    with pytest.raises(ValueError, match="settle_epochs must not be negative"):
+        TrainConfig(settle_epochs=-1)
+    with pytest.raises(ValueError, match="settle_fraction must be within"):
+        TrainConfig(settle_fraction=0.0)
