@@ -66,6 +66,46 @@ def parse() -> argparse.Namespace:
     )
     ap.add_argument("--id-dropout", type=float, default=0.0, help="Zero the fields' rows at this rate.")
     ap.add_argument("--id-dropout-fields", default="user_id", help="Comma-separated fields for --id-dropout.")
+    ap.add_argument(
+        "--swa",
+        type=int,
+        default=0,
+        help="From scratch: score the mean of this many snapshots of the last pass.",
+    )
+    ap.add_argument(
+        "--ema", type=float, default=0.0, help="From scratch: score an EMA of the weights (decay/step)."
+    )
+    ap.add_argument(
+        "--wide-lr",
+        type=float,
+        default=0.0,
+        help="Add a first-order weight per value at this Adam rate (0: none).",
+    )
+    ap.add_argument(
+        "--extra-pass",
+        type=float,
+        default=0.0,
+        help="From scratch: one more pass at this fraction of the rates.",
+    )
+    ap.add_argument(
+        "--extra-pass-sparse",
+        type=float,
+        default=None,
+        help="The tables' fraction in --extra-pass (default: the same as the MLP's).",
+    )
+    ap.add_argument(
+        "--settle-epochs",
+        type=int,
+        default=0,
+        help="From scratch: TrainConfig.settle_epochs (the tables alone at a tenth of their rate).",
+    )
+    ap.add_argument(
+        "--warm-settle-epochs", type=int, default=0, help="Warm-started bins: TrainConfig.settle_epochs."
+    )
+    ap.add_argument("--settle-fraction", type=float, default=0.1, help="TrainConfig.settle_fraction.")
+    ap.add_argument(
+        "--save-preds", type=Path, default=None, help="Save y, p, bin, user per seed (.npz) here."
+    )
     return ap.parse_args()
 
 
@@ -105,6 +145,107 @@ def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
     trainer_module.get_loss = get_loss
 
 
+WIDE_PARAMS: set[int] = set()  # ids of the first-order weights (their own group in the dense Adam)
+
+
+class WideDNN(models_module.DNN):
+    """The DNN plus a first-order weight per hashed value (zero at start), summed into its logit."""
+
+    name = "widednn"
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        embedding_dim: int = 16,
+        hidden: Any = (256, 128, 64),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(spec, embedding_dim=embedding_dim, hidden=hidden, dropout=dropout)
+        self.wide = torch.nn.Parameter(torch.zeros(self.embedding.table.num_rows))
+        WIDE_PARAMS.add(id(self.wide))
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        e = self.embedding
+        logit = self.head(e(batch.cat, batch.multi), batch.num.to(torch.float32))
+        if e.n_cat:
+            logit = logit + self.wide[batch.cat + e._cat_offsets].sum(dim=1)
+        if e.n_multi:
+            weights = e._pool_weights(batch.multi)
+            logit = logit + (self.wide[batch.multi + e._multi_offsets] * weights).sum(dim=(1, 2))
+        return logit
+
+
+def install_wide(a: argparse.Namespace) -> None:
+    """``--wide-lr``: register ``widednn`` and give its first-order weights their own Adam group."""
+    models_module.MODELS["widednn"] = WideDNN
+    plain_adam = torch.optim.Adam
+
+    def adam(params: Any, lr: float, **kw: Any) -> torch.optim.Optimizer:
+        params = list(params)
+        wide = [p for p in params if id(p) in WIDE_PARAMS]
+        rest = [p for p in params if id(p) not in WIDE_PARAMS]
+        if not wide:
+            return plain_adam(params, lr=lr, **kw)
+        groups = [{"params": rest}, {"params": wide, "lr": a.wide_lr}]
+        return plain_adam(groups, lr=lr, **kw)
+
+    torch.optim.Adam = adam  # type: ignore[assignment,misc]
+    plain_load = trainer_module._load_optimizers
+
+    def load(init: Any, dense_opt: Any, sparse_opt: Any, cfg: TrainConfig) -> None:
+        plain_load(init, dense_opt, sparse_opt, cfg)
+        if dense_opt is not None and len(dense_opt.param_groups) == 2:  # a warm start reset every rate
+            dense_opt.param_groups[1]["lr"] = a.wide_lr
+
+    trainer_module._load_optimizers = load
+
+
+class Averager:
+    """Weights averaged over a from-scratch run: ``--swa`` snapshots of the last pass, or an ``--ema``.
+
+    Embedding rows are lazy (all zero: never trained), so every table row is averaged over the
+    snapshots (EMA steps) where it was non-zero only: a row first trained late is not pulled to zero,
+    and a row never trained stays zero. Every other weight is a plain mean / a bias-corrected EMA.
+    """
+
+    def __init__(self, a: argparse.Namespace, model: Any, steps: int, last_pass_start: int) -> None:
+        self.ema = a.ema
+        self.state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.sum = {k: torch.zeros_like(v) for k, v in self.state.items()}
+        self.mass = {
+            k: torch.zeros(v.shape[0], 1) if k.endswith("table.weight") else torch.zeros(())
+            for k, v in self.state.items()
+        }
+        n = max(a.swa, 1)
+        span = steps - last_pass_start
+        self.at = {last_pass_start + round(span * (i + 1) / n) for i in range(n)}
+
+    def __call__(self, step: int, rows: int, loss: float) -> None:
+        if self.ema:
+            self.add(1.0 - self.ema, self.ema)
+        elif step in self.at:
+            self.add(1.0, 1.0)
+
+    @torch.no_grad()
+    def add(self, weight: float, keep: float) -> None:
+        for k, v in self.state.items():
+            self.sum[k].mul_(keep).add_(v, alpha=weight)
+            mass = self.mass[k].mul_(keep)
+            if mass.dim():  # a table: count the rows that hold trained values
+                mass.add_(v.any(dim=1, keepdim=True).float(), alpha=weight)
+            else:
+                mass.add_(weight)
+
+    @torch.no_grad()
+    def averaged(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(state)
+        for k in self.state:
+            mass = self.mass[k]
+            out[k] = torch.where(mass > 0, self.sum[k] / mass.clamp(min=1e-30), torch.zeros(()))
+        return out
+
+
 def batch_of(a: argparse.Namespace, rows: int, fixed: int) -> int:
     if not a.div:
         return fixed
@@ -129,6 +270,8 @@ def config(
         threads=1,
         shuffle=bool(a.shuffle),
         lr_final_fraction=a.lr_final if warm else 1.0,
+        settle_epochs=a.warm_settle_epochs if warm else a.settle_epochs,
+        settle_fraction=a.settle_fraction,
     )
 
 
@@ -138,7 +281,42 @@ def fit(
     def batches() -> Any:
         return table.to_batches(65536)
 
-    return train(config=cfg, spec=spec, batches=batches, init=init, progress=False).checkpoint
+    cold = init is None
+    averager: list[Averager] = []
+    on_batch = None
+    plain_warm = trainer_module._warm_model
+    if cold and (a.swa or a.ema):
+        steps = trainer_module.steps_for(cfg, table.num_rows)
+        last = steps - steps // cfg.epochs
+
+        def warm_model(*args: Any) -> Any:
+            model = plain_warm(*args)
+            averager.append(Averager(a, model, steps, last))
+            return model
+
+        trainer_module._warm_model = warm_model
+
+        def on_batch(step: int, rows: int, loss: float) -> None:
+            averager[0](step, rows, loss)
+
+    try:
+        ck = train(
+            config=cfg, spec=spec, batches=batches, init=init, progress=False, on_batch=on_batch
+        ).checkpoint
+    finally:
+        trainer_module._warm_model = plain_warm
+    if averager:
+        ck.state_dict = averager[0].averaged(ck.state_dict)
+    if cold and a.extra_pass:
+        extra = replace(
+            cfg,
+            epochs=1,
+            lr=cfg.lr * a.extra_pass,
+            sparse_lr=cfg.sparse_lr * (a.extra_pass if a.extra_pass_sparse is None else a.extra_pass_sparse),
+            seed=cfg.seed + 7919,  # another permutation than the first pass's
+        )
+        ck = train(config=extra, spec=None, batches=batches, init=ck, progress=False).checkpoint
+    return ck
 
 
 def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -> dict[str, Any]:
@@ -191,11 +369,19 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
             ck = fit(a, upto, spec, cfg, None)
     y, p, b = np.concatenate(ys), np.concatenate(ps), np.concatenate(bs)
     sel, rep = (b >= 4) & (b <= 10), b >= 11
+    if a.save_preds is not None:  # for a paired bootstrap over users (replay/stats.py)
+        scored = t.filter(pa.array((bins >= 4) & (bins <= a.last)))
+        order = np.argsort(scored.column("bin").to_numpy(), kind="stable")  # the order of ``y``
+        users = scored.column("user_id").to_numpy(zero_copy_only=False)
+        assert np.array_equal(scored.column("label").to_numpy()[order].astype(float), y)
+        a.save_preds.mkdir(parents=True, exist_ok=True)
+        np.savez(a.save_preds / f"s{seed}.npz", y=y, p=p, bin=b, user=users[order].astype(str))
     return {
         "seed": seed,
         "sel_auc": auc(y[sel], p[sel]),
         "rep_auc": auc(y[rep], p[rep]),
         "rep_ll": logloss(y[rep], p[rep]),
+        "sel_ll": logloss(y[sel], p[sel]),
         "secs": round(time.time() - started, 1),
     }
 
@@ -212,12 +398,17 @@ def main() -> None:
     )
     spec = replace(base, categorical=fields)
     install_variants(a, spec)
+    if a.wide_lr:
+        install_wide(a)
+        a.model = "widednn"
     results = []
     for seed in range(a.seeds):
         out = one_seed(a, t, spec, seed)
         print(json.dumps(out), flush=True)
         results.append(out)
-    mean = {k: float(np.mean([r[k] for r in results])) for k in ("sel_auc", "rep_auc", "rep_ll", "secs")}
+    mean = {
+        k: float(np.mean([r[k] for r in results])) for k in ("sel_auc", "rep_auc", "rep_ll", "sel_ll", "secs")
+    }
     print("MEAN", json.dumps(mean))
 
 

@@ -1,0 +1,74 @@
+"""Paired bootstrap over users between two ``ablate_recipe.py --save-preds`` folders (same seeds).
+
+Or between two replays' predictions: give each side as a quoted glob of the replay's per-seed Parquet
+files (``'out/predictions/full_retrain-s*.parquet'``), seeds matched in name order.
+
+Prints, for the selection bins 4-10 and the reported bins 11-30, the pooled AUC and logloss of the
+candidate minus the baseline (mean over seeds) with a 95% interval over users (``replay/stats.py``).
+
+    python scripts/ablate_compare.py BASELINE_DIR CANDIDATE_DIR --seeds 4
+    python scripts/ablate_compare.py 'a/predictions/full_retrain-s*.parquet' 'b/predictions/...' --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from reloop_service.replay.stats import paired_bootstrap
+
+
+def load(where: str, seeds: int) -> list[dict[str, np.ndarray]]:
+    """One dict (y, p, bin, user) per seed: from an ablation folder or a glob of replay Parquet files."""
+    if "*" not in where:
+        return [dict(np.load(Path(where) / f"s{i}.npz")) for i in range(seeds)]
+    files = sorted(glob.glob(where))
+    if len(files) != seeds:
+        raise SystemExit(f"{where}: {len(files)} files for {seeds} seeds")
+    out = []
+    for f in files:
+        t = pq.read_table(f).to_pandas().sort_values("impression_id", kind="stable")
+        out.append(
+            {
+                "y": t["label"].to_numpy(dtype=float),
+                "p": t["ctr"].to_numpy(dtype=float),
+                "bin": t["bin"].to_numpy(),
+                "user": t["cluster"].to_numpy(dtype=str),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("baseline", help="A --save-preds folder, or a quoted glob of replay Parquet files.")
+    ap.add_argument("candidate", help="The same kind as the baseline.")
+    ap.add_argument("--seeds", type=int, required=True)
+    ap.add_argument("--replicates", type=int, default=1000)
+    a = ap.parse_args()
+    base, cand = load(str(a.baseline), a.seeds), load(str(a.candidate), a.seeds)
+    for name, lo, hi in (("selection 4-10", 4, 10), ("reported 11-30", 11, 10**9)):
+        m = (base[0]["bin"] >= lo) & (base[0]["bin"] <= hi)
+        if not m.any():
+            continue
+        y, users = base[0]["y"][m], base[0]["user"][m]
+        for c in cand:
+            if not np.array_equal(c["y"][m], y):
+                raise SystemExit("the two folders scored different rows")
+        result = paired_bootstrap(
+            y, [c["p"][m] for c in cand], [b["p"][m] for b in base], users, replicates=a.replicates
+        )
+        out = {
+            k: {f: round(v, 4) if isinstance(v, float) else v for f, v in iv.to_dict().items()}
+            for k, iv in result.items()
+        }
+        print(name, f"({len(np.unique(users))} users)", json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
