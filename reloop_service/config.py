@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         ge=0,
         description="After those passes, passes over the embedding tables alone at a tenth of their rate.",
     )
+    settle_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="The same settle passes after a warm-started day's passes (none by default).",
+    )
     batch_size: int | None = Field(
         default=None, ge=1, description="Rows per step; default: scaled to the day (recipe.auto_batch_size)."
     )

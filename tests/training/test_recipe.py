@@ -52,3 +52,10 @@ def test_a_cold_start_ends_with_a_settle_pass_and_a_warm_start_does_not() -> Non
     assert (holdout.epochs, holdout.settle_epochs) == (1, 1)  # a full-rate pass over it, then a settle pass
     off = recipe_config(Settings(cold_start_settle_epochs=0), loss="bce", rows=9_000, cold=True)
     assert off.settle_epochs == 0
+
+
+def test_warm_started_days_settle_only_when_configured() -> None:
+    warm = recipe_config(Settings(settle_epochs=1), loss="bce", rows=9_000, cold=False)
+    settings = Settings(settle_epochs=1, cold_start_settle_epochs=0)
+    cold = recipe_config(settings, loss="bce", rows=9_000, cold=True)
+    assert (warm.settle_epochs, cold.settle_epochs) == (1, 0)
