@@ -97,9 +97,9 @@ class Settings(BaseSettings):
         description="After those passes, passes over the embedding tables alone at a tenth of their rate.",
     )
     settle_epochs: int = Field(
-        default=0,
+        default=1,
         ge=0,
-        description="The same settle passes after a warm-started day's passes (none by default).",
+        description="The same settle passes after a warm-started day's passes (and its holdout pass).",
     )
     batch_size: int | None = Field(
         default=None, ge=1, description="Rows per step; default: scaled to the day (recipe.auto_batch_size)."

@@ -42,11 +42,13 @@ def test_the_day_schedule_decays_once_over_the_candidate_and_the_holdout_pass() 
     assert cold_candidate.lr_final_fraction == cold_holdout.lr_start_fraction == 1.0  # no decay at all
 
 
-def test_a_cold_start_ends_with_a_settle_pass_and_a_warm_start_does_not() -> None:
+def test_every_training_ends_with_a_settle_pass_by_default() -> None:
     settings = Settings()
     cold = recipe_config(settings, loss="bce", rows=9_000, cold=True)
     warm = recipe_config(settings, loss="bce", rows=9_000, cold=False)
-    assert (cold.settle_epochs, warm.settle_epochs) == (1, 0)
+    assert (cold.settle_epochs, warm.settle_epochs) == (1, 1)
+    _, warm_holdout = day_schedule(warm, train_rows=9_000, holdout_rows=1_000)
+    assert warm_holdout.settle_epochs == 1
     assert cold.settle_fraction == 0.1
     _, holdout = day_schedule(cold, train_rows=9_000, holdout_rows=1_000)
     assert (holdout.epochs, holdout.settle_epochs) == (1, 1)  # a full-rate pass over it, then a settle pass
@@ -54,8 +56,8 @@ def test_a_cold_start_ends_with_a_settle_pass_and_a_warm_start_does_not() -> Non
     assert off.settle_epochs == 0
 
 
-def test_warm_started_days_settle_only_when_configured() -> None:
-    warm = recipe_config(Settings(settle_epochs=1), loss="bce", rows=9_000, cold=False)
-    settings = Settings(settle_epochs=1, cold_start_settle_epochs=0)
+def test_cold_and_warm_settle_passes_are_set_apart() -> None:
+    settings = Settings(settle_epochs=0, cold_start_settle_epochs=2)
+    warm = recipe_config(settings, loss="bce", rows=9_000, cold=False)
     cold = recipe_config(settings, loss="bce", rows=9_000, cold=True)
-    assert (warm.settle_epochs, cold.settle_epochs) == (1, 0)
+    assert (warm.settle_epochs, cold.settle_epochs) == (0, 2)
