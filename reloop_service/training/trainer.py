@@ -81,7 +81,7 @@ class TrainConfig:
     # one's schedule (the cycle's post-gate pass over the holdout) starts where that one ended.
     lr_start_fraction: float = 1.0
     # After the ``epochs`` passes, this many more over the embedding tables alone, at
-    # ``settle_fraction`` x their rate, the MLP frozen (the recipe's: one after a cold start). On
+    # ``settle_fraction`` x their rate, the MLP frozen (the recipe's: one after every training). On
     # ml100k's full retrain it gained 0.0018 pooled AUC on the selection bins (4 seeds, bootstrap
     # interval over users excluding 0) at the same logloss; the same pass with the MLP at 0.1x
     # too gained as much AUC but lost 0.007 logloss (docs/benchmarks.md, "Model quality").
