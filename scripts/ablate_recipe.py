@@ -104,6 +104,9 @@ def parse() -> argparse.Namespace:
     )
     ap.add_argument("--settle-fraction", type=float, default=0.1, help="TrainConfig.settle_fraction.")
     ap.add_argument(
+        "--settle-no-dropout", action="store_true", help="TrainConfig.settle_dropout=False (dropout off)."
+    )
+    ap.add_argument(
         "--save-preds", type=Path, default=None, help="Save y, p, bin, user per seed (.npz) here."
     )
     return ap.parse_args()
@@ -272,6 +275,7 @@ def config(
         lr_final_fraction=a.lr_final if warm else 1.0,
         settle_epochs=a.warm_settle_epochs if warm else a.settle_epochs,
         settle_fraction=a.settle_fraction,
+        settle_dropout=not a.settle_no_dropout,
     )
 
 

@@ -87,6 +87,9 @@ class TrainConfig:
     # too gained as much AUC but lost 0.007 logloss (docs/benchmarks.md, "Model quality").
     settle_epochs: int = 0
     settle_fraction: float = 0.1
+    # Whether the MLP's dropout stays on in the settle passes (the MLP is frozen there, so its
+    # dropout only adds noise to the tables' gradients; off is an experiment, docs/benchmarks.md).
+    settle_dropout: bool = True
     # Rows per epoch this run expects (the cycle knows its staged day's count); ``None``: counted by
     # one extra read of ``batches()`` when the rates decay.
     planned_rows: int | None = None
@@ -446,7 +449,7 @@ def train(
 
         losses: list[float] = []
         rows = covered = step = 0
-        settle = _Settle(sparse_opt, config.settle_fraction)
+        settle = _Settle(sparse_opt, config.settle_fraction, model=None if config.settle_dropout else model)
         bar = _Progress(enabled=_want_progress(progress), epochs=config.epochs + config.settle_epochs)
         with bar:
             for epoch in range(config.epochs + config.settle_epochs):
@@ -551,23 +554,32 @@ def train(
 
 
 class _Settle:
-    """The settle passes' rate: the tables' groups at ``fraction`` x their rate, restored after."""
+    """The settle passes' rate: the tables' groups at ``fraction`` x their rate, restored after;
+    with ``model`` given, its dropout layers are off for the settle passes too."""
 
-    def __init__(self, sparse_opt: RowSparseAdam | None, fraction: float) -> None:
+    def __init__(
+        self, sparse_opt: RowSparseAdam | None, fraction: float, *, model: torch.nn.Module | None
+    ) -> None:
         self.fraction = fraction
         self.groups = [(g, float(g["lr"])) for g in sparse_opt.param_groups] if sparse_opt is not None else []
+        layers = model.modules() if model is not None else ()
+        self.dropouts = [m for m in layers if isinstance(m, torch.nn.Dropout)]
         self.started = False
 
     def start(self) -> None:
         if not self.started:
             for group, base in self.groups:
                 group["lr"] = base * self.fraction
+            for layer in self.dropouts:
+                layer.eval()
             self.started = True
 
     def restore(self) -> None:
         if self.started:
             for group, base in self.groups:
                 group["lr"] = base
+            for layer in self.dropouts:
+                layer.train()
             self.started = False
 
 

@@ -387,3 +387,30 @@ def test_settle_passes_update_the_tables_alone_at_their_fraction_of_the_rate(
         TrainConfig(settle_epochs=-1)
     with pytest.raises(ValueError, match="settle_fraction must be within"):
         TrainConfig(settle_fraction=0.0)
+
+
+def test_settle_passes_can_run_with_the_mlps_dropout_off(
+    spec: FeatureSpec, logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modes: list[bool] = []
+    forward = torch.nn.Dropout.forward
+
+    def record(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+        modes.append(self.training)
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Dropout, "forward", record)
+    args = {**SMALL, "dropout": 0.5}
+
+    def run(**kw: object) -> TrainResult:
+        config = TrainConfig(model="dnn", model_args=args, loss="bce", batch_size=1024, seed=3, **kw)  # type: ignore[arg-type]
+        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+
+    on = run(settle_epochs=1)
+    half = len(modes) // 2
+    assert modes and all(modes)  # dropout on in both passes by default
+    modes.clear()
+    off = run(settle_epochs=1, settle_dropout=False)
+    assert modes[:half] == [True] * half and not any(modes[half:])  # off in the settle pass only
+    assert on.losses[: on.steps // 2] == off.losses[: off.steps // 2]  # the first pass is the same
+    assert on.losses[on.steps // 2 :] != off.losses[off.steps // 2 :]
