@@ -449,7 +449,14 @@ def train(
 
         losses: list[float] = []
         rows = covered = step = 0
-        settle = _Settle(sparse_opt, config.settle_fraction, model=None if config.settle_dropout else model)
+        settle = _Settle(
+            sparse_opt,
+            config.settle_fraction,
+            model=None if config.settle_dropout else model,
+            # Frozen MLP: skip its weight gradients (the tables' are the same). Not under DDP, whose
+            # reducer waits for a gradient of every parameter it was built with.
+            frozen=dense_params if parallel is None else [],
+        )
         bar = _Progress(enabled=_want_progress(progress), epochs=config.epochs + config.settle_epochs)
         with bar:
             for epoch in range(config.epochs + config.settle_epochs):
@@ -555,15 +562,22 @@ def train(
 
 class _Settle:
     """The settle passes' rate: the tables' groups at ``fraction`` x their rate, restored after;
-    with ``model`` given, its dropout layers are off for the settle passes too."""
+    ``frozen`` parameters compute no gradient meanwhile; with ``model`` given, its dropout layers
+    are off for the settle passes too."""
 
     def __init__(
-        self, sparse_opt: RowSparseAdam | None, fraction: float, *, model: torch.nn.Module | None
+        self,
+        sparse_opt: RowSparseAdam | None,
+        fraction: float,
+        *,
+        model: torch.nn.Module | None,
+        frozen: Sequence[torch.nn.Parameter],
     ) -> None:
         self.fraction = fraction
         self.groups = [(g, float(g["lr"])) for g in sparse_opt.param_groups] if sparse_opt is not None else []
         layers = model.modules() if model is not None else ()
         self.dropouts = [m for m in layers if isinstance(m, torch.nn.Dropout)]
+        self.frozen = list(frozen)
         self.started = False
 
     def start(self) -> None:
@@ -572,6 +586,8 @@ class _Settle:
                 group["lr"] = base * self.fraction
             for layer in self.dropouts:
                 layer.eval()
+            for p in self.frozen:
+                p.requires_grad_(False)
             self.started = True
 
     def restore(self) -> None:
@@ -580,6 +596,8 @@ class _Settle:
                 group["lr"] = base
             for layer in self.dropouts:
                 layer.train()
+            for p in self.frozen:
+                p.requires_grad_(True)
             self.started = False
 
 

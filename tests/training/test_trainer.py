@@ -414,3 +414,21 @@ def test_settle_passes_can_run_with_the_mlps_dropout_off(
     assert modes[:half] == [True] * half and not any(modes[half:])  # off in the settle pass only
     assert on.losses[: on.steps // 2] == off.losses[: off.steps // 2]  # the first pass is the same
     assert on.losses[on.steps // 2 :] != off.losses[off.steps // 2 :]
+
+
+def test_the_settle_pass_computes_no_gradient_for_the_frozen_mlp(
+    spec: FeatureSpec, logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grads: list[bool] = []
+    forward = torch.nn.Linear.forward
+
+    def record(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            grads.append(self.weight.requires_grad)
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", record)
+    config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=1024, seed=3, settle_epochs=1)
+    train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+    half = len(grads) // 2
+    assert grads and grads[:half] == [True] * half and not any(grads[half:])
