@@ -109,6 +109,22 @@ def parse() -> argparse.Namespace:
     ap.add_argument(
         "--save-preds", type=Path, default=None, help="Save y, p, bin, user per seed (.npz) here."
     )
+    ap.add_argument(
+        "--unseen-mean",
+        default="",
+        help="Comma-separated fields whose never-trained rows score as the mean of their trained rows.",
+    )
+    ap.add_argument(
+        "--recent-bins", type=int, default=0, help="Full retrain: the last N bins' rows twice (recency)."
+    )
+    ap.add_argument("--init-scale", type=float, default=1.0, help="Rows' initial values x this.")
+    ap.add_argument(
+        "--reset-optimizer",
+        default="",
+        choices=["", "dense", "sparse"],
+        help="A warm start forgets this optimizer's state (moments and step counts).",
+    )
+    ap.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each of the MLP's Linear.")
     return ap.parse_args()
 
 
@@ -146,6 +162,64 @@ def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
         return with_l2
 
     trainer_module.get_loss = get_loss
+
+
+def install_session6(a: argparse.Namespace) -> None:
+    """``--init-scale``, ``--reset-optimizer``, ``--batch-norm`` (sixth session's tries; none kept)."""
+    import reloop_service.training.layers as layers_module
+
+    if a.init_scale != 1.0:
+        plain_init = layers_module.initial_rows
+
+        def initial_rows(seed: int, ids: torch.Tensor, dim: int) -> torch.Tensor:
+            return plain_init(seed, ids, dim) * a.init_scale
+
+        layers_module.initial_rows = initial_rows
+    if a.reset_optimizer:
+        plain_load = trainer_module._load_optimizers
+
+        def load(init: Any, dense_opt: Any, sparse_opt: Any, cfg: TrainConfig) -> None:
+            keep_dense = None if a.reset_optimizer == "dense" else dense_opt
+            keep_sparse = None if a.reset_optimizer == "sparse" else sparse_opt
+            plain_load(init, keep_dense, keep_sparse, cfg)
+            for opt, lr in ((dense_opt, cfg.lr), (sparse_opt, cfg.sparse_lr)):
+                for group in opt.param_groups if opt is not None else []:
+                    group["lr"] = lr
+
+        trainer_module._load_optimizers = load
+    if a.batch_norm:
+
+        def mlp_init(self: Any, in_dim: int, hidden: Any, dropout: float = 0.0) -> None:
+            torch.nn.Module.__init__(self)
+            blocks: list[torch.nn.Module] = []
+            prev = in_dim
+            for width in hidden:
+                blocks += [torch.nn.Linear(prev, width), torch.nn.BatchNorm1d(width), torch.nn.ReLU()]
+                blocks += [torch.nn.Dropout(dropout)] if dropout > 0 else []
+                prev = width
+            self.out_dim = prev
+            self.net = torch.nn.Sequential(*blocks)
+
+        layers_module.MLP.__init__ = mlp_init  # type: ignore[method-assign]
+        layers_module.MLP.forward = lambda self, x: self.net(x)  # type: ignore[method-assign]
+
+
+def scoring_checkpoint(a: argparse.Namespace, ck: Checkpoint, spec: FeatureSpec) -> Checkpoint:
+    """``ck`` as scored: with ``--unseen-mean``, a copy whose never-trained (all-zero) rows of those
+    fields hold the mean of the field's trained rows (the next bin still warm-starts from ``ck``)."""
+    if not a.unseen_mean:
+        return ck
+    names = [f.name for f in spec.categorical]
+    offsets = np.cumsum([0] + [f.buckets for f in spec.categorical] + [m.buckets for m in spec.multi])
+    (key,) = [k for k in ck.state_dict if k.endswith("table.weight")]
+    table = ck.state_dict[key].clone()
+    for name in a.unseen_mean.split(","):
+        j = names.index(name)
+        block = table[offsets[j] : offsets[j + 1]]
+        trained = block.any(dim=1)
+        if bool(trained.any()):
+            block[~trained] = block[trained].mean(dim=0)
+    return replace(ck, state_dict={**ck.state_dict, key: table})
 
 
 WIDE_PARAMS: set[int] = set()  # ids of the first-order weights (their own group in the dense Adam)
@@ -201,7 +275,7 @@ def install_wide(a: argparse.Namespace) -> None:
         if dense_opt is not None and len(dense_opt.param_groups) == 2:  # a warm start reset every rate
             dense_opt.param_groups[1]["lr"] = a.wide_lr
 
-    trainer_module._load_optimizers = load
+    trainer_module._load_optimizers = load  # type: ignore[assignment]
 
 
 class Averager:
@@ -338,7 +412,7 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
     ys, ps, bs = [], [], []
     for k in range(4, a.last + 1):
         r = rows(k)
-        p = Predictor(ck).predict_batch(r)
+        p = Predictor(scoring_checkpoint(a, ck, spec)).predict_batch(r)
         ys.append(r.column("label").to_numpy().astype(float))
         ps.append(p)
         bs.append(np.full(len(p), k))
@@ -367,6 +441,8 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
             ck = fit(a, with_prior, None, cfg, ck)
         else:
             upto = rows(k, upto=True)
+            if a.recent_bins:  # the last bins' rows twice: a recency weight of 2
+                upto = pa.concat_tables([upto, t.filter(pa.array((bins > k - a.recent_bins) & (bins <= k)))])
             cfg = config(
                 a, loss="bce", batch=batch_of(a, upto.num_rows, a.wbs or a.bs), epochs=a.wepochs, seed=seed
             )
@@ -402,6 +478,7 @@ def main() -> None:
     )
     spec = replace(base, categorical=fields)
     install_variants(a, spec)
+    install_session6(a)
     if a.wide_lr:
         install_wide(a)
         a.model = "widednn"
