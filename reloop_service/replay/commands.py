@@ -46,6 +46,14 @@ LrFinal = Annotated[
         help="Learning rates decay linearly over each warm-started cycle to this fraction.",
     ),
 ]
+HoldoutFraction = Annotated[
+    float,
+    typer.Option(
+        "--holdout-fraction",
+        help="Share of each cycle's rows (by impression-id hash) the gate scores, trained on after it; "
+        "within (0, 1).",
+    ),
+]
 ClusterBy = Annotated[
     str | None,
     typer.Option("--cluster-by", help="Column whose values are the bootstrap's clusters [default: user_id]."),
@@ -102,6 +110,9 @@ def _options(**kw: Any) -> Options:
         lo, hi = (int(x) for x in kw["select_bins"].split(".."))
     except ValueError:
         raise fail(f"--mlp {kw['mlp']!r} or --select-bins {kw['select_bins']!r} is malformed") from None
+    holdout = float(kw["holdout_fraction"])
+    if not 0.0 < holdout < 1.0:
+        raise fail(f"--holdout-fraction {holdout}: must be within (0, 1)")
     names = {"label_smoothing": ("epsilon",), "distill": ("beta", "temperature"), "reloop": ("alpha",)}
     # only what the user set: the rest resolve to the loss's defaults, the service's own
     loss_params = {loss: {k: float(kw[k]) for k in keys if kw[k] is not None} for loss, keys in names.items()}
@@ -134,6 +145,7 @@ def _options(**kw: Any) -> Options:
         batch_size=kw["batch_size"],
         dropout=kw["dropout"],
         lr_final_fraction=kw["lr_final"],
+        holdout_fraction=holdout,
         cluster_by=kw["cluster_by"],
         default=base,
         strategies=per,
@@ -307,6 +319,7 @@ def movielens(
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
     lr_final: LrFinal = 0.1,
+    holdout_fraction: HoldoutFraction = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = None,
@@ -379,6 +392,7 @@ def synthetic(
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
     lr_final: LrFinal = 0.1,
+    holdout_fraction: HoldoutFraction = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = None,
@@ -449,6 +463,7 @@ def parquet(
     batch_size: Batch = None,
     dropout: Dropout = 0.1,
     lr_final: LrFinal = 0.1,
+    holdout_fraction: HoldoutFraction = 0.1,
     cluster_by: ClusterBy = None,
     bootstrap: Bootstrap = 1000,
     alpha: Alpha = None,

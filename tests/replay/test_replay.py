@@ -236,12 +236,15 @@ def test_cli_parquet_replay_writes_json_markdown_and_plots(tmp_path: Path) -> No
             "2",
             "--report-from",
             "2",
+            "--holdout-fraction",
+            "0.3",
             "--out",
             str(out),
         ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
+    assert payload["meta"]["config"]["holdout_fraction"] == 0.3
     assert {r["strategy"] for r in payload["runs"]} == {"bce", "lr"}
     assert {r["model"] for r in payload["runs"]} == {"dnn", "lr"}
     assert "| lr | 1 |" in (out / "results.md").read_text()
@@ -250,6 +253,8 @@ def test_cli_parquet_replay_writes_json_markdown_and_plots(tmp_path: Path) -> No
     args += ["--start", "2024-03-01", "--end", "2024-03-03", "--strategies", "bce,nope", "--out", str(out)]
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code != 0 and "nope" in bad.output
+    bad = CliRunner().invoke(app, [*args[:-4], "--holdout-fraction", "1", "--out", str(out)])
+    assert bad.exit_code != 0 and "--holdout-fraction 1.0: must be within (0, 1)" in bad.output
 
 
 def test_movielens_conversion_follows_the_protocol(tmp_path: Path) -> None:
