@@ -105,7 +105,9 @@ def make_engine(
             echo=echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
-        _configure_sqlite(engine, wal=bool(database) and database != ":memory:")
+        on_disk = bool(database) and database != ":memory:"
+        path = Path(database).expanduser().resolve() if on_disk and not database.startswith("file:") else None
+        _configure_sqlite(engine, wal=on_disk, path=path)
         return engine
     engine = create_engine(
         url,
@@ -136,7 +138,16 @@ def settings_engine(settings: Settings) -> Engine:
     )
 
 
-def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path`` now; ``None`` when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool, path: Path | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so BEGIN IMMEDIATE and savepoints behave.
@@ -153,6 +164,22 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
     def _on_begin(connection: Connection) -> None:
         readonly = connection.get_execution_options().get(_READONLY, False)
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    if path is not None:
+        # A pooled connection keeps the file it opened even after another file takes its name: one
+        # that opened the empty database SQLite created while the registry file was away (moved,
+        # or its volume not yet mounted) failed every transaction with "no such table" until the
+        # process restarted. Checkout compares the file the connection opened with the one at the
+        # path now and, when they differ, has the pool replace the connection (SQLAlchemy's
+        # pessimistic disconnect handling; one os.stat a checkout).
+        @event.listens_for(engine, "connect")  # after the PRAGMAs: the file exists by then
+        def _remember_file(_dbapi_connection: Any, record: Any) -> None:
+            record.info["reloop_sqlite_file"] = _file_identity(path)
+
+        @event.listens_for(engine, "checkout")
+        def _same_file(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            if record.info.get("reloop_sqlite_file") != _file_identity(path):
+                raise sa_exc.DisconnectionError(f"{path} is not the file this connection opened")
 
 
 # ------------------------------------------------------------------------------------- transactions

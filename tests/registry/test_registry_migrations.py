@@ -76,6 +76,27 @@ def test_sqlite_pragmas_and_url_normalisation(tmp_path: Path) -> None:
     assert "secret" not in db.safe_url("postgresql://u:secret@h/d")
 
 
+def test_a_pooled_connection_to_a_replaced_sqlite_file_is_not_reused(tmp_path: Path) -> None:
+    """While the registry file was away a connection opened the empty database SQLite made in its
+    place and went back to the pool; once the real file is back, transactions read the real file
+    (before, every one given that connection failed with "no such table" until a restart)."""
+    path = tmp_path / "r.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (v TEXT)")
+            conn.exec_driver_sql("INSERT INTO t VALUES ('real')")
+        engine.dispose()
+        away = path.rename(tmp_path / "r.away")
+        with engine.connect() as conn:  # an empty database at the path; the connection is pooled
+            conn.exec_driver_sql("SELECT 1")
+        away.rename(path)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT v FROM t").scalar() == "real"
+    finally:
+        engine.dispose()
+
+
 def test_cli_upgrade_works_from_another_cwd(tmp_path: Path) -> None:
     """``reloop db upgrade`` finds the migrations wherever it is run from (no alembic.ini in the cwd)."""
     url = f"sqlite:///{tmp_path}/cwd.db"

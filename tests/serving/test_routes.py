@@ -313,6 +313,27 @@ def test_database_unreachable_keeps_serving_and_readyz_says_so(served) -> None:
     assert client.get("/readyz").json()["database"] == "ok"
 
 
+def test_a_connection_to_a_replaced_database_file_is_dropped_once_a_poll_fails(served) -> None:
+    """A pooled connection can outlive the file it opened: here one opened while the registry file
+    was away (SQLite made an empty database there) and the real file was then renamed back over it.
+    Every poll through that connection fails ("no such table"); a failed poll must drop the pool so
+    the next one reconnects, or the replica reports the database unreachable until it restarts."""
+    client, reg = served
+    engine = client.app.state.serving.engine
+    db_file = Path(reg.settings.resolved_database_url.removeprefix("sqlite:///"))
+    reg.engine.dispose()
+    engine.dispose()
+    moved = db_file.with_suffix(".away")
+    db_file.rename(moved)
+    try:
+        with engine.connect() as conn:  # an empty database where the registry was; back to the pool
+            conn.exec_driver_sql("SELECT 1")
+    finally:
+        moved.rename(db_file)  # the real file back, over the empty one the pooled connection holds
+    wait_for(lambda: client.get("/readyz").json()["database"] == "ok", timeout=10, what="the database back")
+    assert client.get("/v1/admin/versions", headers=auth()).status_code == 200
+
+
 def test_cors_stays_closed(served) -> None:
     client, _ = served
     r = client.options(
