@@ -164,7 +164,7 @@ def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
     trainer_module.get_loss = get_loss
 
 
-def install_session6(a: argparse.Namespace) -> None:
+def install_init_optimizer_variants(a: argparse.Namespace) -> None:
     """``--init-scale``, ``--reset-optimizer``, ``--batch-norm`` (sixth session's tries; none kept)."""
     import reloop_service.training.layers as layers_module
 
@@ -478,7 +478,7 @@ def main() -> None:
     )
     spec = replace(base, categorical=fields)
     install_variants(a, spec)
-    install_session6(a)
+    install_init_optimizer_variants(a)
     if a.wide_lr:
         install_wide(a)
         a.model = "widednn"
