@@ -26,10 +26,12 @@ import torch
 import reloop_service.training.models as models_module
 import reloop_service.training.trainer as trainer_module
 from reloop_service.data.spec import CategoricalField, FeatureSpec
+from reloop_service.data.split import holdout_mask
 from reloop_service.replay.movielens import movielens_spec, movielens_table
 from reloop_service.training.checkpoint import Checkpoint
 from reloop_service.training.evaluation import auc, logloss
 from reloop_service.training.predict import Predictor
+from reloop_service.training.recipe import day_schedule
 from reloop_service.training.trainer import PRIOR_COLUMN, TrainConfig, train
 
 ID_FIELDS = {"user_id", "item_id", "zip3"}
@@ -125,6 +127,12 @@ def parse() -> argparse.Namespace:
         help="A warm start forgets this optimizer's state (moments and step counts).",
     )
     ap.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each of the MLP's Linear.")
+    ap.add_argument(
+        "--cycle-split",
+        type=float,
+        default=0.0,
+        help="Train each bin as a cycle does: this hash share held out, trained on after the rest.",
+    )
     return ap.parse_args()
 
 
@@ -354,6 +362,20 @@ def config(
 
 
 def fit(
+    a: argparse.Namespace, table: pa.Table, spec: FeatureSpec | None, cfg: TrainConfig, init: Any
+) -> Checkpoint:
+    """Train ``cfg`` on ``table``; with ``--cycle-split`` the way a cycle does (``cycle.steps``)."""
+    if not a.cycle_split:
+        return fit_rows(a, table, spec, cfg, init)
+    held = holdout_mask(table.column("impression_id"), a.cycle_split)
+    train_rows, holdout_rows = table.filter(pa.array(~held)), table.filter(pa.array(held))
+    cfg = replace(cfg, batch_size=batch_of(a, train_rows.num_rows, cfg.batch_size))  # sized on the split
+    candidate, holdout = day_schedule(cfg, train_rows=train_rows.num_rows, holdout_rows=holdout_rows.num_rows)
+    ck = fit_rows(a, train_rows, spec, candidate, init)
+    return fit_rows(a, holdout_rows, None, holdout, ck) if holdout_rows.num_rows else ck
+
+
+def fit_rows(
     a: argparse.Namespace, table: pa.Table, spec: FeatureSpec | None, cfg: TrainConfig, init: Any
 ) -> Checkpoint:
     def batches() -> Any:
