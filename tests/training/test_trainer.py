@@ -342,6 +342,14 @@ def test_a_damaged_packed_table_is_refused_naming_the_field(wide_day1: TrainResu
         checkpoint_from_bytes(buffer.getvalue())
 
 
+def _train_day1(
+    spec: FeatureSpec, logs: dict[str, Path], model_args: dict = SMALL, **kw: object
+) -> TrainResult:
+    """Day 1 at batch 1024, seed 3, with ``kw`` on top of the config (the settle tests' run)."""
+    config = TrainConfig(model="dnn", model_args=model_args, loss="bce", batch_size=1024, seed=3, **kw)  # type: ignore[arg-type]
+    return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+
+
 def test_settle_passes_update_the_tables_alone_at_their_fraction_of_the_rate(
     spec: FeatureSpec, logs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -362,15 +370,11 @@ def test_settle_passes_update_the_tables_alone_at_their_fraction_of_the_rate(
     monkeypatch.setattr(RowSparseAdam, "step", record_sparse)
     monkeypatch.setattr(torch.optim.Adam, "step", record_dense)
 
-    def run(**kw: object) -> TrainResult:
-        config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=1024, seed=3, **kw)  # type: ignore[arg-type]
-        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
-
-    plain = run()
+    plain = _train_day1(spec, logs)
     steps = plain.steps
     sparse_rates.clear()
     dense_steps.clear()
-    settled = run(settle_epochs=1, settle_fraction=0.25)
+    settled = _train_day1(spec, logs, settle_epochs=1, settle_fraction=0.25)
     assert settled.steps == 2 * steps and settled.rows == plain.rows
     assert settled.losses[:steps] == plain.losses  # the first pass is the plain run's
     assert sparse_rates == [5e-2] * steps + [pytest.approx(0.25 * 5e-2)] * steps
@@ -401,16 +405,11 @@ def test_settle_passes_can_run_with_the_mlps_dropout_off(
 
     monkeypatch.setattr(torch.nn.Dropout, "forward", record)
     args = {**SMALL, "dropout": 0.5}
-
-    def run(**kw: object) -> TrainResult:
-        config = TrainConfig(model="dnn", model_args=args, loss="bce", batch_size=1024, seed=3, **kw)  # type: ignore[arg-type]
-        return train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
-
-    on = run(settle_epochs=1)
+    on = _train_day1(spec, logs, args, settle_epochs=1)
     half = len(modes) // 2
     assert modes and all(modes)  # dropout on in both passes by default
     modes.clear()
-    off = run(settle_epochs=1, settle_dropout=False)
+    off = _train_day1(spec, logs, args, settle_epochs=1, settle_dropout=False)
     assert modes[:half] == [True] * half and not any(modes[half:])  # off in the settle pass only
     assert on.losses[: on.steps // 2] == off.losses[: off.steps // 2]  # the first pass is the same
     assert on.losses[on.steps // 2 :] != off.losses[off.steps // 2 :]
@@ -428,7 +427,6 @@ def test_the_settle_pass_computes_no_gradient_for_the_frozen_mlp(
         return forward(self, x)
 
     monkeypatch.setattr(torch.nn.Linear, "forward", record)
-    config = TrainConfig(model="dnn", model_args=SMALL, loss="bce", batch_size=1024, seed=3, settle_epochs=1)
-    train(config=config, spec=spec, batches=parquet_batches(logs["day1"]), progress=False)
+    _train_day1(spec, logs, settle_epochs=1)
     half = len(grads) // 2
     assert grads and grads[:half] == [True] * half and not any(grads[half:])
