@@ -8,6 +8,9 @@ candidate minus the baseline (mean over seeds) with a 95% interval over users (`
 
     python scripts/ablate_compare.py BASELINE_DIR CANDIDATE_DIR --seeds 4
     python scripts/ablate_compare.py 'a/predictions/full_retrain-s*.parquet' 'b/predictions/...' --seeds 5
+
+``--ensemble`` scores the candidate's seeds as one model, the mean of their logits, against each of the
+baseline's seeds (give the same folder twice to see what averaging the seeds' models is worth).
 """
 
 from __future__ import annotations
@@ -44,14 +47,24 @@ def load(where: str, seeds: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def ensemble(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One run whose prediction is the sigmoid of the mean logit of ``runs`` (same rows)."""
+    p = np.clip(np.stack([r["p"] for r in runs]), 1e-7, 1 - 1e-7)
+    z = np.log(p / (1 - p)).mean(axis=0)
+    return {**runs[0], "p": 1 / (1 + np.exp(-z))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("baseline", help="A --save-preds folder, or a quoted glob of replay Parquet files.")
     ap.add_argument("candidate", help="The same kind as the baseline.")
     ap.add_argument("--seeds", type=int, required=True)
     ap.add_argument("--replicates", type=int, default=1000)
+    ap.add_argument("--ensemble", action="store_true", help="The candidate's seeds as one averaged model.")
     a = ap.parse_args()
     base, cand = load(str(a.baseline), a.seeds), load(str(a.candidate), a.seeds)
+    if a.ensemble:
+        cand = [ensemble(cand)] * len(base)
     for name, lo, hi in (("selection 4-10", 4, 10), ("reported 11-30", 11, 10**9)):
         m = (base[0]["bin"] >= lo) & (base[0]["bin"] <= hi)
         if not m.any():
