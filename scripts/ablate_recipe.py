@@ -44,6 +44,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--buckets", type=int, default=65536, help="Buckets of user_id, item_id and zip3.")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--slr", type=float, default=5e-2, help="Embedding rows' learning rate.")
+    ap.add_argument("--warm-lr", type=float, default=None, help="Warm-started bins' MLP rate (default --lr).")
     ap.add_argument("--bs", type=int, default=256, help="Batch of a warm-started bin.")
     ap.add_argument("--wbs", type=int, default=0, help="Batch from scratch (0: --bs).")
     ap.add_argument("--div", type=int, default=0, help="Batch = pow2(rows/div) in 128..4096 (0: fixed).")
@@ -347,7 +348,7 @@ def config(
         | json.loads(a.model_args),
         loss=loss,
         loss_params=params,
-        lr=a.lr,
+        lr=a.warm_lr if (warm and a.warm_lr is not None) else a.lr,
         sparse_lr=a.slr,
         epochs=epochs,
         batch_size=batch,
