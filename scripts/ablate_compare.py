@@ -11,6 +11,12 @@ candidate minus the baseline (mean over seeds) with a 95% interval over users (`
 
 ``--ensemble`` scores the candidate's seeds as one model, the mean of their logits, against each of the
 baseline's seeds (give the same folder twice to see what averaging the seeds' models is worth).
+
+``--prev-bin-calibration platt`` rescales the candidate's predictions of each bin k by a Platt scaling
+(slope and bias on the logit) fitted on its own predictions and labels of bin k-1, the way a service
+could recalibrate the next model on the last day's served predictions (the first scored bin stays as
+it is); ``temperature`` fits the slope alone. The AUC of a bin does not change; pooled AUC and logloss
+do. Give the same folder twice to see what the recalibration is worth.
 """
 
 from __future__ import annotations
@@ -54,6 +60,36 @@ def ensemble(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {**runs[0], "p": 1 / (1 + np.exp(-z))}
 
 
+def platt(y: np.ndarray, z: np.ndarray, *, bias: bool = True, steps: int = 30) -> tuple[float, float]:
+    """Slope and bias (0 unless ``bias``) minimizing the logloss of sigmoid(a·z + b): Newton's method."""
+    ab = np.array([1.0, 0.0])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(ab[0] * z + ab[1])))
+        w = p * (1 - p)
+        if not bias:
+            ab[0] -= np.sum((p - y) * z) / np.sum(w * z * z)
+            continue
+        grad = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+        ab = ab - np.linalg.solve(hess, grad)
+    return float(ab[0]), float(ab[1])
+
+
+def prev_bin_calibration(run: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
+    """``run`` with bin k's predictions rescaled by the fit on bin k-1's (see the module doc)."""
+    p = np.clip(run["p"], 1e-7, 1 - 1e-7)
+    z = np.log(p / (1 - p))
+    out = run["p"].copy()
+    bins = run["bin"]
+    for k in np.unique(bins):
+        before = bins == k - 1
+        if before.any():
+            a, b = platt(run["y"][before], z[before], bias=how == "platt")
+            now = bins == k
+            out[now] = 1 / (1 + np.exp(-(a * z[now] + b)))
+    return {**run, "p": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("baseline", help="A --save-preds folder, or a quoted glob of replay Parquet files.")
@@ -61,10 +97,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, required=True)
     ap.add_argument("--replicates", type=int, default=1000)
     ap.add_argument("--ensemble", action="store_true", help="The candidate's seeds as one averaged model.")
+    ap.add_argument(
+        "--prev-bin-calibration",
+        choices=["platt", "temperature"],
+        default=None,
+        help="Recalibrate the candidate's bins on their previous bin.",
+    )
     a = ap.parse_args()
     base, cand = load(str(a.baseline), a.seeds), load(str(a.candidate), a.seeds)
     if a.ensemble:
         cand = [ensemble(cand)] * len(base)
+    if a.prev_bin_calibration:
+        cand = [prev_bin_calibration(c, a.prev_bin_calibration) for c in cand]
     for name, lo, hi in (("selection 4-10", 4, 10), ("reported 11-30", 11, 10**9)):
         m = (base[0]["bin"] >= lo) & (base[0]["bin"] <= hi)
         if not m.any():

@@ -134,12 +134,20 @@ def parse() -> argparse.Namespace:
         default=0.0,
         help="Train each bin as a cycle does: this hash share held out, trained on after the rest.",
     )
+    ap.add_argument("--emb-dropout", type=float, default=0.0, help="Dropout on the looked-up embeddings.")
+    ap.add_argument(
+        "--born-again",
+        type=float,
+        default=0.0,
+        help="Full retrain: a second model from scratch distilled (this beta, temperature 1) from the "
+        "first's predictions on the same rows; the second is scored.",
+    )
     return ap.parse_args()
 
 
 def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
     """Patch in the experiment-only variants (the project code itself is not changed)."""
-    if not (a.embedding_l2 or a.id_dropout):
+    if not (a.embedding_l2 or a.id_dropout or a.emb_dropout):
         return
     names = [f.name for f in spec.categorical]
     dropped = [names.index(f) for f in a.id_dropout_fields.split(",")]
@@ -152,6 +160,8 @@ def install_variants(a: argparse.Namespace, spec: FeatureSpec) -> None:
                 keep = torch.ones(emb.shape[:2])
                 keep[:, dropped] = (torch.rand(emb.shape[0], len(dropped)) >= a.id_dropout).float()
                 emb = emb * keep.unsqueeze(-1)
+            if a.emb_dropout:  # inverted dropout on every looked-up element (the MLP's input)
+                emb = torch.nn.functional.dropout(emb, a.emb_dropout)
             looked_up["emb"] = emb
         return self.head(emb, batch.num.to(torch.float32))  # type: ignore[no-any-return]
 
@@ -470,6 +480,15 @@ def one_seed(a: argparse.Namespace, t: pa.Table, spec: FeatureSpec, seed: int) -
                 a, loss="bce", batch=batch_of(a, upto.num_rows, a.wbs or a.bs), epochs=a.wepochs, seed=seed
             )
             ck = fit(a, upto, spec, cfg, None)
+            if a.born_again:  # self-distillation: the teacher's in-sample predictions as priors
+                teacher = Predictor(ck).predict_batch(upto).astype(np.float64)
+                student = replace(
+                    cfg,
+                    loss="distill",
+                    loss_params={"beta": a.born_again, "temperature": 1.0},
+                    seed=seed + 1000,
+                )
+                ck = fit(a, upto.append_column(PRIOR_COLUMN, pa.array(teacher)), spec, student, None)
     y, p, b = np.concatenate(ys), np.concatenate(ps), np.concatenate(bs)
     sel, rep = (b >= 4) & (b <= 10), b >= 11
     if a.save_preds is not None:  # for a paired bootstrap over users (replay/stats.py)
