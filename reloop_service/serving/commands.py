@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from reloop_service.clitools import DataDirOption, bench_app
+from reloop_service.clitools import bench_app, fail
 
 # ``reloop serve`` lives in ``reloop_service.compose``: it wires the cycle trigger into the app.
 
@@ -22,20 +23,30 @@ def bench_serve(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Also run batches of 100 against --workers N (1: skip).")
     ] = 2,
-    data_dir: DataDirOption = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="A new or empty folder for the bench's registry, demo model and archive parts, kept "
+            "afterwards (default: a temporary folder, removed).",
+        ),
+    ] = None,
 ) -> None:
     """Start a real server with a demo model and load it from another process; print p50/p95/p99.
 
     Also measures a bare FastAPI route under the same load (the web stack's floor) and prints server
     CPU per request and per prediction, and the archive's share of it.
     """
-    from reloop_service.serving.load_bench import run_bench
+    from reloop_service.serving.load_bench import BenchDirError, run_bench
 
-    run_bench(
-        requests=requests,
-        rate=rate,
-        concurrency=concurrency,
-        output=output,
-        data_dir=data_dir,
-        workers=workers,
-    )
+    try:
+        run_bench(
+            requests=requests,
+            rate=rate,
+            concurrency=concurrency,
+            output=output,
+            data_dir=data_dir,
+            workers=workers,
+        )
+    except BenchDirError as exc:
+        raise fail(str(exc), code=2) from None

@@ -378,10 +378,54 @@ def _bare(data_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _archived_rows(port: int) -> float:
+    """``reloop_archive_rows_written_total`` from ``/metrics``: every worker's rows written so far."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("reloop_archive_rows_written_total")
+    )
+
+
+def _await_archived(port: int, rows: float, timeout: float) -> bool:
+    """Poll ``/metrics`` until the archive has written ``rows`` rows; False when ``timeout`` passes.
+
+    The last rows of a run wait for the flusher's timer (``RELOOP_ARCHIVE_FLUSH_SECONDS``), and with
+    several workers each worker's count reaches the shared metrics at its next registry poll.
+    """
+    deadline = time.monotonic() + timeout
+    while _archived_rows(port) < rows:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _measure(
-    proc: subprocess.Popen[bytes], port: int, mode: str, *, requests: int, rate: float, concurrency: int
+    proc: subprocess.Popen[bytes],
+    port: int,
+    mode: str,
+    *,
+    requests: int,
+    rate: float,
+    concurrency: int,
+    archive: bool = False,
 ) -> dict[str, Any]:
-    """One load run against a started server; adds the server's CPU per prediction and per request."""
+    """One load run against a started server; adds the server's CPU per prediction and per request.
+
+    With the archive on, the run's rows are written before its CPU is counted: the server's CPU
+    until the load ends plus the flusher's until the last of the run's rows is written. Counting
+    only until the load ended took in whichever flushes fell inside the window (one or two of the
+    batch run's two 50,000-row parts, and sometimes the previous run's rest): the flusher's figure
+    moved between 0.5 and 0.8 µs a prediction from run to run.
+    """
+    written0 = _archived_rows(port) if archive else 0.0
     cpu0 = _cpu_seconds(proc.pid)
     flusher0 = _thread_cpu_seconds(proc.pid, FLUSHER_THREAD)
     loader = subprocess.run(
@@ -401,13 +445,36 @@ def _measure(
     reqs = requests if mode == "single" else (per_thread + 1) * concurrency
     preds = requests if mode == "single" else reqs * 100
     cpu = _cpu_seconds(proc.pid) - cpu0
-    run["archive_thread_cpu_us_per_pred"] = (
-        (_thread_cpu_seconds(proc.pid, FLUSHER_THREAD) - flusher0) * 1e6 / (preds + 50)
-    )
+    flusher = _thread_cpu_seconds(proc.pid, FLUSHER_THREAD)
+    if archive:
+        run["archive_drained"] = _await_archived(port, written0 + preds + 50, timeout=60.0)
+        drained = _thread_cpu_seconds(proc.pid, FLUSHER_THREAD)
+        cpu += drained - flusher
+        flusher = drained
+    run["archive_thread_cpu_us_per_pred"] = (flusher - flusher0) * 1e6 / (preds + 50)
     # + the 50 single-item warm-up requests of every run
     run["server_cpu_us_per_pred"] = cpu * 1e6 / (preds + 50)
     run["server_cpu_us_per_req"] = cpu * 1e6 / (reqs + 50)
     return run
+
+
+class BenchDirError(ValueError):
+    """The bench's ``--data-dir`` cannot be used (the message names it and says why)."""
+
+
+def check_bench_dir(path: Path) -> None:
+    """Refuse a folder that holds anything: the bench registers and promotes its own demo model there.
+
+    Pointed at a service's data folder it would replace that service's production model, and a
+    second run into its own folder would find a production version it did not expect.
+    """
+    if path.exists() and not path.is_dir():
+        raise BenchDirError(f"--data-dir {path}: not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise BenchDirError(
+            f"--data-dir {path}: not empty; the bench writes its own registry, demo model and archive "
+            "there (give a new or empty folder, or leave --data-dir out for a temporary one)"
+        )
 
 
 def run_bench(
@@ -426,6 +493,8 @@ def run_bench(
     ``--workers`` (batches of 100, archive on). Server CPU is read from /proc for the server's
     process tree, so it does not depend on how the cores were shared.
     """
+    if data_dir is not None:
+        check_bench_dir(Path(data_dir))
     load_start = os.getloadavg()[0]
     measure = {"requests": requests, "rate": rate, "concurrency": concurrency}
     with tempfile.TemporaryDirectory(prefix="reloop-bench-") as tmp:
@@ -442,7 +511,10 @@ def run_bench(
         for key, archive, n, modes in plan:
             proc, port = _start(root, archive, n)
             try:
-                results[key] = {mode: _measure(proc, port, mode, **measure) for mode in modes}  # type: ignore[arg-type]
+                results[key] = {
+                    mode: _measure(proc, port, mode, archive=bool(archive), **measure)  # type: ignore[arg-type]
+                    for mode in modes
+                }
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
@@ -497,6 +569,12 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
     floor = r["floor"]["single"]["server_cpu_us_per_req"]
     fl_b = r["archive_on"]["batch100"].get("archive_thread_cpu_us_per_pred", float("nan"))
     fl_s = r["archive_on"]["single"].get("archive_thread_cpu_us_per_pred", float("nan"))
+    drained = all(
+        run.get("archive_drained", True)
+        for key in ("archive_on", "workers")
+        if isinstance(r.get(key), dict)
+        for run in r[key].values()
+    )
     single_on = r["archive_on"]["single"]["server_cpu_us_per_req"]
     single_off = r["archive_off"]["single"]["server_cpu_us_per_req"]
     b_on = r["archive_on"]["batch100"]["server_cpu_us_per_pred"]
@@ -513,7 +591,10 @@ def _render(r: dict[str, Any], *, requests: int, rate: float, concurrency: int) 
         f"the throughput difference, {100 * (1 - on / off):.1f}%, is mostly noise here).",
         f"Archive flusher thread (its own CPU time, from /proc): batch 100 {fl_b:.2f} µs a prediction, "
         f"{100 * fl_b / b_on:.1f}% of server CPU; single item {fl_s:.1f} µs a request, "
-        f"{100 * fl_s / single_on:.1f}% (the request path's share, the append, is not in it).",
+        f"{100 * fl_s / single_on:.1f}% (the request path's share, the append, is not in it). With the "
+        "archive on, a run's CPU includes the flusher's until every row of the run is written"
+        + ("" if drained else " (in this run a wait timed out: part of the flusher's work is missing)")
+        + ".",
         "",
         "Ceiling, same batches in-process (1 thread): wall-clock predictions/s of the bare forward",
         "and of `Predictor.predict_records` (records -> tensors via `transform_records`, then forward);",
